@@ -1,0 +1,40 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "swift-async-fsync",
+    products: [
+        .library(name: "AsyncFsync", targets: ["AsyncFsync"]),
+        .executable(name: "asyncfsync-demo", targets: ["asyncfsync-demo"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+    ],
+    targets: [
+        // Thin C shims over <linux/aio_abi.h> (the kernel AIO syscalls, no libaio.so needed)
+        // and glibc's <aio.h>. No logic lives here.
+        .target(name: "CAsyncFsync"),
+        .target(
+            name: "AsyncFsync",
+            dependencies: [
+                "CAsyncFsync",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .executableTarget(name: "asyncfsync-demo", dependencies: ["AsyncFsync"]),
+        .testTarget(
+            name: "AsyncFsyncTests",
+            dependencies: [
+                "AsyncFsync",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)
+
+for target in package.targets where target.type != .system && target.name != "CAsyncFsync" {
+    var settings = target.swiftSettings ?? []
+    settings.append(.enableUpcomingFeature("ExistentialAny"))
+    target.swiftSettings = settings
+}

@@ -1,0 +1,65 @@
+import SystemPackage
+
+/// A way to make a file's data durable without blocking a thread.
+///
+/// A backend hands `fsync(2)` or `fdatasync(2)` of a descriptor to the kernel (or to glibc) and
+/// resumes the awaiting task when the sync has completed. Get one from
+/// ``AsyncSync/makeBackend()``, or create ``LibaioBackend`` or ``PosixAIOBackend`` directly.
+///
+/// ## Rules every implementation follows
+/// - Every call of ``sync(_:mode:)`` returns or throws exactly once, under any load, on
+///   cancellation and on shutdown.
+/// - A failed sync is reported with an ``AsyncSyncError`` carrying its errno; it is never retried
+///   and then reported as success. The one exception is `EINTR` reported at completion (the sync
+///   did not run to its end), which is submitted again, at most
+///   16 times in a row.
+/// - The same fault gives an error with the same ``AsyncSyncError/code``,
+///   ``AsyncSyncError/errno`` and ``AsyncSyncError/operation`` on every backend.
+/// - A sync that succeeded started after the call was made.
+/// - Cancellation: a request cancelled before it was handed to the system throws
+///   `CancellationError` and nothing is submitted; once handed over, the call waits for the
+///   system's result and reports it, because a durability result is never thrown away.
+/// - After ``shutdown()`` new calls throw ``AsyncSyncError/Code/shutDown``; calls already accepted
+///   complete normally.
+///
+/// The descriptor must stay open until the call returns; the caller's `await` guarantees that as
+/// long as the descriptor is not closed by another task meanwhile. See the DocC article
+/// "Implementing a backend" for the tests an implementation must pass.
+public protocol AsyncSyncBackend: Sendable {
+    /// Which kind of backend this is.
+    var kind: BackendKind { get }
+
+    /// Makes the data (and, for ``SyncMode/fsync``, the metadata) of `fd` durable.
+    ///
+    /// - Parameters:
+    ///   - fd: An open descriptor of a regular file or directory. It must stay open until this
+    ///     call returns.
+    ///   - mode: ``SyncMode/fsync`` or ``SyncMode/fdatasync``.
+    /// - Throws: ``AsyncSyncError`` with code ``AsyncSyncError/Code/system`` and the errno
+    ///   (`EIO`, `ENOSPC`, `EDQUOT`, `EROFS`, `EBADF` for a closed descriptor, `EINVAL` for a pipe or
+    ///   socket, …), or ``AsyncSyncError/Code/shutDown`` after ``shutdown()``; `CancellationError`
+    ///   when the task was cancelled before the request was handed to the system.
+    func sync(_ fd: FileDescriptor, mode: SyncMode) async throws
+
+    /// Stops accepting requests, waits for the accepted ones to complete, then releases the
+    /// backend's resources (AIO context, thread, descriptors). Calling it again is harmless.
+    func shutdown() async
+}
+
+extension AsyncSyncBackend {
+    /// Makes the data and metadata of `fd` durable, like `fsync(2)`.
+    ///
+    /// - Parameter fd: An open descriptor; it must stay open until this call returns.
+    /// - Throws: See ``AsyncSyncBackend/sync(_:mode:)``.
+    public func fsync(_ fd: FileDescriptor) async throws {
+        try await sync(fd, mode: .fsync)
+    }
+
+    /// Makes the data of `fd` durable, like `fdatasync(2)`.
+    ///
+    /// - Parameter fd: An open descriptor; it must stay open until this call returns.
+    /// - Throws: See ``AsyncSyncBackend/sync(_:mode:)``.
+    public func fdatasync(_ fd: FileDescriptor) async throws {
+        try await sync(fd, mode: .fdatasync)
+    }
+}

@@ -1,0 +1,86 @@
+import SystemPackage
+
+// Factories for the errors the backends and the selection make, one per situation, so that every
+// backend words the same fault the same way.
+extension AsyncSyncError {
+    /// A sync request failed with `errno`, reported by `systemCall` at `step`.
+    static func sync(
+        _ mode: SyncMode,
+        errno: Errno,
+        step: Step,
+        backend: BackendKind,
+        descriptor: FileDescriptor,
+        systemCall: String,
+        location: SourceLocation = .here()
+    ) -> AsyncSyncError {
+        AsyncSyncError(
+            code: .system, errno: errno, operation: .sync(mode), step: step, backend: backend,
+            descriptor: descriptor, systemCall: systemCall, message: hint(for: errno),
+            location: location)
+    }
+
+    /// A request arrived after ``AsyncSyncBackend/shutdown()``.
+    static func shutDown(
+        _ mode: SyncMode, backend: BackendKind, descriptor: FileDescriptor,
+        location: SourceLocation = .here()
+    ) -> AsyncSyncError {
+        AsyncSyncError(
+            code: .shutDown, errno: nil, operation: .sync(mode), step: .request, backend: backend,
+            descriptor: descriptor, location: location)
+    }
+
+    /// Creating a backend's resources failed.
+    static func setup(
+        backend: BackendKind, errno: Errno, systemCall: String, message: String = "",
+        location: SourceLocation = .here()
+    ) -> AsyncSyncError {
+        AsyncSyncError(
+            code: .backendUnavailable, errno: errno, operation: .setup, step: .setup, backend: backend,
+            systemCall: systemCall, message: message.isEmpty ? hint(for: errno) : message,
+            location: location)
+    }
+
+    /// Short advice for the errnos a person is likely to meet.
+    static func hint(for errno: Errno) -> String {
+        switch errno {
+        case .badFileDescriptor: "the descriptor is not open (it must stay open until the sync returns)"
+        case .invalidArgument: "the descriptor does not support sync (a pipe, socket or special file?)"
+        case .ioError, .noSpace, .diskQuotaExceeded, .readOnlyFileSystem, .permissionDenied, .notPermitted:
+            "data written since the last successful sync may be lost; do not trust a retry"
+        default: ""
+        }
+    }
+}
+
+extension Errno {
+    /// The C name of the errno (`"EIO"`), or `"errno N"` for one this table does not know.
+    var symbolicName: String {
+        switch rawValue {
+        case 1: "EPERM"
+        case 2: "ENOENT"
+        case 4: "EINTR"
+        case 5: "EIO"
+        case 9: "EBADF"
+        case 11: "EAGAIN"
+        case 12: "ENOMEM"
+        case 13: "EACCES"
+        case 14: "EFAULT"
+        case 16: "EBUSY"
+        case 19: "ENODEV"
+        case 21: "EISDIR"
+        case 22: "EINVAL"
+        case 24: "EMFILE"
+        case 27: "EFBIG"
+        case 28: "ENOSPC"
+        case 29: "ESPIPE"
+        case 30: "EROFS"
+        case 38: "ENOSYS"
+        case 95: "EOPNOTSUPP"
+        case 107: "ENOTCONN"
+        case 110: "ETIMEDOUT"
+        case 122: "EDQUOT"
+        case 125: "ECANCELED"
+        default: "errno \(rawValue)"
+        }
+    }
+}

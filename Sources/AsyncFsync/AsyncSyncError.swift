@@ -1,0 +1,228 @@
+import SystemPackage
+
+/// The one error every backend throws.
+///
+/// A failure carries the errno the kernel or glibc reported (``errno``), what was being done
+/// (``operation``), at which step the backend learned of it (``step``), the backend
+/// (``backend``) and the descriptor (``descriptor``). The same fault gives the same
+/// ``code``, ``errno`` and ``operation`` on either backend, although the backends see some
+/// faults at different steps: kernel AIO refuses a closed descriptor at `io_submit(2)`, glibc at
+/// `aio_fsync(3)`; kernel AIO refuses a pipe at `io_submit(2)` while glibc reports it at
+/// completion. ``step`` and ``systemCall`` say where it was seen; compare errors by
+/// ``code``, ``errno`` and ``operation``.
+///
+/// ```swift
+/// do {
+///     try await backend.fdatasync(fd)
+/// } catch let error as AsyncSyncError where error.errno == .noSpace {
+///     // the data written since the last successful sync may be gone
+/// }
+/// ```
+public struct AsyncSyncError: Error, Sendable, Hashable {
+    /// A machine-readable category of the failure.
+    public var code: Code
+    /// The errno reported by the system, or `nil` for failures that have none
+    /// (``Code/invalidConfiguration``, ``Code/shutDown``, a probe that timed out).
+    public var errno: Errno?
+    /// What was being done.
+    public var operation: Operation
+    /// The step at which the backend learned of the failure.
+    public var step: Step
+    /// The backend that failed, or `nil` when no backend was involved (an invalid
+    /// `ASYNC_FSYNC_BACKEND` value).
+    public var backend: BackendKind?
+    /// The descriptor that was being synced, if any.
+    public var descriptor: FileDescriptor?
+    /// The C function that reported the failure (`"io_submit"`, `"io_getevents"`,
+    /// `"aio_fsync"`, `"aio_error"`, `"io_setup"`, …), if any.
+    public var systemCall: String?
+    /// Further detail for a person, without the parts already in the other fields.
+    public var message: String
+    /// Where in this library the error was made.
+    public var location: SourceLocation
+
+    /// Creates an error. Backends normally use the factories in `AsyncSyncError+Syscall.swift`.
+    public init(
+        code: Code,
+        errno: Errno?,
+        operation: Operation,
+        step: Step,
+        backend: BackendKind?,
+        descriptor: FileDescriptor? = nil,
+        systemCall: String? = nil,
+        message: String = "",
+        location: SourceLocation = .here()
+    ) {
+        self.code = code
+        self.errno = errno
+        self.operation = operation
+        self.step = step
+        self.backend = backend
+        self.descriptor = descriptor
+        self.systemCall = systemCall
+        self.message = message
+        self.location = location
+    }
+
+    /// Whether the failure may mean that written data is lost.
+    ///
+    /// `true` for an errno reported by a sync other than the ones that only say the request
+    /// could not be made (`EBADF`, `EINVAL`, `EAGAIN`, `ENOSYS`, `EINTR`, `ECANCELED`,
+    /// `EOPNOTSUPP`): `EIO`, `ENOSPC`, `EDQUOT`, `EROFS`, `ENOTCONN` and the rest. The classification
+    /// depends on the errno only, so it is the same on both backends, whichever step reported it.
+    /// Data covered by such a failure must be treated as lost: the kernel reports a failed
+    /// writeback once and a later sync of the same file may succeed although the data is gone.
+    public var isDurabilityFailure: Bool {
+        guard code == .system, let errno, operation.isSync else { return false }
+        switch errno {
+        case .badFileDescriptor, .invalidArgument, .resourceTemporarilyUnavailable,
+            .noFunction, .interrupted, .canceled, .notSupported:
+            return false
+        default:
+            return true
+        }
+    }
+}
+
+extension AsyncSyncError {
+    /// A machine-readable category of an ``AsyncSyncError``.
+    ///
+    /// New codes may be added; switch over it with a `default` case.
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        private enum Base: Hashable, Sendable {
+            case system, backendUnavailable, invalidConfiguration, shutDown
+        }
+        private var base: Base
+        private init(_ base: Base) { self.base = base }
+
+        /// The system reported an errno for the request; see ``AsyncSyncError/errno``.
+        public static let system = Code(.system)
+        /// The backend cannot work on this host (setup failed, the probe failed, or the kind
+        /// was forced but is not usable).
+        public static let backendUnavailable = Code(.backendUnavailable)
+        /// A configuration value (such as `ASYNC_FSYNC_BACKEND`) is not valid.
+        public static let invalidConfiguration = Code(.invalidConfiguration)
+        /// The backend was shut down; no new requests are accepted.
+        public static let shutDown = Code(.shutDown)
+
+        public var description: String {
+            switch base {
+            case .system: "system"
+            case .backendUnavailable: "backend unavailable"
+            case .invalidConfiguration: "invalid configuration"
+            case .shutDown: "shut down"
+            }
+        }
+    }
+
+    /// What was being done when an ``AsyncSyncError`` happened.
+    public struct Operation: Hashable, Sendable, CustomStringConvertible {
+        private enum Base: Hashable, Sendable { case fsync, fdatasync, setup, probe }
+        private var base: Base
+        private init(_ base: Base) { self.base = base }
+
+        /// A sync of data and metadata (``SyncMode/fsync``).
+        public static let fsync = Operation(.fsync)
+        /// A sync of data (``SyncMode/fdatasync``).
+        public static let fdatasync = Operation(.fdatasync)
+        /// Creating a backend (for example `io_setup(2)` or choosing a backend).
+        public static let setup = Operation(.setup)
+        /// Probing whether a backend works (see ``AsyncSync/probe()``).
+        public static let probe = Operation(.probe)
+
+        /// The operation of a sync in `mode`.
+        public static func sync(_ mode: SyncMode) -> Operation {
+            mode == .fsync ? .fsync : .fdatasync
+        }
+
+        /// Whether this is ``fsync`` or ``fdatasync``.
+        public var isSync: Bool { base == .fsync || base == .fdatasync }
+
+        public var description: String {
+            switch base {
+            case .fsync: "fsync"
+            case .fdatasync: "fdatasync"
+            case .setup: "setup"
+            case .probe: "probe"
+            }
+        }
+    }
+
+    /// The step of a request at which a backend learned of a failure.
+    public enum Step: String, Hashable, Sendable, CustomStringConvertible {
+        /// Creating the backend or its resources (`io_setup(2)`, a thread, an eventfd).
+        case setup
+        /// Handing the request to the kernel or glibc (`io_submit(2)`, `aio_fsync(3)`).
+        case submit
+        /// The request's result (`io_getevents(2)`'s `res`, `aio_error(3)`).
+        case completion
+        /// Before anything reached the system (the backend was shut down, a bad setting).
+        case request
+
+        public var description: String { rawValue }
+    }
+
+    /// A place in this library's source.
+    public struct SourceLocation: Hashable, Sendable, CustomStringConvertible {
+        public var function: String
+        public var file: String
+        public var line: Int
+
+        public init(function: String, file: String, line: Int) {
+            self.function = function
+            self.file = file
+            self.line = line
+        }
+
+        /// The caller's location.
+        public static func here(function: String = #function, file: String = #fileID, line: Int = #line) -> Self {
+            SourceLocation(function: function, file: file, line: line)
+        }
+
+        public var description: String { "\(file):\(line) (\(function))" }
+    }
+}
+
+extension AsyncSyncError: CustomStringConvertible, CustomDebugStringConvertible {
+    /// One line a person can act on, for example
+    /// `fdatasync of fd 7 failed on the libaio backend: Input/output error (EIO) at completion`.
+    public var description: String {
+        var text: String
+        switch code {
+        case .shutDown:
+            text = "\(operation)\(descriptorPhrase) refused: the \(backendPhrase)backend was shut down"
+        case .invalidConfiguration:
+            text = "invalid configuration"
+        case .backendUnavailable:
+            text = "\(backendPhrase)backend unavailable"
+        default:
+            text = "\(operation)\(descriptorPhrase) failed\(backend.map { " on the \($0) backend" } ?? "")"
+        }
+        if let errno {
+            text += ": \(errno.description) (\(errno.symbolicName))"
+            if let systemCall { text += " from \(systemCall)" }
+            if code == .system { text += " at \(step)" }
+        }
+        if !message.isEmpty { text += errno == nil ? ": \(message)" : "; \(message)" }
+        return text
+    }
+
+    /// The description followed by every field, for logs.
+    public var debugDescription: String {
+        var fields = ["code: \(code)", "operation: \(operation)", "step: \(step)"]
+        if let errno { fields.append("errno: \(errno.symbolicName) (\(errno.rawValue))") }
+        if let backend { fields.append("backend: \(backend)") }
+        if let descriptor { fields.append("descriptor: \(descriptor.rawValue)") }
+        if let systemCall { fields.append("systemCall: \(systemCall)") }
+        fields.append("location: \(location)")
+        return "AsyncSyncError(\(description); \(fields.joined(separator: ", ")))"
+    }
+
+    private var descriptorPhrase: String {
+        descriptor.map { " of fd \($0.rawValue)" } ?? ""
+    }
+
+    private var backendPhrase: String {
+        backend.map { "\($0) " } ?? ""
+    }
+}

@@ -1,0 +1,216 @@
+import CAsyncFsync
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// The only file that calls C. Each `system_<cname>` wrapper keeps the C arguments and turns the
+// C error convention into `Result<_, Errno>` with one of the three helpers below, reading errno
+// right after the call on the same thread. Backends never call these directly: they go through a
+// `SystemCalls` table, which tests replace to inject faults and count calls.
+
+// MARK: The three C error conventions
+
+/// glibc: `-1` and errno set.
+@inline(__always)
+func valueOrErrno<I: FixedWidthInteger>(_ result: I) -> Result<I, Errno> {
+    result == -1 ? .failure(Errno(rawValue: casyncfsync_errno())) : .success(result)
+}
+
+/// libaio and `io_event.res`: the value, or `-errno` returned with errno untouched.
+@inline(__always)
+func valueOrNegatedErrno<I: FixedWidthInteger>(_ result: I) -> Result<I, Errno> {
+    result < 0 ? .failure(Errno(rawValue: CInt(truncatingIfNeeded: 0 &- result))) : .success(result)
+}
+
+/// `aio_error(3)`: the errno itself as the return value; `0` = success, `EINPROGRESS` = not yet.
+@inline(__always)
+func errnoFromReturnValue(_ result: CInt) -> AIOStatus {
+    switch result {
+    case 0: .succeeded
+    case casyncfsync_EINPROGRESS: .inProgress
+    case -1: .failed(Errno(rawValue: casyncfsync_errno()))  // EINVAL: not a known request
+    default: .failed(Errno(rawValue: result))
+    }
+}
+
+/// What `aio_error(3)` says of a request.
+enum AIOStatus: Equatable {
+    case inProgress
+    case succeeded
+    case failed(Errno)
+}
+
+// MARK: Kernel AIO (raw syscalls, libaio's convention)
+
+func system_io_setup(_ nrEvents: CUnsignedInt, _ context: UnsafeMutablePointer<aio_context_t>) -> Result<Void, Errno> {
+    valueOrNegatedErrno(casyncfsync_io_setup(nrEvents, context)).map { _ in }
+}
+
+func system_io_destroy(_ context: aio_context_t) -> Result<Void, Errno> {
+    valueOrNegatedErrno(casyncfsync_io_destroy(context)).map { _ in }
+}
+
+func system_io_submit(
+    _ context: aio_context_t, _ count: Int, _ iocbs: UnsafeMutablePointer<UnsafeMutablePointer<iocb>?>
+) -> Result<Int, Errno> {
+    valueOrNegatedErrno(casyncfsync_io_submit(context, count, iocbs))
+}
+
+func system_io_getevents(
+    _ context: aio_context_t, _ minCount: Int, _ maxCount: Int,
+    _ events: UnsafeMutablePointer<io_event>, _ timeout: UnsafeMutablePointer<timespec>?
+) -> Result<Int, Errno> {
+    valueOrNegatedErrno(casyncfsync_io_getevents(context, minCount, maxCount, events, timeout))
+}
+
+// MARK: glibc POSIX aio
+
+func system_aio_fsync(_ mode: SyncMode, _ control: UnsafeMutablePointer<aiocb>) -> Result<Void, Errno> {
+    valueOrErrno(casyncfsync_aio_fsync(mode == .fdatasync ? 1 : 0, control)).map { _ in }
+}
+
+func system_aio_read(_ control: UnsafeMutablePointer<aiocb>) -> Result<Void, Errno> {
+    valueOrErrno(casyncfsync_aio_read(control)).map { _ in }
+}
+
+func system_aio_error(_ control: UnsafePointer<aiocb>) -> AIOStatus {
+    errnoFromReturnValue(casyncfsync_aio_error(control))
+}
+
+func system_aio_return(_ control: UnsafeMutablePointer<aiocb>) -> Result<Int, Errno> {
+    valueOrErrno(casyncfsync_aio_return(control))
+}
+
+func system_aio_suspend(
+    _ list: UnsafePointer<UnsafePointer<aiocb>?>, _ count: CInt, _ timeout: UnsafePointer<timespec>?
+) -> Result<Void, Errno> {
+    valueOrErrno(casyncfsync_aio_suspend(list, count, timeout)).map { _ in }
+}
+
+// MARK: Plain file and descriptor calls
+
+func system_fsync(_ fd: CInt) -> Result<Void, Errno> {
+    valueOrErrno(Glibc.fsync(fd)).map { _ in }
+}
+
+func system_fdatasync(_ fd: CInt) -> Result<Void, Errno> {
+    valueOrErrno(Glibc.fdatasync(fd)).map { _ in }
+}
+
+/// `eventfd(0, EFD_CLOEXEC)`.
+func system_eventfd() -> Result<CInt, Errno> {
+    valueOrErrno(casyncfsync_eventfd())
+}
+
+/// `memfd_create(name, MFD_CLOEXEC)`.
+func system_memfd_create(_ name: String) -> Result<CInt, Errno> {
+    valueOrErrno(casyncfsync_memfd(name))
+}
+
+func system_write(_ fd: CInt, _ buffer: UnsafeRawPointer, _ count: Int) -> Result<Int, Errno> {
+    valueOrErrno(Glibc.write(fd, buffer, count))
+}
+
+func system_close(_ fd: CInt) -> Result<Void, Errno> {
+    valueOrErrno(Glibc.close(fd)).map { _ in }
+}
+
+// MARK: The table the backends call through
+
+/// The system calls a backend makes, as replaceable functions.
+///
+/// ``live`` calls the `system_<cname>` wrappers above. Tests build a table that wraps ``live`` to
+/// count calls or to answer with an injected errno at a chosen step.
+struct SystemCalls: Sendable {
+    var ioSetup: @Sendable (CUnsignedInt, UnsafeMutablePointer<aio_context_t>) -> Result<Void, Errno>
+    var ioDestroy: @Sendable (aio_context_t) -> Result<Void, Errno>
+    var ioSubmit: @Sendable (aio_context_t, Int, UnsafeMutablePointer<UnsafeMutablePointer<iocb>?>) -> Result<Int, Errno>
+    var ioGetevents: @Sendable (aio_context_t, Int, Int, UnsafeMutablePointer<io_event>, UnsafeMutablePointer<timespec>?) -> Result<Int, Errno>
+    var aioFsync: @Sendable (SyncMode, UnsafeMutablePointer<aiocb>) -> Result<Void, Errno>
+    var aioRead: @Sendable (UnsafeMutablePointer<aiocb>) -> Result<Void, Errno>
+    var aioError: @Sendable (UnsafePointer<aiocb>) -> AIOStatus
+    var aioReturn: @Sendable (UnsafeMutablePointer<aiocb>) -> Result<Int, Errno>
+    var aioSuspend: @Sendable (UnsafePointer<UnsafePointer<aiocb>?>, CInt, UnsafePointer<timespec>?) -> Result<Void, Errno>
+    var eventfd: @Sendable () -> Result<CInt, Errno>
+    var memfdCreate: @Sendable (String) -> Result<CInt, Errno>
+    var write: @Sendable (CInt, UnsafeRawPointer, Int) -> Result<Int, Errno>
+    var close: @Sendable (CInt) -> Result<Void, Errno>
+
+    /// The real system.
+    static let live = SystemCalls(
+        ioSetup: system_io_setup,
+        ioDestroy: system_io_destroy,
+        ioSubmit: system_io_submit,
+        ioGetevents: system_io_getevents,
+        aioFsync: system_aio_fsync,
+        aioRead: system_aio_read,
+        aioError: system_aio_error,
+        aioReturn: system_aio_return,
+        aioSuspend: system_aio_suspend,
+        eventfd: system_eventfd,
+        memfdCreate: system_memfd_create,
+        write: system_write,
+        close: system_close
+    )
+}
+
+// MARK: Threads
+
+private final class ThreadBody {
+    let name: String
+    let body: @Sendable () -> Void
+    init(name: String, body: @escaping @Sendable () -> Void) {
+        self.name = name
+        self.body = body
+    }
+}
+
+/// Starts a detached thread that blocks every signal, so the host's signals are never delivered
+/// to it. `pthread_create(3)` returns the errno itself.
+func system_start_thread(name: String, _ body: @escaping @Sendable () -> Void) -> Result<Void, Errno> {
+    var attributes = pthread_attr_t()
+    pthread_attr_init(&attributes)
+    defer { pthread_attr_destroy(&attributes) }
+    pthread_attr_setdetachstate(&attributes, CInt(PTHREAD_CREATE_DETACHED))
+
+    var all = sigset_t()
+    var previous = sigset_t()
+    sigfillset(&all)
+    pthread_sigmask(SIG_SETMASK, &all, &previous)  // inherited by the new thread
+    defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
+
+    let context = Unmanaged.passRetained(ThreadBody(name: name, body: body)).toOpaque()
+    var thread = pthread_t()
+    let result = pthread_create(&thread, &attributes, { raw in
+        let box = Unmanaged<ThreadBody>.fromOpaque(raw!).takeRetainedValue()
+        casyncfsync_set_thread_name(box.name)
+        box.body()
+        return nil
+    }, context)
+    guard result == 0 else {
+        Unmanaged<ThreadBody>.fromOpaque(context).release()
+        return .failure(Errno(rawValue: result))
+    }
+    return .success(())
+}
+
+// MARK: Scratch files (probing)
+
+func system_unlink(_ path: String) -> Result<Void, Errno> {
+    valueOrErrno(Glibc.unlink(path)).map { _ in }
+}
+
+func system_getenv(_ name: String) -> String? {
+    Glibc.getenv(name).map { String(cString: $0) }
+}
+
+func system_getpid() -> CInt { Glibc.getpid() }
+
+/// Monotonic clock, for measuring how long a probe took.
+func system_monotonic_now() -> Duration {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return .seconds(now.tv_sec) + .nanoseconds(now.tv_nsec)
+}

@@ -1,0 +1,55 @@
+// Thin C shims for AsyncFsync. Every function here is one system call or one glibc call with
+// its arguments unchanged; Sources/AsyncFsync/Internal/Syscalls.swift is the only caller.
+//
+// Kernel AIO is reached through the raw syscalls of <linux/aio_abi.h> instead of libaio.so,
+// so the library loads on hosts without libaio (see docs/design.md). The io_* shims keep
+// libaio's convention: they return -errno on failure and leave errno alone.
+#ifndef C_ASYNC_FSYNC_H
+#define C_ASYNC_FSYNC_H
+
+#include <aio.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <time.h>
+#include <linux/aio_abi.h>
+
+/// errno of the calling thread, read right after a glibc call.
+int casyncfsync_errno(void);
+
+// MARK: Kernel AIO (libaio convention: result or -errno)
+long casyncfsync_io_setup(unsigned nr_events, aio_context_t *ctx);
+long casyncfsync_io_destroy(aio_context_t ctx);
+long casyncfsync_io_submit(aio_context_t ctx, long nr, struct iocb **iocbs);
+long casyncfsync_io_getevents(aio_context_t ctx, long min_nr, long nr,
+                              struct io_event *events, struct timespec *timeout);
+
+/// Prepares `cb` like libaio's io_prep_fsync / io_prep_fdsync: IOCB_CMD_FSYNC when
+/// `datasync` is 0, IOCB_CMD_FDSYNC otherwise. Clears every other field.
+void casyncfsync_prep_sync(struct iocb *cb, int fd, int datasync, uint64_t data);
+
+// MARK: glibc POSIX aio (aio_fsync/aio_suspend: -1 + errno; aio_error: the errno itself)
+/// Clears `cb` and sets aio_fildes and SIGEV_NONE notification.
+void casyncfsync_aiocb_prep(struct aiocb *cb, int fd);
+/// Clears `cb` and prepares a one-byte-buffer read (used as the completion thread's doorbell).
+void casyncfsync_aiocb_prep_read(struct aiocb *cb, int fd, void *buf, size_t len);
+int casyncfsync_aio_fsync(int datasync, struct aiocb *cb);
+int casyncfsync_aio_read(struct aiocb *cb);
+int casyncfsync_aio_error(const struct aiocb *cb);
+long casyncfsync_aio_return(struct aiocb *cb);
+int casyncfsync_aio_suspend(const struct aiocb *const list[], int n, const struct timespec *timeout);
+int casyncfsync_aio_cancel(int fd, struct aiocb *cb);
+
+// MARK: Descriptors and threads (glibc convention: -1 and errno)
+/// eventfd(initial 0, EFD_CLOEXEC), blocking reads.
+int casyncfsync_eventfd(void);
+/// memfd_create(name, MFD_CLOEXEC).
+int casyncfsync_memfd(const char *name);
+/// pthread_setname_np(pthread_self(), name); name is cut to 15 bytes.
+void casyncfsync_set_thread_name(const char *name);
+
+// MARK: Constants Swift does not import from macros
+extern const int casyncfsync_EINPROGRESS;
+extern const int casyncfsync_AIO_NOTCANCELED;
+
+#endif
