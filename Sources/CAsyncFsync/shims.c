@@ -6,6 +6,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 int casyncfsync_errno(void) { return errno; }
@@ -65,6 +66,20 @@ int casyncfsync_aio_cancel(int fd, struct aiocb *cb) { return aio_cancel(fd, cb)
 
 int casyncfsync_eventfd(void) { return eventfd(0, EFD_CLOEXEC); }
 int casyncfsync_memfd(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
+
+int casyncfsync_statfs_type(const char *path, long *type) {
+    struct statfs info;
+    int rc = statfs(path, &info);
+    if (rc == 0) *type = (long)info.f_type;
+    return rc;
+}
+
+int casyncfsync_fstatfs_type(int fd, long *type) {
+    struct statfs info;
+    int rc = fstatfs(fd, &info);
+    if (rc == 0) *type = (long)info.f_type;
+    return rc;
+}
 
 void casyncfsync_set_thread_name(const char *name) {
     char shortName[16];

@@ -340,6 +340,11 @@ final class AIOEngine<Driver: AIODriver>: Sendable {
 
     // MARK: Introspection for tests
 
+    /// Whether new requests are accepted (no shutdown has begun).
+    var isAcceptingRequests: Bool {
+        state.withLock { !$0.shuttingDown }
+    }
+
     /// Requests that hold a slot or wait in the queue.
     var outstandingCount: Int {
         state.withLock { $0.inFlight + $0.queue.count }

@@ -45,6 +45,10 @@ int casyncfsync_aio_cancel(int fd, struct aiocb *cb);
 int casyncfsync_eventfd(void);
 /// memfd_create(name, MFD_CLOEXEC).
 int casyncfsync_memfd(const char *name);
+/// statfs(path)->f_type into *type; 0 or -1 and errno.
+int casyncfsync_statfs_type(const char *path, long *type);
+/// fstatfs(fd)->f_type into *type; 0 or -1 and errno.
+int casyncfsync_fstatfs_type(int fd, long *type);
 /// pthread_setname_np(pthread_self(), name); name is cut to 15 bytes.
 void casyncfsync_set_thread_name(const char *name);
 

@@ -1,0 +1,263 @@
+import CAsyncFsync
+import Foundation
+import Synchronization
+import SystemPackage
+import Testing
+
+@testable import AsyncFsync
+
+/// Every test suite is nested in this one, so that tests run one at a time: several of them
+/// compare process-wide counters (`/proc/sys/fs/aio-nr`, the number of threads) before and after.
+@Suite(.serialized) struct AsyncFsyncTests {}
+
+// MARK: Environment
+
+enum TestEnvironment {
+    static var isCI: Bool { ProcessInfo.processInfo.environment["CI"] == "true" }
+
+    /// Checks a precondition of a test. When it does not hold the test cannot run: that is a
+    /// failure under `CI=true`, and a loud message elsewhere.
+    static func require(_ condition: Bool, _ reason: String, sourceLocation: SourceLocation = #_sourceLocation) -> Bool {
+        if condition { return true }
+        if isCI {
+            Issue.record("cannot run under CI=true: \(reason)", sourceLocation: sourceLocation)
+        } else {
+            print("⚠️  TEST NOT RUN: \(reason)")
+        }
+        return false
+    }
+}
+
+/// File system magic numbers from statfs(2).
+enum FileSystemMagic {
+    static let tmpfs: Int = 0x0102_1994
+    static let ext4: Int = 0xEF53
+    static let fuse: Int = 0x6573_5546
+
+    static func of(_ path: String) -> Int? {
+        var type = 0
+        guard casyncfsync_statfs_type(path, &type) == 0 else { return nil }
+        return type
+    }
+}
+
+/// A directory removed when the test ends.
+final class ScratchDirectory {
+    let path: FilePath
+
+    /// A directory on the disk of the working tree.
+    static func onDisk() throws -> ScratchDirectory {
+        try ScratchDirectory(parent: FileManager.default.currentDirectoryPath)
+    }
+
+    /// A directory on tmpfs (`/dev/shm`).
+    static func onTmpfs() throws -> ScratchDirectory {
+        try ScratchDirectory(parent: "/dev/shm")
+    }
+
+    init(parent: String) throws {
+        let name = "scratch-asyncfsync-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let path = FilePath(parent).appending(name)
+        try FileManager.default.createDirectory(atPath: path.string, withIntermediateDirectories: false)
+        self.path = path
+    }
+
+    deinit {
+        try? FileManager.default.removeItem(atPath: path.string)
+    }
+
+    /// Creates (or truncates) a file with `contents` and opens it.
+    func file(_ name: String, contents: String = "record\n", access: FileDescriptor.AccessMode = .readWrite) throws -> FileDescriptor {
+        let filePath = path.appending(name)
+        let fd = try FileDescriptor.open(filePath, .readWrite, options: [.create, .truncate], permissions: [.ownerReadWrite])
+        try fd.writeAll(Array(contents.utf8))
+        guard access != .readWrite else { return fd }
+        try fd.close()
+        return try FileDescriptor.open(filePath, access)
+    }
+
+    var fileSystemMagic: Int? { FileSystemMagic.of(path.string) }
+}
+
+// MARK: Resources
+
+enum Resources {
+    /// System-wide AIO events allocated (`/proc/sys/fs/aio-nr`).
+    static func aioNr() -> Int {
+        Int((try? String(contentsOfFile: "/proc/sys/fs/aio-nr", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? -1
+    }
+
+    static func threadCount() -> Int {
+        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").count) ?? -1
+    }
+
+    static func openDescriptorCount() -> Int {
+        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1
+    }
+
+    /// What each open descriptor points at, for failure messages.
+    static func openDescriptors() -> String {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+        return names.sorted().map { name in
+            "\(name)→\((try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(name)")) ?? "?")"
+        }.joined(separator: " ")
+    }
+
+    /// Waits until `value()` is at most `limit` (glibc's aio helpers linger for a second when idle).
+    static func settle(within seconds: Double = 5, _ value: () -> Int, atMost limit: Int) async -> Int {
+        let deadline = Date().addingTimeInterval(seconds)
+        var current = value()
+        while current > limit, Date() < deadline {
+            try? await Task.sleep(for: .milliseconds(50))
+            current = value()
+        }
+        return current
+    }
+}
+
+// MARK: Backends
+
+func makeBackend(_ kind: BackendKind, capacity: Int = 256, system: SystemCalls = .live) throws -> any AsyncSyncBackend {
+    switch kind {
+    case .libaio: try LibaioBackend(capacity: capacity, system: system)
+    case .posix: try PosixAIOBackend(capacity: capacity, system: system)
+    }
+}
+
+func outstanding(_ backend: any AsyncSyncBackend) -> Int {
+    switch backend {
+    case let backend as LibaioBackend: backend.engine.outstandingCount
+    case let backend as PosixAIOBackend: backend.engine.outstandingCount
+    default: -1
+    }
+}
+
+func isAcceptingRequests(_ backend: any AsyncSyncBackend) -> Bool {
+    switch backend {
+    case let backend as LibaioBackend: backend.engine.isAcceptingRequests
+    case let backend as PosixAIOBackend: backend.engine.isAcceptingRequests
+    default: false
+    }
+}
+
+/// Runs `body` and returns its error, or nil.
+func caughtError(_ body: () async throws -> Void) async -> (any Error)? {
+    do {
+        try await body()
+        return nil
+    } catch {
+        return error
+    }
+}
+
+// MARK: Syscall recording and fault injection
+
+/// Wraps the live system calls: counts submissions, can hold completions back (a gate), and can
+/// inject errnos at submit or completion.
+final class SyscallRecorder: Sendable {
+    struct State {
+        var submitted = 0          // requests handed to the system (io_submit iocbs accepted, aio_fsync calls succeeded)
+        var submitCalls = 0
+        var completed = 0
+        var maxOutstanding = 0
+        var gateClosed = false
+        var submitErrnos: [Errno] = []       // answered, one per submit call, before calling the system
+        var completionErrnos: [Errno] = []   // replaces the result of the next completions
+        var submittedModes: [SyncMode] = []
+    }
+    let state = Mutex(State())
+    private let gate = DispatchSemaphore(value: 0)
+
+    var submitted: Int { state.withLock { $0.submitted } }
+    var submitCalls: Int { state.withLock { $0.submitCalls } }
+
+    func closeGate() { state.withLock { $0.gateClosed = true } }
+    func openGate() {
+        state.withLock { $0.gateClosed = false }
+        gate.signal()
+    }
+
+    func injectAtSubmit(_ errnos: [Errno]) { state.withLock { $0.submitErrnos += errnos } }
+    func injectAtCompletion(_ errnos: [Errno]) { state.withLock { $0.completionErrnos += errnos } }
+
+    private func waitAtGate() {
+        while state.withLock({ $0.gateClosed }) { _ = gate.wait(timeout: .now() + .milliseconds(20)) }
+    }
+
+    private func takeSubmitErrno() -> Errno? {
+        state.withLock { $0.submitErrnos.isEmpty ? nil : $0.submitErrnos.removeFirst() }
+    }
+
+    private func noteSubmitted(_ count: Int, modes: [SyncMode]) {
+        state.withLock {
+            $0.submitted += count
+            $0.submittedModes += modes
+            $0.maxOutstanding = max($0.maxOutstanding, $0.submitted - $0.completed)
+        }
+    }
+
+    private func noteCompleted(_ count: Int) {
+        state.withLock { $0.completed += count }
+    }
+
+    private func replaceCompletion() -> Errno? {
+        state.withLock { $0.completionErrnos.isEmpty ? nil : $0.completionErrnos.removeFirst() }
+    }
+
+    var system: SystemCalls {
+        var system = SystemCalls.live
+        system.ioSubmit = { [self] context, count, iocbs in
+            // The backend's own wake-up (shutdown) is not a request.
+            if count == 1, iocbs[0]?.pointee.aio_data == LibaioDriver.wakeTag {
+                return SystemCalls.live.ioSubmit(context, count, iocbs)
+            }
+            state.withLock { $0.submitCalls += 1 }
+            if let errno = takeSubmitErrno() { return .failure(errno) }
+            let result = SystemCalls.live.ioSubmit(context, count, iocbs)
+            if case .success(let accepted) = result {
+                let requests = (0..<accepted).compactMap { iocbs[$0] }.filter { $0.pointee.aio_data != LibaioDriver.wakeTag }
+                noteSubmitted(requests.count, modes: requests.map { Int($0.pointee.aio_lio_opcode) == IOCB_CMD_FDSYNC ? .fdatasync : .fsync })
+            }
+            return result
+        }
+        system.ioGetevents = { [self] context, minimum, maximum, events, timeout in
+            let result = SystemCalls.live.ioGetevents(context, minimum, maximum, events, timeout)
+            waitAtGate()  // hold back what completed, not the wait itself
+            if case .success(let count) = result {
+                var real = 0
+                for index in 0..<count where events[index].data != LibaioDriver.wakeTag {
+                    real += 1
+                    if let errno = replaceCompletion() { events[index].res = -Int64(errno.rawValue) }
+                }
+                noteCompleted(real)
+            }
+            return result
+        }
+        system.aioFsync = { [self] mode, control in
+            state.withLock { $0.submitCalls += 1 }
+            if let errno = takeSubmitErrno() { return .failure(errno) }
+            let result = SystemCalls.live.aioFsync(mode, control)
+            if case .success = result { noteSubmitted(1, modes: [mode]) }
+            return result
+        }
+        system.aioSuspend = { [self] list, count, timeout in
+            let result = SystemCalls.live.aioSuspend(list, count, timeout)
+            waitAtGate()
+            return result
+        }
+        system.aioError = { [self] control in
+            let status = SystemCalls.live.aioError(control)
+            // The doorbell is a read; requests are fsyncs (aio_lio_opcode stays 0 for aio_fsync in glibc).
+            guard status != .inProgress, control.pointee.aio_buf == nil else { return status }
+            if waitingToReplace, let errno = replaceCompletion() { return .failed(errno) }
+            return status
+        }
+        system.aioReturn = { [self] control in
+            if control.pointee.aio_buf == nil { noteCompleted(1) }
+            return SystemCalls.live.aioReturn(control)
+        }
+        return system
+    }
+
+    private var waitingToReplace: Bool { state.withLock { !$0.completionErrnos.isEmpty } }
+}
