@@ -2,6 +2,7 @@
 #include "CAsyncFsync.h"
 
 #include <string.h>
+#include <dlfcn.h>
 #include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -63,6 +64,17 @@ int casyncfsync_aio_suspend(const struct aiocb *const list[], int n, const struc
 }
 
 int casyncfsync_aio_cancel(int fd, struct aiocb *cb) { return aio_cancel(fd, cb); }
+
+void casyncfsync_aio_init(int threads, int requests) {
+    struct aioinit init;
+    memset(&init, 0, sizeof init);
+    init.aio_threads = threads;
+    init.aio_num = requests;
+    init.aio_idle_time = 1;
+    aio_init(&init);
+}
+
+int casyncfsync_tsan_loaded(void) { return dlsym(RTLD_DEFAULT, "__tsan_init") != NULL; }
 
 int casyncfsync_eventfd(void) { return eventfd(0, EFD_CLOEXEC); }
 int casyncfsync_memfd(const char *name) { return memfd_create(name, MFD_CLOEXEC); }

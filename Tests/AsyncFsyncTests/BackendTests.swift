@@ -7,6 +7,8 @@ import Testing
 extension AsyncFsyncTests {
     /// What every backend must do on real files, real kernels and real file systems.
     @Suite struct Backends {
+        init() { GlibcAIOUnderSanitizer.configure }
+
         static let kinds = BackendKind.allCases
 
         @Test("fsync and fdatasync of a file on the disk of the working tree", arguments: kinds)

@@ -5,6 +5,8 @@ import Testing
 
 extension AsyncFsyncTests {
     @Suite struct Selection {
+        init() { GlibcAIOUnderSanitizer.configure }
+
         @Test("ASYNC_FSYNC_BACKEND parsing", arguments: [
             (nil, BackendChoice.auto), ("", .auto), ("auto", .auto), ("  AUTO ", .auto),
             ("libaio", .forced(.libaio)), (" LibAIO\t", .forced(.libaio)),

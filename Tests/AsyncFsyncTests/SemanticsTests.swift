@@ -1,3 +1,4 @@
+import CAsyncFsync
 import Foundation
 import Synchronization
 import SystemPackage
@@ -9,6 +10,8 @@ extension AsyncFsyncTests {
     /// Exactly once, cancellation, shutdown, resources, and the errno paths (through the
     /// injectable syscall table).
     @Suite struct Semantics {
+        init() { GlibcAIOUnderSanitizer.configure }
+
         static let kinds = BackendKind.allCases
 
         @Test("a task cancelled before the call ends with CancellationError and submits nothing", arguments: kinds)
@@ -240,6 +243,24 @@ extension AsyncFsyncTests {
             }
             #expect(results.filter { $0 == .badFileDescriptor }.count == 67)
             #expect(results.filter { $0 == nil }.count == 133)
+            await backend.shutdown()
+        }
+
+        @Test("POSIX aio keeps working when the host limits glibc to one helper thread")
+        func singleGlibcHelper() async throws {
+            let directory = try ScratchDirectory.onTmpfs()
+            let files = try (0..<4).map { try directory.file("f\($0)") }
+            defer { for fd in files { try? fd.close() } }
+            casyncfsync_aio_init(1, 64)
+            defer { casyncfsync_aio_init(GlibcAIOUnderSanitizer.defaultThreads, 64) }
+            let backend = try makeBackend(.posix)
+            // The doorbell's read holds the only helper; every request must still complete.
+            for round in 0..<10 {
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for fd in files { group.addTask { try await backend.sync(fd, mode: round.isMultiple(of: 2) ? .fsync : .fdatasync) } }
+                    try await group.waitForAll()
+                }
+            }
             await backend.shutdown()
         }
 

@@ -10,6 +10,25 @@ import Testing
 /// compare process-wide counters (`/proc/sys/fs/aio-nr`, the number of threads) before and after.
 @Suite(.serialized) struct AsyncFsyncTests {}
 
+/// Under ThreadSanitizer, limits glibc's POSIX aio to two helper threads before any test runs.
+/// Every suite's `init()` calls this (Swift Testing makes a suite instance per test).
+///
+/// glibc's aio helpers start further helpers with its internal `pthread_create`, which TSan does
+/// not intercept; such a thread crashes inside TSan's allocator on its first `calloc`. With two
+/// helpers, one of them parked in a backend's doorbell read, glibc never needs to start a helper
+/// from a helper. Without TSan nothing changes.
+enum GlibcAIOUnderSanitizer {
+    /// The helper limit tests restore after changing it: glibc's default (20), 2 under TSan.
+    static var defaultThreads: CInt { casyncfsync_tsan_loaded() != 0 ? 2 : 20 }
+
+    static let configure: Void = {
+        if casyncfsync_tsan_loaded() != 0 {
+            casyncfsync_aio_init(defaultThreads, 64)
+            print("ThreadSanitizer detected: glibc POSIX aio limited to \(defaultThreads) helper threads (see Support.swift)")
+        }
+    }()
+}
+
 // MARK: Environment
 
 enum TestEnvironment {
@@ -165,7 +184,7 @@ final class SyscallRecorder: Sendable {
         var completionErrnos: [Errno] = []   // replaces the result of the next completions
         var submittedModes: [SyncMode] = []
     }
-    let state = Mutex(State())
+    let state = Locked(State())
     private let gate = DispatchSemaphore(value: 0)
 
     var submitted: Int { state.withLock { $0.submitted } }

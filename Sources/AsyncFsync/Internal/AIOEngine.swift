@@ -35,7 +35,7 @@ final class AIOEngine<Driver: AIODriver>: Sendable {
     }
 
     let driver: Driver
-    private let state: Mutex<State>
+    private let state: Locked<State>
     private let nextID = Atomic<UInt64>(1)
     /// Slot numbers of the batch being submitted; used only by the holder of the submitter role.
     private nonisolated(unsafe) let submitBuffer: UnsafeMutableBufferPointer<Int32>
@@ -46,7 +46,7 @@ final class AIOEngine<Driver: AIODriver>: Sendable {
     init(driver: Driver) throws(AsyncSyncError) {
         self.driver = driver
         let slots = driver.slotCount
-        self.state = Mutex(
+        self.state = Locked(
             State(
                 requests: Array(repeating: nil, count: slots),
                 interruptedRetries: Array(repeating: 0, count: slots),

@@ -20,6 +20,13 @@ final class PosixAIODriver: AIODriver, @unchecked Sendable {
     static var waitsOnList: Bool { true }
     /// How long the thread sleeps while the doorbell cannot be armed (glibc out of resources).
     static var unarmedTimeout: timespec { timespec(tv_sec: 0, tv_nsec: 10_000_000) }
+    /// How long the thread sleeps on requests in flight before it rings its own doorbell.
+    ///
+    /// The doorbell's read occupies one of glibc's helper threads. If the host limited glibc to a
+    /// single helper (`aio_init(3)`), a request submitted while the completion thread was awake
+    /// would wait behind that read forever; ringing releases the helper to glibc's run list. With
+    /// glibc's default pool this only costs one doorbell cycle per slow period.
+    static var starvationTimeout: timespec { timespec(tv_sec: 0, tv_nsec: 200_000_000) }
 
     let slotCount: Int
     private let system: SystemCalls
@@ -84,8 +91,15 @@ final class PosixAIODriver: AIODriver, @unchecked Sendable {
         if doorbellArmed {
             list[Int(count)] = UnsafePointer(doorbell)
             count += 1
-            // EINTR and EAGAIN (timeout) only mean: look again.
-            _ = system.aioSuspend(list, count, nil)
+            // EINTR only means: look again.
+            if active.isEmpty {
+                _ = system.aioSuspend(list, count, nil)
+            } else {
+                var timeout = Self.starvationTimeout
+                if case .failure(.resourceTemporarilyUnavailable) = system.aioSuspend(list, count, &timeout) {
+                    wake()
+                }
+            }
         } else {
             var timeout = Self.unarmedTimeout
             _ = system.aioSuspend(list, count, &timeout)

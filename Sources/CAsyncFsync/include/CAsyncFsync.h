@@ -39,6 +39,11 @@ int casyncfsync_aio_error(const struct aiocb *cb);
 long casyncfsync_aio_return(struct aiocb *cb);
 int casyncfsync_aio_suspend(const struct aiocb *const list[], int n, const struct timespec *timeout);
 int casyncfsync_aio_cancel(int fd, struct aiocb *cb);
+/// aio_init with `threads` helper threads at most (glibc's process-wide tuning; the library never
+/// calls it, the tests do under ThreadSanitizer).
+void casyncfsync_aio_init(int threads, int requests);
+/// Whether the ThreadSanitizer runtime is loaded in this process.
+int casyncfsync_tsan_loaded(void);
 
 // MARK: Descriptors and threads (glibc convention: -1 and errno)
 /// eventfd(initial 0, EFD_CLOEXEC), blocking reads.
