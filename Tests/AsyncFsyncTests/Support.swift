@@ -10,16 +10,16 @@ import Testing
 /// compare process-wide counters (`/proc/sys/fs/aio-nr`, the number of threads) before and after.
 @Suite(.serialized) struct AsyncFsyncTests {}
 
-/// Under ThreadSanitizer, limits glibc's POSIX aio to two helper threads before any test runs.
+/// Under ThreadSanitizer, limits glibc's POSIX aio to one helper thread before any test runs.
 /// Every suite's `init()` calls this (Swift Testing makes a suite instance per test).
 ///
 /// glibc's aio helpers start further helpers with its internal `pthread_create`, which TSan does
-/// not intercept; such a thread crashes inside TSan's allocator on its first `calloc`. With two
-/// helpers, one of them parked in a backend's doorbell read, glibc never needs to start a helper
-/// from a helper. Without TSan nothing changes.
+/// not intercept; such a thread crashes inside TSan's allocator on its first `calloc`. With one
+/// helper glibc never starts a helper from a helper (the backend's starvation guard keeps the
+/// doorbell from holding that helper for long). Without TSan nothing changes.
 enum GlibcAIOUnderSanitizer {
-    /// The helper limit tests restore after changing it: glibc's default (20), 2 under TSan.
-    static var defaultThreads: CInt { casyncfsync_tsan_loaded() != 0 ? 2 : 20 }
+    /// The helper limit tests restore after changing it: glibc's default (20), 1 under TSan.
+    static var defaultThreads: CInt { casyncfsync_tsan_loaded() != 0 ? 1 : 20 }
 
     static let configure: Void = {
         if casyncfsync_tsan_loaded() != 0 {
