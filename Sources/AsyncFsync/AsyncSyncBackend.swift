@@ -10,7 +10,8 @@ import SystemPackage
 /// - Every call of ``sync(_:mode:)`` returns or throws exactly once, under any load, on
 ///   cancellation and on shutdown.
 /// - A failed sync is reported with an ``AsyncSyncError`` carrying its errno; it is never retried
-///   and then reported as success. The one exception is `EINTR` reported at completion (the sync
+///   and then reported as success. A durability failure is sticky per file: later syncs of that
+///   file fail at once with ``AsyncSyncError/Code/earlierFailure`` until ``clearFailure(of:)``. The one exception is `EINTR` reported at completion (the sync
 ///   did not run to its end), which is submitted again, at most
 ///   16 times in a row.
 /// - The same fault gives an error with the same ``AsyncSyncError/code``,
@@ -41,12 +42,30 @@ public protocol AsyncSyncBackend: Sendable {
     ///   when the task was cancelled before the request was handed to the system.
     func sync(_ fd: FileDescriptor, mode: SyncMode) async throws
 
+    /// Forgets an earlier durability failure of the file `fd` refers to, so that its syncs run again.
+    ///
+    /// After a sync of a file failed with a durability error (``AsyncSyncError/isDurabilityFailure``),
+    /// every later sync of the same file (any descriptor of it) fails at once with
+    /// ``AsyncSyncError/Code/earlierFailure``: the kernel reports a failed writeback only once, and
+    /// the next `fsync(2)` may succeed although the data is gone. Call this after the data written
+    /// before the failure has been written again (or given up).
+    ///
+    /// - Parameter fd: Any open descriptor of the file.
+    /// - Returns: Whether a failure was recorded for the file.
+    /// - Throws: ``AsyncSyncError`` when the file cannot be identified (`fstat(2)` failed).
+    @discardableResult
+    func clearFailure(of fd: FileDescriptor) throws -> Bool
+
     /// Stops accepting requests, waits for the accepted ones to complete, then releases the
     /// backend's resources (AIO context, thread, descriptors). Calling it again is harmless.
     func shutdown() async
 }
 
 extension AsyncSyncBackend {
+    /// The default for backends that keep no failures: there is nothing to forget.
+    @discardableResult
+    public func clearFailure(of fd: FileDescriptor) throws -> Bool { false }
+
     /// Makes the data and metadata of `fd` durable, like `fsync(2)`.
     ///
     /// - Parameter fd: An open descriptor; it must stay open until this call returns.

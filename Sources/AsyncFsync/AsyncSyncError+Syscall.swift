@@ -19,6 +19,18 @@ extension AsyncSyncError {
             location: location)
     }
 
+    /// A sync of a file whose earlier sync failed with `errno`.
+    static func earlierFailure(
+        _ mode: SyncMode, errno: Errno, backend: BackendKind, descriptor: FileDescriptor,
+        location: SourceLocation = .here()
+    ) -> AsyncSyncError {
+        AsyncSyncError(
+            code: .earlierFailure, errno: errno, operation: .sync(mode), step: .request, backend: backend,
+            descriptor: descriptor,
+            message: "data written before that failure may be lost; clearFailure(of:) after rewriting it",
+            location: location)
+    }
+
     /// A request arrived after ``AsyncSyncBackend/shutdown()``.
     static func shutDown(
         _ mode: SyncMode, backend: BackendKind, descriptor: FileDescriptor,

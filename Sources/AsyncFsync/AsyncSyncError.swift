@@ -73,7 +73,7 @@ public struct AsyncSyncError: Error, Sendable, Hashable {
     /// Data covered by such a failure must be treated as lost: the kernel reports a failed
     /// writeback once and a later sync of the same file may succeed although the data is gone.
     public var isDurabilityFailure: Bool {
-        guard code == .system, let errno, operation.isSync else { return false }
+        guard code == .system || code == .earlierFailure, let errno, operation.isSync else { return false }
         switch errno {
         case .badFileDescriptor, .invalidArgument, .resourceTemporarilyUnavailable,
             .noFunction, .interrupted, .canceled, .notSupported:
@@ -90,13 +90,19 @@ extension AsyncSyncError {
     /// New codes may be added; switch over it with a `default` case.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Base: Hashable, Sendable {
-            case system, backendUnavailable, invalidConfiguration, shutDown
+            case system, earlierFailure, backendUnavailable, invalidConfiguration, shutDown
         }
         private var base: Base
         private init(_ base: Base) { self.base = base }
 
         /// The system reported an errno for the request; see ``AsyncSyncError/errno``.
         public static let system = Code(.system)
+        /// An earlier sync of the same file failed with a durability error (see
+        /// ``AsyncSyncError/isDurabilityFailure``), so this sync was refused without running:
+        /// the kernel reports a failed writeback only once, and a sync that now succeeded would
+        /// hide the loss. ``AsyncSyncError/errno`` is the earlier errno. Clear it with
+        /// ``AsyncSyncBackend/clearFailure(of:)`` once the data has been rewritten.
+        public static let earlierFailure = Code(.earlierFailure)
         /// The backend cannot work on this host (setup failed, the probe failed, or the kind
         /// was forced but is not usable).
         public static let backendUnavailable = Code(.backendUnavailable)
@@ -108,6 +114,7 @@ extension AsyncSyncError {
         public var description: String {
             switch base {
             case .system: "system"
+            case .earlierFailure: "earlier failure"
             case .backendUnavailable: "backend unavailable"
             case .invalidConfiguration: "invalid configuration"
             case .shutDown: "shut down"
@@ -195,6 +202,8 @@ extension AsyncSyncError: CustomStringConvertible, CustomDebugStringConvertible 
             text = "invalid configuration"
         case .backendUnavailable:
             text = "\(backendPhrase)backend unavailable"
+        case .earlierFailure:
+            text = "\(operation)\(descriptorPhrase) refused on the \(backendPhrase)backend: an earlier sync of this file failed"
         default:
             text = "\(operation)\(descriptorPhrase) failed\(backend.map { " on the \($0) backend" } ?? "")"
         }

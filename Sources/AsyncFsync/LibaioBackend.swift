@@ -16,19 +16,24 @@ public final class LibaioBackend: AsyncSyncBackend {
 
     /// Creates a backend with its own AIO context and completion thread.
     ///
-    /// - Parameter capacity: The number of requests in the kernel at once (the size of the AIO
+    /// - Parameters:
+    ///   - capacity: The number of requests in the kernel at once (the size of the AIO
     ///   context, counted against `/proc/sys/fs/aio-max-nr`). The default is 256.
+    ///   - stickyFailures: Whether a durability failure of a file makes every later sync of that
+    ///     file through this backend fail at once with ``AsyncSyncError/Code/earlierFailure``,
+    ///     until ``clearFailure(of:)``. The default is `true`.
     /// - Throws: ``AsyncSyncError`` with code ``AsyncSyncError/Code/backendUnavailable`` when
     ///   `io_setup(2)` fails (`EAGAIN`: aio-max-nr used up; `ENOSYS`/`EPERM`: kernel AIO absent or
     ///   denied) or the thread cannot be started.
     ///
     /// Uses `io_setup(2)`.
-    public convenience init(capacity: Int = 256) throws {
-        try self.init(capacity: capacity, system: .live)
+    public convenience init(capacity: Int = 256, stickyFailures: Bool = true) throws {
+        try self.init(capacity: capacity, stickyFailures: stickyFailures, system: .live)
     }
 
-    init(capacity: Int, system: SystemCalls) throws(AsyncSyncError) {
-        engine = try AIOEngine(driver: LibaioDriver(slotCount: capacity, system: system))
+    init(capacity: Int, stickyFailures: Bool = true, system: SystemCalls) throws(AsyncSyncError) {
+        engine = try AIOEngine(driver: LibaioDriver(slotCount: capacity, system: system), system: system,
+                               stickyFailures: stickyFailures)
     }
 
     deinit {
@@ -46,6 +51,11 @@ public final class LibaioBackend: AsyncSyncBackend {
     /// Uses `io_submit(2)` and `io_getevents(2)`.
     public func sync(_ fd: FileDescriptor, mode: SyncMode) async throws {
         try await engine.sync(fd, mode: mode)
+    }
+
+    @discardableResult
+    public func clearFailure(of fd: FileDescriptor) throws -> Bool {
+        try engine.clearFailure(of: fd)
     }
 
     public func shutdown() async {

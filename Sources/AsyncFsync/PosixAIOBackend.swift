@@ -15,15 +15,20 @@ public final class PosixAIOBackend: AsyncSyncBackend {
 
     /// Creates a backend with its own completion thread.
     ///
-    /// - Parameter capacity: The number of requests handed to glibc at once. The default is 256.
+    /// - Parameters:
+    ///   - capacity: The number of requests handed to glibc at once. The default is 256.
+    ///   - stickyFailures: Whether a durability failure of a file makes every later sync of that
+    ///     file through this backend fail at once with ``AsyncSyncError/Code/earlierFailure``,
+    ///     until ``clearFailure(of:)``. The default is `true`.
     /// - Throws: ``AsyncSyncError`` with code ``AsyncSyncError/Code/backendUnavailable`` when the
     ///   eventfd, the doorbell request or the thread cannot be created.
-    public convenience init(capacity: Int = 256) throws {
-        try self.init(capacity: capacity, system: .live)
+    public convenience init(capacity: Int = 256, stickyFailures: Bool = true) throws {
+        try self.init(capacity: capacity, stickyFailures: stickyFailures, system: .live)
     }
 
-    init(capacity: Int, system: SystemCalls) throws(AsyncSyncError) {
-        engine = try AIOEngine(driver: PosixAIODriver(slotCount: capacity, system: system))
+    init(capacity: Int, stickyFailures: Bool = true, system: SystemCalls) throws(AsyncSyncError) {
+        engine = try AIOEngine(driver: PosixAIODriver(slotCount: capacity, system: system), system: system,
+                               stickyFailures: stickyFailures)
     }
 
     deinit {
@@ -41,6 +46,11 @@ public final class PosixAIOBackend: AsyncSyncBackend {
     /// Uses `aio_fsync(3)`, `aio_suspend(3)`, `aio_error(3)` and `aio_return(3)`.
     public func sync(_ fd: FileDescriptor, mode: SyncMode) async throws {
         try await engine.sync(fd, mode: mode)
+    }
+
+    @discardableResult
+    public func clearFailure(of fd: FileDescriptor) throws -> Bool {
+        try engine.clearFailure(of: fd)
     }
 
     public func shutdown() async {

@@ -157,13 +157,72 @@ extension AsyncFsyncTests {
                     #expect(failure.descriptor == fd)
                     #expect(failure.isDurabilityFailure)
                     #expect(recorder.submitted == 1, "a failed sync is never retried")
-                    // The next sync is a new request and runs for real.
+                    // The failure is sticky: the next sync of the file is refused without running.
+                    let again = try #require(await caughtError { try await backend.sync(fd, mode: mode) } as? AsyncSyncError)
+                    #expect(again.code == .earlierFailure)
+                    #expect(again.errno == errno)
+                    #expect(again.isDurabilityFailure)
+                    #expect(recorder.submitted == 1)
+                    #expect(try backend.clearFailure(of: fd))
                     try await backend.sync(fd, mode: mode)
+                    #expect(recorder.submitted == 2)
                     await backend.shutdown()
                     if mode == .fdatasync { seen.append(failure) }
                 }
             }
             #expect(seen[0].code == seen[1].code && seen[0].errno == seen[1].errno && seen[0].operation == seen[1].operation)
+        }
+
+        @Test("a durability failure is sticky per file (any descriptor), until cleared", arguments: kinds)
+        func stickyPerFile(kind: BackendKind) async throws {
+            let directory = try ScratchDirectory.onDisk()
+            let recorder = SyscallRecorder()
+            let backend = try makeBackend(kind, system: recorder.system)
+            let wal = try directory.file("wal")
+            let other = try directory.file("other")
+            defer { try? wal.close(); try? other.close() }
+            recorder.injectAtCompletion([.ioError])
+            await #expect(throws: AsyncSyncError.self) { try await backend.fdatasync(wal) }
+
+            // Another descriptor of the same file: still refused, with the original errno.
+            let walAgain = try FileDescriptor.open(directory.path.appending("wal"), .readWrite)
+            defer { try? walAgain.close() }
+            let refused = try #require(await caughtError { try await backend.fsync(walAgain) } as? AsyncSyncError)
+            #expect(refused.code == .earlierFailure)
+            #expect(refused.errno == .ioError)
+            #expect(refused.step == .request)
+            #expect(refused.operation == .fsync)
+            #expect(refused.description.contains("an earlier sync of this file failed"))
+            // Other files are not affected.
+            try await backend.fdatasync(other)
+            #expect(recorder.submitted == 2)
+
+            #expect(try backend.clearFailure(of: walAgain))
+            #expect(try !backend.clearFailure(of: walAgain))
+            try await backend.fdatasync(wal)
+            await backend.shutdown()
+        }
+
+        @Test("sticky failures can be turned off; submit-time errors are never sticky", arguments: kinds)
+        func stickyOff(kind: BackendKind) async throws {
+            let directory = try ScratchDirectory.onTmpfs()
+            let recorder = SyscallRecorder()
+            let backend = try makeBackend(kind, stickyFailures: false, system: recorder.system)
+            let fd = try directory.file("data")
+            defer { try? fd.close() }
+            recorder.injectAtCompletion([.noSpace])
+            await #expect(throws: AsyncSyncError.self) { try await backend.fdatasync(fd) }
+            try await backend.fdatasync(fd)
+            await backend.shutdown()
+
+            let sticky = try makeBackend(kind)
+            let pipe = try FileDescriptor.pipe()
+            defer { try? pipe.readEnd.close(); try? pipe.writeEnd.close() }
+            for _ in 0..<2 {
+                let failure = await caughtError { try await sticky.fsync(pipe.writeEnd) } as? AsyncSyncError
+                #expect(failure?.code == .system, "EINVAL is the descriptor's, not a lost write: not sticky")
+            }
+            await sticky.shutdown()
         }
 
         @Test("EINTR at completion is submitted again (kernel AIO; glibc retries it itself)")

@@ -136,10 +136,10 @@ enum Resources {
 
 // MARK: Backends
 
-func makeBackend(_ kind: BackendKind, capacity: Int = 256, system: SystemCalls = .live) throws -> any AsyncSyncBackend {
+func makeBackend(_ kind: BackendKind, capacity: Int = 256, stickyFailures: Bool = true, system: SystemCalls = .live) throws -> any AsyncSyncBackend {
     switch kind {
-    case .libaio: try LibaioBackend(capacity: capacity, system: system)
-    case .posix: try PosixAIOBackend(capacity: capacity, system: system)
+    case .libaio: try LibaioBackend(capacity: capacity, stickyFailures: stickyFailures, system: system)
+    case .posix: try PosixAIOBackend(capacity: capacity, stickyFailures: stickyFailures, system: system)
     }
 }
 

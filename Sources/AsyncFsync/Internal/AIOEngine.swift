@@ -32,19 +32,30 @@ final class AIOEngine<Driver: AIODriver>: Sendable {
         var shutdownWaiters: [UnsafeContinuation<Void, Never>] = []
         /// Set when the completion source broke; every later request fails with it.
         var brokenErrno: Errno?
+        /// Files whose sync failed with a durability error, and that errno (sticky failures).
+        var failedFiles: [FileIdentity: Errno] = [:]
     }
 
     let driver: Driver
+    let system: SystemCalls
+    /// Whether a durability failure makes later syncs of the same file fail (see
+    /// ``AsyncSyncError/Code/earlierFailure``).
+    let stickyFailures: Bool
     private let state: Locked<State>
     private let nextID = Atomic<UInt64>(1)
+    /// `state.failedFiles.count`, readable without the lock: the hot path looks up the file only
+    /// when some file has failed.
+    private let failedFileCount = Atomic<Int>(0)
     /// Slot numbers of the batch being submitted; used only by the holder of the submitter role.
     private nonisolated(unsafe) let submitBuffer: UnsafeMutableBufferPointer<Int32>
 
     var kind: BackendKind { Driver.kind }
 
     /// Starts the completion thread.
-    init(driver: Driver) throws(AsyncSyncError) {
+    init(driver: Driver, system: SystemCalls, stickyFailures: Bool) throws(AsyncSyncError) {
         self.driver = driver
+        self.system = system
+        self.stickyFailures = stickyFailures
         let slots = driver.slotCount
         self.state = Locked(
             State(
@@ -88,7 +99,15 @@ final class AIOEngine<Driver: AIODriver>: Sendable {
     }
 
     private func enqueue(_ request: PendingSync) {
+        // Only after some file failed: which file is this? (A descriptor that fstat refuses
+        // goes on and gets its own error from the system.)
+        let identity = failedFileCount.load(ordering: .acquiring) > 0
+            ? try? system.fileIdentity(request.descriptor.rawValue).get() : nil
         let action = state.withLock { state -> EnqueueAction in
+            if let identity, let errno = state.failedFiles[identity] {
+                return .refuse(AsyncSyncError.earlierFailure(
+                    request.mode, errno: errno, backend: Driver.kind, descriptor: request.descriptor))
+            }
             if let errno = state.brokenErrno {
                 return .refuse(AsyncSyncError.sync(
                     request.mode, errno: errno, step: .completion, backend: Driver.kind,
@@ -211,9 +230,39 @@ final class AIOEngine<Driver: AIODriver>: Sendable {
         case .success:
             request.continuation.resume()
         case .failure(let errno):
-            request.continuation.resume(throwing: AsyncSyncError.sync(
+            let error = AsyncSyncError.sync(
                 request.mode, errno: errno, step: step, backend: Driver.kind,
-                descriptor: request.descriptor, systemCall: call))
+                descriptor: request.descriptor, systemCall: call)
+            // Recorded before the caller hears of it, so every sync it makes afterwards is refused.
+            if stickyFailures, error.isDurabilityFailure { recordFailure(of: request.descriptor, errno: errno) }
+            request.continuation.resume(throwing: error)
+        }
+    }
+
+    // MARK: Sticky failures
+
+    private func recordFailure(of descriptor: FileDescriptor, errno: Errno) {
+        // The descriptor is still open: its caller is waiting for this very result.
+        guard case .success(let identity) = system.fileIdentity(descriptor.rawValue) else { return }
+        state.withLock { state in
+            if state.failedFiles[identity] == nil { state.failedFiles[identity] = errno }
+            failedFileCount.store(state.failedFiles.count, ordering: .releasing)
+        }
+    }
+
+    /// Forgets the failure of the file `descriptor` refers to; returns whether there was one.
+    func clearFailure(of descriptor: FileDescriptor) throws(AsyncSyncError) -> Bool {
+        let identity: FileIdentity
+        switch system.fileIdentity(descriptor.rawValue) {
+        case .success(let value): identity = value
+        case .failure(let errno):
+            throw AsyncSyncError(
+                code: .system, errno: errno, operation: .setup, step: .request, backend: Driver.kind,
+                descriptor: descriptor, systemCall: "fstat", message: "cannot identify the file")
+        }
+        return state.withLock { state in
+            defer { failedFileCount.store(state.failedFiles.count, ordering: .releasing) }
+            return state.failedFiles.removeValue(forKey: identity) != nil
         }
     }
 

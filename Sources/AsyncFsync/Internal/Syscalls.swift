@@ -137,6 +137,7 @@ struct SystemCalls: Sendable {
     var memfdCreate: @Sendable (String) -> Result<CInt, Errno>
     var write: @Sendable (CInt, UnsafeRawPointer, Int) -> Result<Int, Errno>
     var close: @Sendable (CInt) -> Result<Void, Errno>
+    var fileIdentity: @Sendable (CInt) -> Result<FileIdentity, Errno>
 
     /// The real system.
     static let live = SystemCalls(
@@ -152,7 +153,8 @@ struct SystemCalls: Sendable {
         eventfd: system_eventfd,
         memfdCreate: system_memfd_create,
         write: system_write,
-        close: system_close
+        close: system_close,
+        fileIdentity: system_fstat_identity
     )
 }
 
@@ -194,6 +196,21 @@ func system_start_thread(name: String, _ body: @escaping @Sendable () -> Void) -
         return .failure(Errno(rawValue: result))
     }
     return .success(())
+}
+
+// MARK: File identity
+
+/// A file's identity: device and inode, the same for every descriptor of the file.
+struct FileIdentity: Hashable, Sendable {
+    var device: UInt64
+    var inode: UInt64
+}
+
+func system_fstat_identity(_ fd: CInt) -> Result<FileIdentity, Errno> {
+    var info = stat()
+    return valueOrErrno(Glibc.fstat(fd, &info)).map { _ in
+        FileIdentity(device: UInt64(info.st_dev), inode: UInt64(info.st_ino))
+    }
 }
 
 // MARK: Scratch files (probing)
