@@ -22,10 +22,13 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "asyncfsync-demo", dependencies: ["AsyncFsync"]),
+        // Test-only C helpers (aio_init, ext4 shutdown ioctl); never part of the library.
+        .target(name: "CTestSupport", path: "Tests/CTestSupport"),
         .testTarget(
             name: "AsyncFsyncTests",
             dependencies: [
                 "AsyncFsync",
+                "CTestSupport",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
@@ -33,7 +36,7 @@ let package = Package(
     swiftLanguageModes: [.v6]
 )
 
-for target in package.targets where target.type != .system && target.name != "CAsyncFsync" {
+for target in package.targets where target.type != .system && !target.name.hasPrefix("C") {
     var settings = target.swiftSettings ?? []
     settings.append(.enableUpcomingFeature("ExistentialAny"))
     target.swiftSettings = settings

@@ -2,7 +2,6 @@
 #include "CAsyncFsync.h"
 
 #include <string.h>
-#include <dlfcn.h>
 #include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -65,26 +64,9 @@ int casyncfsync_aio_suspend(const struct aiocb *const list[], int n, const struc
 
 int casyncfsync_aio_cancel(int fd, struct aiocb *cb) { return aio_cancel(fd, cb); }
 
-void casyncfsync_aio_init(int threads, int requests) {
-    struct aioinit init;
-    memset(&init, 0, sizeof init);
-    init.aio_threads = threads;
-    init.aio_num = requests;
-    init.aio_idle_time = 1;
-    aio_init(&init);
-}
-
-int casyncfsync_tsan_loaded(void) { return dlsym(RTLD_DEFAULT, "__tsan_init") != NULL; }
 
 int casyncfsync_eventfd(void) { return eventfd(0, EFD_CLOEXEC); }
 int casyncfsync_memfd(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
-
-int casyncfsync_statfs_type(const char *path, long *type) {
-    struct statfs info;
-    int rc = statfs(path, &info);
-    if (rc == 0) *type = (long)info.f_type;
-    return rc;
-}
 
 int casyncfsync_fstatfs_type(int fd, long *type) {
     struct statfs info;

@@ -1,4 +1,4 @@
-import CAsyncFsync
+import CTestSupport
 import Foundation
 import Synchronization
 import SystemPackage
@@ -310,8 +310,8 @@ extension AsyncFsyncTests {
             let directory = try ScratchDirectory.onTmpfs()
             let files = try (0..<4).map { try directory.file("f\($0)") }
             defer { for fd in files { try? fd.close() } }
-            casyncfsync_aio_init(1, 64)
-            defer { casyncfsync_aio_init(GlibcAIOUnderSanitizer.defaultThreads, 64) }
+            testsupport_aio_init(1, 64)
+            defer { testsupport_aio_init(GlibcAIOUnderSanitizer.defaultThreads, 64) }
             let backend = try makeBackend(.posix)
             // The doorbell's read holds the only helper; every request must still complete.
             for round in 0..<10 {

@@ -1,4 +1,5 @@
 import CAsyncFsync
+import CTestSupport
 import Foundation
 import Synchronization
 import SystemPackage
@@ -19,11 +20,11 @@ import Testing
 /// doorbell from holding that helper for long). Without TSan nothing changes.
 enum GlibcAIOUnderSanitizer {
     /// The helper limit tests restore after changing it: glibc's default (20), 1 under TSan.
-    static var defaultThreads: CInt { casyncfsync_tsan_loaded() != 0 ? 1 : 20 }
+    static var defaultThreads: CInt { testsupport_tsan_loaded() != 0 ? 1 : 20 }
 
     static let configure: Void = {
-        if casyncfsync_tsan_loaded() != 0 {
-            casyncfsync_aio_init(defaultThreads, 64)
+        if testsupport_tsan_loaded() != 0 {
+            testsupport_aio_init(defaultThreads, 64)
             print("ThreadSanitizer detected: glibc POSIX aio limited to \(defaultThreads) helper threads (see Support.swift)")
         }
     }()
@@ -54,9 +55,8 @@ enum FileSystemMagic {
     static let fuse: Int = 0x6573_5546
 
     static func of(_ path: String) -> Int? {
-        var type = 0
-        guard casyncfsync_statfs_type(path, &type) == 0 else { return nil }
-        return type
+        let magic = testsupport_fs_magic(path)
+        return magic < 0 ? nil : magic
     }
 }
 

@@ -39,19 +39,13 @@ int casyncfsync_aio_error(const struct aiocb *cb);
 long casyncfsync_aio_return(struct aiocb *cb);
 int casyncfsync_aio_suspend(const struct aiocb *const list[], int n, const struct timespec *timeout);
 int casyncfsync_aio_cancel(int fd, struct aiocb *cb);
-/// aio_init with `threads` helper threads at most (glibc's process-wide tuning; the library never
-/// calls it, the tests do under ThreadSanitizer).
-void casyncfsync_aio_init(int threads, int requests);
-/// Whether the ThreadSanitizer runtime is loaded in this process.
-int casyncfsync_tsan_loaded(void);
+
 
 // MARK: Descriptors and threads (glibc convention: -1 and errno)
 /// eventfd(initial 0, EFD_CLOEXEC), blocking reads.
 int casyncfsync_eventfd(void);
 /// memfd_create(name, MFD_CLOEXEC).
 int casyncfsync_memfd(const char *name);
-/// statfs(path)->f_type into *type; 0 or -1 and errno.
-int casyncfsync_statfs_type(const char *path, long *type);
 /// fstatfs(fd)->f_type into *type; 0 or -1 and errno.
 int casyncfsync_fstatfs_type(int fd, long *type);
 /// pthread_setname_np(pthread_self(), name); name is cut to 15 bytes.
