@@ -88,6 +88,7 @@ extension Errno {
         case 30: "EROFS"
         case 38: "ENOSYS"
         case 95: "EOPNOTSUPP"
+        case 103: "ECONNABORTED"
         case 107: "ENOTCONN"
         case 110: "ETIMEDOUT"
         case 122: "EDQUOT"

@@ -1,0 +1,224 @@
+import CTestSupport
+import Foundation
+import SystemPackage
+import Testing
+
+@testable import AsyncFsync
+
+/// A mounted instance of Tests/FaultFileSystem/faultfs: a passthrough FUSE file system whose
+/// fsync handler answers with an injected errno. Unmounted and removed when released.
+final class FaultFS {
+    let mountPoint: FilePath
+    private let base: FilePath
+    private let daemon: Process
+    private var mounted = true
+
+    static var canRun: Bool {
+        getuid() == 0 && FileManager.default.fileExists(atPath: "/dev/fuse") && binary != nil
+    }
+
+    /// Builds the daemon once per test process.
+    static let binary: String? = {
+        let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("FaultFileSystem")
+        let out = "/tmp/asyncfsync-faultfs-\(getuid())"
+        guard let (status, output) = try? runCommand(["bash", source.appendingPathComponent("build.sh").path, out]),
+              status == 0 else {
+            print("⚠️  faultfs did not build")
+            return nil
+        }
+        _ = output
+        return out + "/faultfs"
+    }()
+
+    init() throws {
+        base = FilePath("/tmp").appending("asyncfsync-fuse-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        mountPoint = base.appending("mnt")
+        let backing = base.appending("backing")
+        try FileManager.default.createDirectory(atPath: mountPoint.string, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: backing.string, withIntermediateDirectories: true)
+        daemon = Process()
+        daemon.executableURL = URL(fileURLWithPath: Self.binary!)
+        daemon.arguments = [backing.string, mountPoint.string, "-f", "-o", "auto_unmount"]
+        daemon.standardOutput = FileHandle.nullDevice
+        daemon.standardError = FileHandle.nullDevice
+        try daemon.run()
+        let deadline = Date().addingTimeInterval(5)
+        while testsupport_fs_magic(mountPoint.string) != FileSystemMagic.fuse {
+            guard Date() < deadline, daemon.isRunning else { throw CommandFailed(command: "faultfs", output: "did not mount") }
+            usleep(2_000)
+        }
+    }
+
+    deinit {
+        if mounted { _ = try? runCommand(["fusermount3", "-u", "-z", mountPoint.string]) }
+        if daemon.isRunning { daemon.terminate() }
+        daemon.waitUntilExit()
+        try? FileManager.default.removeItem(atPath: base.string)
+    }
+
+    /// Writes one control line (see Tests/FaultFileSystem/faultfs.c).
+    func control(_ line: String) throws {
+        let fd = try FileDescriptor.open(mountPoint.appending(".faultfs"), .writeOnly)
+        defer { try? fd.close() }
+        try fd.writeAll(Array((line + "\n").utf8))
+    }
+
+    /// The daemon's counters and switches.
+    func status() throws -> [String: String] {
+        let fd = try FileDescriptor.open(mountPoint.appending(".faultfs"), .readOnly)
+        defer { try? fd.close() }
+        var buffer = [UInt8](repeating: 0, count: 512)
+        let count = try buffer.withUnsafeMutableBytes { try fd.read(into: $0) }
+        let line = String(decoding: buffer[..<count], as: UTF8.self)
+        return Dictionary(uniqueKeysWithValues: line.split(whereSeparator: \.isWhitespace).compactMap { word in
+            let parts = word.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            return parts.count == 2 ? (String(parts[0]), String(parts[1])) : nil
+        })
+    }
+
+    func counter(_ name: String) throws -> Int { Int(try status()[name] ?? "") ?? -1 }
+
+    /// Kills the daemon (SIGKILL) with files still open: their syncs fail with ENOTCONN.
+    func killDaemon() {
+        kill(daemon.processIdentifier, SIGKILL)
+        daemon.waitUntilExit()
+    }
+
+    func open(_ name: String) throws -> FileDescriptor {
+        let fd = try FileDescriptor.open(mountPoint.appending(name), .readWrite, options: [.create, .truncate],
+                                         permissions: [.ownerReadWrite])
+        try fd.writeAll(Array("record \(name)\n".utf8))
+        return fd
+    }
+}
+
+extension AsyncFsyncTests {
+    /// Faults injected by a real file system (FUSE) through the real kernel, on both backends.
+    @Suite struct FaultInjection {
+        init() { GlibcAIOUnderSanitizer.configure }
+
+        static let errnos: [Errno] = [.ioError, .noSpace, .diskQuotaExceeded, .readOnlyFileSystem, .notPermitted]
+
+        @Test("an errno from the file system's fsync: the same AsyncSyncError on both backends, fsync and fdatasync",
+              arguments: errnos)
+        func errnoMatrix(errno: Errno) async throws {
+            guard TestEnvironment.require(FaultFS.canRun, "needs root, /dev/fuse and libfuse3 (scripts/install-deps test)") else { return }
+            let fs = try FaultFS()
+            try fs.control("errno=\(errno.rawValue)")
+            var seen: [SyncMode: [AsyncSyncError]] = [:]
+            for kind in BackendKind.allCases {
+                let backend = try makeBackend(kind)
+                for mode in [SyncMode.fsync, .fdatasync] {
+                    let fd = try fs.open("\(kind)-\(mode)")
+                    defer { try? fd.close() }
+                    let failure = try #require(await caughtError { try await backend.sync(fd, mode: mode) } as? AsyncSyncError)
+                    #expect(failure.code == .system)
+                    #expect(failure.errno == errno)
+                    #expect(failure.operation == .sync(mode))
+                    #expect(failure.step == .completion)
+                    #expect(failure.backend == kind)
+                    #expect(failure.descriptor == fd)
+                    #expect(failure.isDurabilityFailure)
+                    seen[mode, default: []].append(failure)
+                    // Sticky: the file system would fail again anyway; switch it off and check
+                    // that the backend still refuses without asking it.
+                    try fs.control("errno=0")
+                    let before = try fs.counter(mode == .fsync ? "fsync" : "fdatasync")
+                    let again = try #require(await caughtError { try await backend.sync(fd, mode: mode) } as? AsyncSyncError)
+                    #expect(again.code == .earlierFailure && again.errno == errno)
+                    #expect(try fs.counter(mode == .fsync ? "fsync" : "fdatasync") == before, "refused without a sync")
+                    try fs.control("errno=\(errno.rawValue)")
+                }
+                await backend.shutdown()
+            }
+            for errors in seen.values {
+                #expect(errors.count == 2)
+                #expect(errors[0].code == errors[1].code && errors[0].errno == errors[1].errno
+                        && errors[0].operation == errors[1].operation)
+            }
+        }
+
+        @Test("the datasync flag reaches the file system: fdatasync arrives as datasync, fsync not",
+              arguments: BackendKind.allCases)
+        func datasyncFlag(kind: BackendKind) async throws {
+            guard TestEnvironment.require(FaultFS.canRun, "needs root, /dev/fuse and libfuse3") else { return }
+            let fs = try FaultFS()
+            let fd = try fs.open("data")
+            defer { try? fd.close() }
+            let backend = try makeBackend(kind)
+            try fs.control("reset")
+            try await backend.fdatasync(fd)
+            #expect(try fs.counter("fdatasync") == 1)
+            #expect(try fs.counter("fsync") == 0)
+            try await backend.fsync(fd)
+            try await backend.fsync(fd)
+            #expect(try fs.counter("fdatasync") == 1)
+            #expect(try fs.counter("fsync") == 2)
+            await backend.shutdown()
+        }
+
+        @Test("asynchrony is real: 16 syncs held 300 ms each overlap, and other tasks run meanwhile",
+              arguments: BackendKind.allCases)
+        func asynchrony(kind: BackendKind) async throws {
+            guard TestEnvironment.require(FaultFS.canRun, "needs root, /dev/fuse and libfuse3") else { return }
+            let fs = try FaultFS()
+            let files = try (0..<16).map { try fs.open("f\($0)") }
+            defer { for fd in files { try? fd.close() } }
+            let backend = try makeBackend(kind)
+            try fs.control("delay_ms=300")
+            let ticks = Locked(0)
+            let clock = ContinuousClock()
+            let start = clock.now
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for fd in files { group.addTask { try await backend.fdatasync(fd) } }
+                // A task that needs a thread of the cooperative pool while the syncs are held.
+                group.addTask {
+                    for _ in 0..<20 {
+                        try await Task.sleep(for: .milliseconds(5))
+                        ticks.withLock { $0 += 1 }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let elapsed = clock.now - start
+            #expect(try fs.counter("fdatasync") == 16)
+            #expect(ticks.withLock { $0 } == 20)
+            // Serial would be 16 × 300 ms = 4.8 s. Under ThreadSanitizer the tests give glibc one
+            // helper thread, which serialises POSIX aio by construction: only libaio is checked there.
+            if kind == .libaio || testsupport_tsan_loaded() == 0 {
+                #expect(elapsed < .milliseconds(2_400), "the syncs overlapped (took \(elapsed))")
+            }
+            await backend.shutdown()
+        }
+
+        @Test("the daemon dies: requests in flight end once with ECONNABORTED, later syncs fail with ENOTCONN",
+              arguments: BackendKind.allCases)
+        func daemonKilled(kind: BackendKind) async throws {
+            guard TestEnvironment.require(FaultFS.canRun, "needs root, /dev/fuse and libfuse3") else { return }
+            let fs = try FaultFS()
+            let files = try (0..<8).map { try fs.open("f\($0)") }
+            let later = try fs.open("later")
+            defer { for fd in files + [later] { try? fd.close() } }
+            let backend = try makeBackend(kind)
+            try fs.control("delay_ms=2000")
+            let inFlight = files.map { fd in Task { await caughtError { try await backend.fsync(fd) } } }
+            while try fs.counter("fsync") < (kind == .libaio ? 8 : 1) { try await Task.sleep(for: .milliseconds(5)) }
+            fs.killDaemon()
+            var outcomes = 0
+            for task in inFlight {
+                let failure = await task.value as? AsyncSyncError
+                // The kernel aborts the FUSE requests it was waiting on with ECONNABORTED.
+                #expect(failure?.code == .system)
+                #expect(failure?.errno == .connectionAbort)
+                #expect(failure?.step == .completion)
+                outcomes += 1
+            }
+            #expect(outcomes == 8)
+            let afterDeath = await caughtError { try await backend.fdatasync(later) } as? AsyncSyncError
+            #expect(afterDeath?.errno == .socketNotConnected)
+            #expect(afterDeath?.isDurabilityFailure == true)
+            await backend.shutdown()
+        }
+    }
+}
