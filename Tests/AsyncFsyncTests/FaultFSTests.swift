@@ -192,7 +192,7 @@ extension AsyncFsyncTests {
             await backend.shutdown()
         }
 
-        @Test("the daemon dies: requests in flight end once with ECONNABORTED, later syncs fail with ENOTCONN",
+        @Test("the daemon dies: requests in flight end once with ECONNABORTED or ENOTCONN, later syncs with ENOTCONN",
               arguments: BackendKind.allCases)
         func daemonKilled(kind: BackendKind) async throws {
             guard TestEnvironment.require(FaultFS.canRun, "needs root, /dev/fuse and libfuse3") else { return }
@@ -205,16 +205,19 @@ extension AsyncFsyncTests {
             let inFlight = files.map { fd in Task { await caughtError { try await backend.fsync(fd) } } }
             while try fs.counter("fsync") < (kind == .libaio ? 8 : 1) { try await Task.sleep(for: .milliseconds(5)) }
             fs.killDaemon()
-            var outcomes = 0
+            var aborted = 0
             for task in inFlight {
                 let failure = await task.value as? AsyncSyncError
-                // The kernel aborts the FUSE requests it was waiting on with ECONNABORTED.
+                // The kernel aborts the FUSE requests the daemon held with ECONNABORTED; a request
+                // glibc had not yet started (POSIX aio queues per helper thread) reaches the dead
+                // mount afterwards and gets ENOTCONN. Either way: one error, exactly once.
                 #expect(failure?.code == .system)
-                #expect(failure?.errno == .connectionAbort)
+                #expect(failure?.errno == .connectionAbort || failure?.errno == .socketNotConnected)
                 #expect(failure?.step == .completion)
-                outcomes += 1
+                if failure?.errno == .connectionAbort { aborted += 1 }
             }
-            #expect(outcomes == 8)
+            #expect(aborted >= 1)
+            if kind == .libaio { #expect(aborted == 8, "the kernel ran all eight at once") }
             let afterDeath = await caughtError { try await backend.fdatasync(later) } as? AsyncSyncError
             #expect(afterDeath?.errno == .socketNotConnected)
             #expect(afterDeath?.isDurabilityFailure == true)
