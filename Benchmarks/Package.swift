@@ -1,0 +1,27 @@
+// swift-tools-version: 6.0
+// The benchmark of swift-async-fsync: a separate package, so its dependencies (argument parsing,
+// HdrHistogram, the real libaio for the C floor) never reach the library product.
+import PackageDescription
+
+let package = Package(
+    name: "asyncfsync-benchmarks",
+    dependencies: [
+        .package(name: "swift-async-fsync", path: ".."),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+    ],
+    targets: [
+        // The C floor: the same loops written in C against libaio, glibc POSIX aio and fsync(2).
+        .target(name: "CFloor", linkerSettings: [.linkedLibrary("aio")]),
+        .executableTarget(
+            name: "asyncfsync-bench",
+            dependencies: [
+                "CFloor",
+                .product(name: "AsyncFsync", package: "swift-async-fsync"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,160 @@
+#define _GNU_SOURCE
+#include "CFloor.h"
+
+#include <aio.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libaio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static uint64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+static char block[4096];
+
+static int write_block(int fd, long sequence) {
+    return pwrite(fd, block, sizeof block, (off_t)(sequence % 256) * 4096) == (ssize_t)sizeof block ? 0 : -errno;
+}
+
+static void record(uint64_t *latencies, long capacity, long *recorded, uint64_t value) {
+    if (*recorded < capacity) latencies[(*recorded)++] = value;
+}
+
+static long run_blocking(int datasync, int write4k, int fd, uint64_t deadline,
+                         uint64_t *latencies, long capacity, long *recorded) {
+    long ops = 0;
+    while (now_ns() < deadline) {
+        uint64_t start = now_ns();
+        if (write4k && write_block(fd, ops) < 0) return -errno;
+        if ((datasync ? fdatasync(fd) : fsync(fd)) != 0) return -errno;
+        record(latencies, capacity, recorded, now_ns() - start);
+        ops++;
+    }
+    return ops;
+}
+
+static long run_libaio(int datasync, int write4k, int depth, const int *fds, int nfds, uint64_t deadline,
+                       uint64_t *latencies, long capacity, long *recorded) {
+    io_context_t ctx = 0;
+    int rc = io_setup(depth, &ctx);
+    if (rc < 0) return rc;
+    struct iocb *blocks = calloc((size_t)depth, sizeof *blocks);
+    struct iocb **ready = calloc((size_t)depth, sizeof *ready);
+    struct io_event *events = calloc((size_t)depth, sizeof *events);
+    uint64_t *started = calloc((size_t)depth, sizeof *started);
+    long ops = 0, issued = 0;
+    int inflight = 0, nready = 0;
+    for (int i = 0; i < depth; i++) ready[nready++] = &blocks[i];
+    for (;;) {
+        // Prepare and submit everything ready, in one io_submit.
+        if (now_ns() < deadline) {
+            for (int k = 0; k < nready; k++) {
+                int slot = (int)(ready[k] - blocks);
+                int fd = fds[slot % nfds];
+                if (write4k && write_block(fd, issued) < 0) { ops = -errno; goto done; }
+                if (datasync) io_prep_fdsync(ready[k], fd); else io_prep_fsync(ready[k], fd);
+                started[slot] = now_ns();
+                issued++;
+            }
+            int submitted = 0;
+            while (submitted < nready) {
+                rc = io_submit(ctx, nready - submitted, ready + submitted);
+                if (rc <= 0) { ops = rc < 0 ? rc : -EAGAIN; goto done; }
+                submitted += rc;
+            }
+            inflight += nready;
+        }
+        nready = 0;
+        if (inflight == 0) break;
+        rc = io_getevents(ctx, 1, depth, events, NULL);
+        if (rc < 0) { if (rc == -EINTR) continue; ops = rc; goto done; }
+        uint64_t now = now_ns();
+        for (int i = 0; i < rc; i++) {
+            if ((long)events[i].res < 0) { ops = (long)events[i].res; goto done; }
+            int slot = (int)(events[i].obj - blocks);
+            record(latencies, capacity, recorded, now - started[slot]);
+            ready[nready++] = events[i].obj;
+            ops++;
+        }
+        inflight -= rc;
+    }
+done:
+    while (inflight > 0) {  // never leave requests behind
+        rc = io_getevents(ctx, 1, depth, events, NULL);
+        if (rc > 0) inflight -= rc; else if (rc != -EINTR) break;
+    }
+    io_destroy(ctx);
+    free(blocks); free(ready); free(events); free(started);
+    return ops;
+}
+
+static long run_posix(int datasync, int write4k, int depth, const int *fds, int nfds, uint64_t deadline,
+                      uint64_t *latencies, long capacity, long *recorded) {
+    struct aiocb *blocks = calloc((size_t)depth, sizeof *blocks);
+    const struct aiocb **list = calloc((size_t)depth, sizeof *list);
+    uint64_t *started = calloc((size_t)depth, sizeof *started);
+    char *busy = calloc((size_t)depth, 1);
+    long ops = 0, issued = 0;
+    int inflight = 0;
+    for (;;) {
+        if (now_ns() < deadline) {
+            for (int slot = 0; slot < depth; slot++) {
+                if (busy[slot]) continue;
+                int fd = fds[slot % nfds];
+                if (write4k && write_block(fd, issued) < 0) { ops = -errno; goto done; }
+                memset(&blocks[slot], 0, sizeof blocks[slot]);
+                blocks[slot].aio_fildes = fd;
+                blocks[slot].aio_sigevent.sigev_notify = SIGEV_NONE;
+                started[slot] = now_ns();
+                if (aio_fsync(datasync ? O_DSYNC : O_SYNC, &blocks[slot]) != 0) { ops = -errno; goto done; }
+                busy[slot] = 1;
+                inflight++;
+                issued++;
+            }
+        }
+        if (inflight == 0) break;
+        int n = 0;
+        for (int slot = 0; slot < depth; slot++) list[n++] = busy[slot] ? &blocks[slot] : NULL;
+        aio_suspend(list, n, NULL);
+        uint64_t now = now_ns();
+        for (int slot = 0; slot < depth; slot++) {
+            if (!busy[slot]) continue;
+            int e = aio_error(&blocks[slot]);
+            if (e == EINPROGRESS) continue;
+            aio_return(&blocks[slot]);
+            busy[slot] = 0;
+            inflight--;
+            if (e != 0) { ops = -e; goto done; }
+            record(latencies, capacity, recorded, now - started[slot]);
+            ops++;
+        }
+    }
+done:
+    for (int slot = 0; slot < depth; slot++) {
+        if (!busy[slot]) continue;
+        const struct aiocb *one[1] = {&blocks[slot]};
+        while (aio_error(&blocks[slot]) == EINPROGRESS) aio_suspend(one, 1, NULL);
+        aio_return(&blocks[slot]);
+    }
+    free(blocks); free(list); free(started); free(busy);
+    return ops;
+}
+
+long cfloor_run(int method, int datasync, int write4k, int depth, const int *fds, int nfds,
+                double seconds, uint64_t *latencies, long capacity, long *recorded) {
+    *recorded = 0;
+    memset(block, 0x5a, sizeof block);
+    uint64_t deadline = now_ns() + (uint64_t)(seconds * 1e9);
+    switch (method) {
+    case CFLOOR_BLOCKING: return run_blocking(datasync, write4k, fds[0], deadline, latencies, capacity, recorded);
+    case CFLOOR_LIBAIO: return run_libaio(datasync, write4k, depth, fds, nfds, deadline, latencies, capacity, recorded);
+    case CFLOOR_POSIX: return run_posix(datasync, write4k, depth, fds, nfds, deadline, latencies, capacity, recorded);
+    default: return -EINVAL;
+    }
+}

@@ -1,0 +1,329 @@
+import ArgumentParser
+import AsyncFsync
+import CFloor
+import Dispatch
+import Foundation
+import Histogram
+import SystemPackage
+
+/// One measured cell: a workload, an in-flight depth and a file layout.
+struct Cell: Hashable, Codable, CustomStringConvertible {
+    var mode: String          // "fsync" or "fdatasync"
+    var write4k: Bool
+    var depth: Int
+    var ownFiles: Bool
+
+    var description: String {
+        "\(write4k ? "pwrite 4 KiB + " : "")\(mode) (clean file)".replacingOccurrences(of: " (clean file)", with: write4k ? "" : " clean")
+            + ", depth \(depth)" + (depth > 1 ? (ownFiles ? ", own files" : ", one file") : "")
+    }
+}
+
+/// What a method measured in a cell, summed over rounds.
+struct Measurement: Codable {
+    var method: String
+    var cell: Cell
+    var ops = 0
+    var seconds = 0.0
+    var cpuSeconds = 0.0
+    var clones = 0
+    var latency = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
+
+    var opsPerSecond: Double { seconds > 0 ? Double(ops) / seconds : 0 }
+    func percentile(_ p: Double) -> Double { Double(latency.valueAtPercentile(p)) / 1000 }
+    var meanMicros: Double { latency.mean / 1000 }
+    var cpuMicrosPerOp: Double { ops > 0 ? cpuSeconds * 1e6 / Double(ops) : 0 }
+    var clonesPerOp: Double { ops > 0 ? Double(clones) / Double(ops) : 0 }
+
+    enum CodingKeys: String, CodingKey { case method, cell, ops, seconds, cpuSeconds, clones }
+    init(method: String, cell: Cell) { self.method = method; self.cell = cell }
+    init(from decoder: any Decoder) throws { fatalError("not decoded") }
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(method, forKey: .method)
+        try c.encode(cell, forKey: .cell)
+        try c.encode(ops, forKey: .ops)
+        try c.encode(seconds, forKey: .seconds)
+        try c.encode(cpuSeconds, forKey: .cpuSeconds)
+        try c.encode(clones, forKey: .clones)
+    }
+}
+
+enum Method: String, CaseIterable {
+    case cBlocking = "c-blocking", cLibaio = "c-libaio", cPosix = "c-posix"
+    case blocking, libaio, posix, auto
+    case taskBlocking = "task-blocking", dispatch
+
+    var summary: String {
+        switch self {
+        case .cBlocking: "C: fsync(2) in a loop (QD1)"
+        case .cLibaio: "C: libaio io_submit of all ready + io_getevents(min 1)"
+        case .cPosix: "C: aio_fsync + aio_suspend + aio_error"
+        case .blocking: "Swift: fsync(2) on dedicated threads, one per request slot"
+        case .libaio: "this library, LibaioBackend, one task per slot"
+        case .posix: "this library, PosixAIOBackend, one task per slot"
+        case .auto: "this library, AsyncSync.makeBackend()"
+        case .taskBlocking: "Swift today: the blocking call inside a Task (parks a cooperative thread)"
+        case .dispatch: "Swift today: DispatchQueue.global().async { fsync } + continuation"
+        }
+    }
+
+    /// The C method this one is compared with.
+    var floor: Method {
+        switch self {
+        case .posix, .cPosix: .cPosix
+        case .blocking, .cBlocking, .taskBlocking, .dispatch: .cBlocking
+        default: .cLibaio
+        }
+    }
+}
+
+@main
+struct AsyncFsyncBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "asyncfsync-bench",
+        abstract: "Compares the backends of swift-async-fsync with a C floor, blocking calls and common Swift offloads.")
+
+    @Option(help: "Directory for the scratch files (default: a scratch directory under the current directory, removed afterwards).")
+    var dir: String?
+
+    @Option(parsing: .upToNextOption, help: "In-flight depths.")
+    var depths: [Int] = [1, 16, 64]
+
+    @Option(help: "Seconds per method and cell in each round.")
+    var seconds: Double = 0.4
+
+    @Option(help: "Rounds; methods are interleaved in every round so drift cancels.")
+    var rounds: Int = 2
+
+    @Option(help: "Comma-separated methods to run (default: all): \(Method.allCases.map(\.rawValue).joined(separator: ","))")
+    var filter: String?
+
+    @Flag(help: "A short run: depths 1 and 16, 0.2 s, one round.")
+    var quick = false
+
+    @Option(help: "Also write every figure as JSON to this file.")
+    var json: String?
+
+    mutating func run() async throws {
+        if quick { depths = [1, 16]; seconds = 0.2; rounds = 1 }
+        let methods = try selectedMethods()
+        let (directory, remove) = try scratchDirectory()
+        defer { if remove { try? FileManager.default.removeItem(atPath: directory) } }
+
+        var cells: [Cell] = []
+        for (mode, write) in [("fsync", false), ("fdatasync", true)] {
+            for depth in depths {
+                cells.append(Cell(mode: mode, write4k: write, depth: depth, ownFiles: false))
+                if depth > 1 { cells.append(Cell(mode: mode, write4k: write, depth: depth, ownFiles: true)) }
+            }
+        }
+        let probes = AsyncSync.probe(directory: FilePath(directory))
+        let isTerminal = isatty(STDERR_FILENO) != 0
+        var results: [String: Measurement] = [:]
+        let total = rounds * cells.count * methods.count
+        var done = 0
+        for round in 1...rounds {
+            for cell in cells {
+                let files = try Files(directory: directory, count: cell.ownFiles ? cell.depth : 1)
+                defer { files.close() }
+                for method in methods where applies(method, to: cell) {
+                    done += 1
+                    let line = "round \(round)/\(rounds) [\(done)/\(total)] \(method.rawValue) · \(cell)"
+                    FileHandle.standardError.write(Data((isTerminal ? "\r\u{1B}[K" + line : line + "\n").utf8))
+                    let key = "\(method.rawValue)|\(cell)"
+                    var measurement = results[key] ?? Measurement(method: method.rawValue, cell: cell)
+                    try await measure(method, cell: cell, files: files, into: &measurement)
+                    results[key] = measurement
+                }
+            }
+        }
+        if isTerminal { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+        report(results, cells: cells, methods: methods, directory: directory, probes: probes)
+        if let json { try writeJSON(results, probes: probes, to: json) }
+    }
+
+    func selectedMethods() throws -> [Method] {
+        guard let filter else { return Method.allCases }
+        return try filter.split(separator: ",").map { name in
+            guard let method = Method(rawValue: String(name)) else {
+                throw ValidationError("unknown method \(name); known: \(Method.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            return method
+        }
+    }
+
+    func applies(_ method: Method, to cell: Cell) -> Bool {
+        method != .cBlocking || cell.depth == 1
+    }
+
+    func scratchDirectory() throws -> (String, Bool) {
+        if let dir { return (dir, false) }
+        let path = FileManager.default.currentDirectoryPath + "/asyncfsync-bench-scratch-\(getpid())"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return (path, true)
+    }
+
+    func measure(_ method: Method, cell: Cell, files: Files, into m: inout Measurement) async throws {
+        let cpuBefore = cpuSeconds()
+        let clonesBefore = systemClones()
+        let start = DispatchTime.now().uptimeNanoseconds
+        let mode: SyncMode = cell.mode == "fsync" ? .fsync : .fdatasync
+        var ops = 0
+        var latency = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
+        switch method {
+        case .cBlocking, .cLibaio, .cPosix:
+            let cMethod: Int32 = method == .cBlocking ? 0 : method == .cLibaio ? 1 : 2
+            let capacity = 2_000_000
+            let samples = UnsafeMutablePointer<UInt64>.allocate(capacity: capacity)
+            defer { samples.deallocate() }
+            var recorded = 0
+            let raw = files.descriptors.map(\.rawValue)
+            let result = raw.withUnsafeBufferPointer {
+                cfloor_run(cMethod, mode == .fdatasync ? 1 : 0, cell.write4k ? 1 : 0, Int32(cell.depth),
+                           $0.baseAddress, Int32($0.count), seconds, samples, capacity, &recorded)
+            }
+            guard result >= 0 else { throw Errno(rawValue: Int32(-result)) }
+            ops = result
+            for index in 0..<recorded { _ = latency.record(samples[index]) }
+        case .blocking:
+            (ops, latency) = runThreads(depth: cell.depth, cell: cell, files: files, mode: mode)
+        case .libaio, .posix, .auto:
+            let backend: any AsyncSyncBackend = switch method {
+            case .libaio: try LibaioBackend()
+            case .posix: try PosixAIOBackend()
+            default: try AsyncSync.makeBackend()
+            }
+            (ops, latency) = try await runTasks(cell: cell, files: files) { fd in try await backend.sync(fd, mode: mode) }
+            await backend.shutdown()
+        case .taskBlocking:
+            (ops, latency) = try await runTasks(cell: cell, files: files) { fd in try blockingSync(fd, mode) }
+        case .dispatch:
+            (ops, latency) = try await runTasks(cell: cell, files: files) { fd in
+                try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                    DispatchQueue.global().async {
+                        continuation.resume(with: Result { try blockingSync(fd, mode) })
+                    }
+                }
+            }
+        }
+        m.seconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        m.ops += ops
+        m.cpuSeconds += cpuSeconds() - cpuBefore
+        m.clones += systemClones() - clonesBefore
+        m.latency.add(latency)
+    }
+
+    func runTasks(cell: Cell, files: Files, _ sync: @escaping @Sendable (FileDescriptor) async throws -> Void) async throws -> (Int, Histogram<UInt64>) {
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(seconds * 1e9)
+        let write4k = cell.write4k
+        return try await withThrowingTaskGroup(of: (Int, Histogram<UInt64>).self) { group in
+            for slot in 0..<cell.depth {
+                let fd = files.descriptors[slot % files.descriptors.count]
+                group.addTask {
+                    var latency = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
+                    var ops = 0
+                    while DispatchTime.now().uptimeNanoseconds < deadline {
+                        let begin = DispatchTime.now().uptimeNanoseconds
+                        if write4k { try writeBlock(fd, sequence: ops * 64 + slot) }
+                        try await sync(fd)
+                        _ = latency.record(DispatchTime.now().uptimeNanoseconds - begin)
+                        ops += 1
+                    }
+                    return (ops, latency)
+                }
+            }
+            var total = 0
+            var merged = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
+            for try await (ops, latency) in group {
+                total += ops
+                merged.add(latency)
+            }
+            return (total, merged)
+        }
+    }
+
+    func runThreads(depth: Int, cell: Cell, files: Files, mode: SyncMode) -> (Int, Histogram<UInt64>) {
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(seconds * 1e9)
+        let results = ResultBox()
+        let finished = DispatchSemaphore(value: 0)
+        for slot in 0..<depth {
+            let fd = files.descriptors[slot % files.descriptors.count]
+            let write4k = cell.write4k
+            let thread = Thread {
+                var latency = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
+                var ops = 0
+                while DispatchTime.now().uptimeNanoseconds < deadline {
+                    let begin = DispatchTime.now().uptimeNanoseconds
+                    if write4k { try? writeBlock(fd, sequence: ops * 64 + slot) }
+                    try? blockingSync(fd, mode)
+                    _ = latency.record(DispatchTime.now().uptimeNanoseconds - begin)
+                    ops += 1
+                }
+                results.add(ops, latency)
+                finished.signal()
+            }
+            thread.start()
+        }
+        for _ in 0..<depth { finished.wait() }
+        return results.value
+    }
+}
+
+final class ResultBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var ops = 0
+    private var latency = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
+    func add(_ ops: Int, _ latency: Histogram<UInt64>) {
+        lock.lock(); defer { lock.unlock() }
+        self.ops += ops
+        self.latency.add(latency)
+    }
+    var value: (Int, Histogram<UInt64>) { lock.lock(); defer { lock.unlock() }; return (ops, latency) }
+}
+
+/// The scratch files of a cell.
+struct Files {
+    var descriptors: [FileDescriptor]
+    var paths: [String]
+
+    init(directory: String, count: Int) throws {
+        paths = (0..<count).map { "\(directory)/bench-\($0)" }
+        descriptors = try paths.map { path in
+            let fd = try FileDescriptor.open(FilePath(path), .readWrite, options: [.create, .truncate], permissions: [.ownerReadWrite])
+            try fd.writeAll([UInt8](repeating: 0x5a, count: 1 << 20))
+            _ = fsync(fd.rawValue)
+            return fd
+        }
+    }
+
+    func close() {
+        for fd in descriptors { try? fd.close() }
+        for path in paths { unlink(path) }
+    }
+}
+
+let block = [UInt8](repeating: 0x5a, count: 4096)
+
+func writeBlock(_ fd: FileDescriptor, sequence: Int) throws {
+    _ = try block.withUnsafeBytes { try fd.write(toAbsoluteOffset: Int64(sequence % 256) * 4096, $0) }
+}
+
+func blockingSync(_ fd: FileDescriptor, _ mode: SyncMode) throws {
+    let result = mode == .fsync ? fsync(fd.rawValue) : fdatasync(fd.rawValue)
+    if result != 0 { throw Errno(rawValue: errno) }
+}
+
+func cpuSeconds() -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec)
+        + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+}
+
+/// Processes and threads created on the whole machine so far (`processes` in /proc/stat).
+func systemClones() -> Int {
+    guard let text = try? String(contentsOfFile: "/proc/stat", encoding: .utf8),
+          let line = text.split(separator: "\n").first(where: { $0.hasPrefix("processes ") }) else { return 0 }
+    return Int(line.split(separator: " ")[1]) ?? 0
+}
