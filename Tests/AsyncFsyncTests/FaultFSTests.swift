@@ -79,6 +79,13 @@ final class FaultFS {
 
     func counter(_ name: String) throws -> Int { Int(try status()[name] ?? "") ?? -1 }
 
+    /// Detaches the mount lazily (`umount -l`): open files keep working until they are closed.
+    func unmountLazily() throws {
+        let (status, output) = try runCommand(["umount", "-l", mountPoint.string])
+        if status != 0 { throw CommandFailed(command: "umount -l", output: output) }
+        mounted = false
+    }
+
     /// Kills the daemon (SIGKILL) with files still open: their syncs fail with ENOTCONN.
     func killDaemon() {
         kill(daemon.processIdentifier, SIGKILL)
@@ -189,6 +196,31 @@ extension AsyncFsyncTests {
             if kind == .libaio || testsupport_tsan_loaded() == 0 {
                 #expect(elapsed < .milliseconds(2_400), "the syncs overlapped (took \(elapsed))")
             }
+            await backend.shutdown()
+        }
+
+        @Test("the file system is unmounted lazily with syncs in flight: each completes exactly once",
+              arguments: BackendKind.allCases)
+        func lazyUnmount(kind: BackendKind) async throws {
+            guard TestEnvironment.require(FaultFS.canRun, "needs root, /dev/fuse and libfuse3") else { return }
+            let fs = try FaultFS()
+            let files = try (0..<8).map { try fs.open("f\($0)") }
+            defer { for fd in files { try? fd.close() } }
+            let backend = try makeBackend(kind)
+            try fs.control("delay_ms=500")
+            let inFlight = files.map { fd in Task { await caughtError { try await backend.fdatasync(fd) } } }
+            while try fs.counter("fdatasync") < 1 { try await Task.sleep(for: .milliseconds(5)) }
+            try fs.unmountLazily()
+            // The daemon keeps serving the detached mount while descriptors are open, so every
+            // sync ends normally, once.
+            var completed = 0
+            for task in inFlight {
+                let failure = await task.value
+                #expect(failure == nil, "\(String(describing: failure))")
+                completed += 1
+            }
+            #expect(completed == 8)
+            #expect(outstanding(backend) == 0)
             await backend.shutdown()
         }
 
