@@ -1,0 +1,231 @@
+import SystemPackage
+
+/// A backend that lets concurrent syncs of the same file share one sync, safely.
+///
+/// Wrap any ``AsyncSyncBackend``:
+///
+/// ```swift
+/// let backend = GroupCommit(wrapping: try AsyncSync.makeBackend())
+/// ```
+///
+/// Per file (device and inode, so every descriptor of the file counts) at most one sync runs at a
+/// time. A request that arrives while a sync of its file runs waits for the *next* sync, which
+/// starts as soon as the running one ends and covers every request queued meanwhile. So a
+/// request is never acknowledged by a sync that started before it arrived, and N concurrent
+/// writers of one file need far fewer than N syncs.
+///
+/// - The shared sync is ``SyncMode/fsync`` if any request of the batch asked for it, otherwise
+///   ``SyncMode/fdatasync``.
+/// - Its result goes to every request of the batch: an error reaches all of them, each with its
+///   own descriptor. The wrapped backend's sticky failures apply as usual.
+/// - No thread and no timer: the first request for an idle file runs the sync itself (the
+///   leader); when it ends, one request of the next batch runs that batch's sync.
+/// - Cancellation: a request cancelled while it waits for the next batch throws
+///   `CancellationError`; once its batch's sync started it gets that sync's result.
+/// - ``shutdown()`` refuses new requests, lets running batches finish, then shuts down the
+///   wrapped backend.
+public final class GroupCommit: AsyncSyncBackend {
+    /// The backend that runs the shared syncs.
+    public let wrapped: any AsyncSyncBackend
+
+    public var kind: BackendKind { wrapped.kind }
+
+    private enum Outcome {
+        case result(Result<Void, AsyncSyncError>)
+        case other(any Error)
+        /// Run the sync of this batch (the caller is its leader).
+        case lead([Waiter])
+        /// The file went idle before the request could queue: start over as a new request.
+        case retry
+    }
+
+    private struct Waiter {
+        var id: UInt64
+        var descriptor: FileDescriptor
+        var mode: SyncMode
+        var continuation: UnsafeContinuation<Outcome, Never>
+    }
+
+    private struct FileState {
+        /// Requests that arrived while a sync of the file runs; they form the next batch.
+        var next: [Waiter] = []
+    }
+
+    private struct State {
+        /// Files with a sync running; absent = idle.
+        var running: [FileIdentity: FileState] = [:]
+        var nextID: UInt64 = 0
+        var shuttingDown = false
+        var shutdownWaiters: [UnsafeContinuation<Void, Never>] = []
+        var wrappedShutDown = false
+    }
+
+    private let state = Locked(State())
+    private let system: SystemCalls
+
+    /// Wraps `backend`; its syncs are shared between concurrent requests of the same file.
+    ///
+    /// - Parameter backend: The backend that runs the shared syncs; ``shutdown()`` shuts it down.
+    public convenience init(wrapping backend: any AsyncSyncBackend) {
+        self.init(wrapping: backend, system: .live)
+    }
+
+    init(wrapping backend: any AsyncSyncBackend, system: SystemCalls) {
+        self.wrapped = backend
+        self.system = system
+    }
+
+    /// Syncs `fd`, sharing the sync with concurrent requests of the same file.
+    ///
+    /// - Parameters:
+    ///   - fd: An open descriptor; it must stay open until this call returns.
+    ///   - mode: ``SyncMode/fsync`` or ``SyncMode/fdatasync``.
+    /// - Throws: What the wrapped backend throws for the shared sync; ``AsyncSyncError/Code/shutDown``
+    ///   after ``shutdown()``; `CancellationError` when cancelled before its batch's sync started.
+    public func sync(_ fd: FileDescriptor, mode: SyncMode) async throws {
+        guard case .success(let file) = system.fileIdentity(fd.rawValue) else {
+            // Not a file we can identify (closed descriptor…): the wrapped backend reports it.
+            return try await wrapped.sync(fd, mode: mode)
+        }
+        try Task.checkCancellation()
+
+        enum Role { case leader, follower(UInt64), refused }
+        let role = state.withLock { state -> Role in
+            if state.shuttingDown { return .refused }
+            if state.running[file] == nil {
+                state.running[file] = FileState()
+                return .leader
+            }
+            state.nextID += 1
+            return .follower(state.nextID)
+        }
+        switch role {
+        case .refused:
+            throw AsyncSyncError.shutDown(mode, backend: kind, descriptor: fd)
+        case .leader:
+            // An idle file: this request's own sync, run in its own task (its cancellation is its own).
+            let result = await runSync(fd, mode: mode)
+            handOff(file)
+            try deliver(result)
+        case .follower(let id):
+            let outcome = await withTaskCancellationHandler {
+                await withUnsafeContinuation { (continuation: UnsafeContinuation<Outcome, Never>) in
+                    let queued = state.withLock { state -> Bool in
+                        guard state.running[file] != nil else { return false }
+                        state.running[file]!.next.append(Waiter(id: id, descriptor: fd, mode: mode, continuation: continuation))
+                        return true
+                    }
+                    // The running sync ended between the two locks: start over.
+                    if !queued { continuation.resume(returning: .retry) }
+                }
+            } onCancel: {
+                let removed = state.withLock { state -> Waiter? in
+                    guard let index = state.running[file]?.next.firstIndex(where: { $0.id == id }) else { return nil }
+                    return state.running[file]!.next.remove(at: index)
+                }
+                removed?.continuation.resume(returning: .other(CancellationError()))
+            }
+            switch outcome {
+            case .result(let result): try result.get()
+            case .other(let error): throw error
+            case .retry: return try await sync(fd, mode: mode)
+            case .lead(let others):
+                let batchMode: SyncMode = (others.contains { $0.mode == .fsync } || mode == .fsync) ? .fsync : .fdatasync
+                // The batch's sync must not be cancelled by this task: others depend on it.
+                let result = await Task { await self.runSync(fd, mode: batchMode) }.value
+                for waiter in others { waiter.continuation.resume(returning: makeOutcome(result, for: waiter)) }
+                handOff(file)
+                try deliver(result)
+            }
+        }
+    }
+
+    private func runSync(_ fd: FileDescriptor, mode: SyncMode) async -> Result<Void, any Error> {
+        do {
+            try await wrapped.sync(fd, mode: mode)
+            return .success(())
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    private func makeOutcome(_ result: Result<Void, any Error>, for waiter: Waiter) -> Outcome {
+        switch result {
+        case .success: .result(.success(()))
+        case .failure(let error as AsyncSyncError): .result(.failure(error.replacingDescriptor(waiter.descriptor)))
+        case .failure(let error): .other(error)
+        }
+    }
+
+    private func deliver(_ result: Result<Void, any Error>) throws {
+        try result.get()
+    }
+
+    /// The sync of `file` ended: the requests queued meanwhile become the next batch, led by its
+    /// first request; with none, the file is idle again.
+    private func handOff(_ file: FileIdentity) {
+        let (batch, waiters) = state.withLock { state -> ([Waiter], [UnsafeContinuation<Void, Never>]) in
+            let batch = state.running[file]?.next ?? []
+            if batch.isEmpty {
+                state.running[file] = nil
+            } else {
+                state.running[file]!.next = []
+            }
+            guard state.shuttingDown, state.running.isEmpty, !state.wrappedShutDown else { return (batch, []) }
+            state.wrappedShutDown = true
+            defer { state.shutdownWaiters = [] }
+            return (batch, state.shutdownWaiters)
+        }
+        if let leader = batch.first {
+            leader.continuation.resume(returning: .lead(Array(batch.dropFirst())))
+        }
+        if !waiters.isEmpty {
+            Task {
+                await self.wrapped.shutdown()
+                for waiter in waiters { waiter.resume() }
+            }
+        }
+    }
+
+    /// Requests waiting for a next batch (for tests).
+    var queuedCount: Int {
+        state.withLock { $0.running.values.reduce(0) { $0 + $1.next.count } }
+    }
+
+    /// Forwards to the wrapped backend.
+    @discardableResult
+    public func clearFailure(of fd: FileDescriptor) throws -> Bool {
+        try wrapped.clearFailure(of: fd)
+    }
+
+    /// Refuses new requests, lets running batches finish, then shuts the wrapped backend down.
+    public func shutdown() async {
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+            let runNow = state.withLock { state -> Bool in
+                state.shuttingDown = true
+                if state.wrappedShutDown { return true }
+                if state.running.isEmpty {
+                    state.wrappedShutDown = true
+                    return true
+                }
+                state.shutdownWaiters.append(continuation)
+                return false
+            }
+            if runNow {
+                Task {
+                    await self.wrapped.shutdown()
+                    continuation.resume()
+                }
+            }
+        }
+    }
+}
+
+extension AsyncSyncError {
+    /// The same error, about another descriptor of the same file (a shared sync's result).
+    func replacingDescriptor(_ descriptor: FileDescriptor) -> AsyncSyncError {
+        var copy = self
+        copy.descriptor = descriptor
+        return copy
+    }
+}

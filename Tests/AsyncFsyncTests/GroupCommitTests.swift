@@ -1,0 +1,258 @@
+import Foundation
+import SystemPackage
+import Testing
+
+@testable import AsyncFsync
+
+/// A backend whose syncs wait until the test releases them, and can fail chosen calls.
+final class ScriptedBackend: AsyncSyncBackend {
+    struct State {
+        var modes: [SyncMode] = []
+        var released = 0
+        var holding = false
+        var waiting: [(index: Int, continuation: CheckedContinuation<Void, Never>)] = []
+        var failures: [Int: Errno] = [:]
+        var shutDown = false
+    }
+    let state = Locked(State())
+    var kind: BackendKind { .libaio }
+
+    var calls: Int { state.withLock { $0.modes.count } }
+    var modes: [SyncMode] { state.withLock { $0.modes } }
+
+    func hold() { state.withLock { $0.holding = true } }
+
+    /// Lets call number `index` (0-based) finish.
+    func release(upTo count: Int) {
+        let ready = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.released = max(state.released, count)
+            let ready = state.waiting.filter { $0.index < state.released }.map(\.continuation)
+            state.waiting.removeAll { $0.index < state.released }
+            return ready
+        }
+        for continuation in ready { continuation.resume() }
+    }
+
+    func fail(call index: Int, with errno: Errno) { state.withLock { $0.failures[index] = errno } }
+
+    func sync(_ fd: FileDescriptor, mode: SyncMode) async throws {
+        let index = state.withLock { state -> Int in
+            state.modes.append(mode)
+            return state.modes.count - 1
+        }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let wait = state.withLock { state -> Bool in
+                guard state.holding, index >= state.released else { return false }
+                state.waiting.append((index, continuation))
+                return true
+            }
+            if !wait { continuation.resume() }
+        }
+        if let errno = state.withLock({ $0.failures[index] }) {
+            throw AsyncSyncError.sync(mode, errno: errno, step: .completion, backend: .libaio, descriptor: fd, systemCall: "test")
+        }
+    }
+
+    func shutdown() async { state.withLock { $0.shutDown = true } }
+}
+
+/// Wraps a backend and stamps when each sync starts and ends on a shared sequence.
+final class StampingBackend: AsyncSyncBackend {
+    let wrapped: any AsyncSyncBackend
+    let sequence: Locked<Int>
+    let syncs = Locked<[(start: Int, end: Int)]>([])
+    var kind: BackendKind { wrapped.kind }
+
+    init(_ wrapped: any AsyncSyncBackend, sequence: Locked<Int>) {
+        self.wrapped = wrapped
+        self.sequence = sequence
+    }
+
+    func tick() -> Int { sequence.withLock { $0 += 1; return $0 } }
+
+    func sync(_ fd: FileDescriptor, mode: SyncMode) async throws {
+        let start = tick()
+        try await wrapped.sync(fd, mode: mode)
+        let end = tick()
+        syncs.withLock { $0.append((start, end)) }
+    }
+
+    func shutdown() async { await wrapped.shutdown() }
+}
+
+func waitUntil(_ condition: () -> Bool) async throws {
+    while !condition() { try await Task.sleep(for: .milliseconds(1)) }
+}
+
+extension AsyncFsyncTests {
+    @Suite struct GroupCommitSuite {
+        init() { GlibcAIOUnderSanitizer.configure }
+
+        @Test("a request that arrives during a sync waits for the next sync, which starts after the first ends")
+        func neverAnEarlierSync() async throws {
+            let directory = try ScratchDirectory.onTmpfs()
+            let fd = try directory.file("wal")
+            defer { try? fd.close() }
+            let scripted = ScriptedBackend()
+            scripted.hold()
+            let group = GroupCommit(wrapping: scripted)
+
+            let first = Task { try await group.fdatasync(fd) }
+            try await waitUntil { scripted.calls == 1 }
+            let secondDone = Locked(false)
+            let second = Task {
+                try await group.fdatasync(fd)
+                secondDone.withLock { $0 = true }
+            }
+            try await waitUntil { group.queuedCount == 1 }
+            scripted.release(upTo: 1)  // the first sync ends
+            try await first.value
+            try await waitUntil { scripted.calls == 2 }  // a second sync reaches the backend…
+            #expect(!secondDone.withLock { $0 }, "…and the second request waits for it")
+            scripted.release(upTo: 2)
+            try await second.value
+            #expect(scripted.calls == 2)
+            await group.shutdown()
+        }
+
+        @Test("N concurrent requests of one file need far fewer syncs than N")
+        func coalesces() async throws {
+            let directory = try ScratchDirectory.onTmpfs()
+            let fd = try directory.file("wal")
+            defer { try? fd.close() }
+            let scripted = ScriptedBackend()
+            scripted.hold()
+            let group = GroupCommit(wrapping: scripted)
+            let tasks = (0..<100).map { _ in Task { try await group.fdatasync(fd) } }
+            try await waitUntil { scripted.calls == 1 && group.queuedCount == 99 }
+            scripted.release(upTo: 2)
+            for task in tasks { try await task.value }
+            #expect(scripted.calls == 2, "one sync for the first request, one for the 99 that came during it")
+            await group.shutdown()
+        }
+
+        @Test("a batch's error reaches every request of the batch, each with its own descriptor")
+        func errorReachesEveryWaiter() async throws {
+            let directory = try ScratchDirectory.onTmpfs()
+            let first = try directory.file("wal")
+            let others = try (0..<3).map { _ in try FileDescriptor.open(directory.path.appending("wal"), .readWrite) }
+            defer { for fd in [first] + others { try? fd.close() } }
+            let scripted = ScriptedBackend()
+            scripted.hold()
+            scripted.fail(call: 1, with: .ioError)
+            let group = GroupCommit(wrapping: scripted)
+            let leader = Task { try await group.fsync(first) }
+            try await waitUntil { scripted.calls == 1 }
+            let followers = others.map { fd in Task { await caughtError { try await group.fdatasync(fd) } } }
+            try await waitUntil { group.queuedCount == 3 }
+            scripted.release(upTo: 2)
+            try await leader.value
+            for (fd, task) in zip(others, followers) {
+                let failure = try #require(await task.value as? AsyncSyncError)
+                #expect(failure.errno == .ioError)
+                #expect(failure.descriptor == fd)
+            }
+            #expect(scripted.calls == 2)
+            await group.shutdown()
+        }
+
+        @Test("a batch uses fsync if any of its requests asked for fsync, else fdatasync")
+        func batchMode() async throws {
+            let directory = try ScratchDirectory.onTmpfs()
+            let fd = try directory.file("wal")
+            defer { try? fd.close() }
+            let scripted = ScriptedBackend()
+            scripted.hold()
+            let group = GroupCommit(wrapping: scripted)
+            let leader = Task { try await group.fdatasync(fd) }
+            try await waitUntil { scripted.calls == 1 }
+            let mixed = [Task { try await group.fdatasync(fd) }, Task { try await group.fsync(fd) }]
+            try await waitUntil { group.queuedCount == 2 }
+            scripted.release(upTo: 1)
+            try await waitUntil { scripted.calls == 2 }
+            let dataOnly = [Task { try await group.fdatasync(fd) }, Task { try await group.fdatasync(fd) }]
+            try await waitUntil { group.queuedCount == 2 }
+            scripted.release(upTo: 3)
+            try await leader.value
+            for task in mixed + dataOnly { try await task.value }
+            #expect(scripted.modes == [.fdatasync, .fsync, .fdatasync])
+            await group.shutdown()
+        }
+
+        @Test("a request cancelled while waiting for the next batch throws CancellationError and causes no sync")
+        func cancelWhileWaiting() async throws {
+            let directory = try ScratchDirectory.onTmpfs()
+            let fd = try directory.file("wal")
+            defer { try? fd.close() }
+            let scripted = ScriptedBackend()
+            scripted.hold()
+            let group = GroupCommit(wrapping: scripted)
+            let leader = Task { try await group.fsync(fd) }
+            try await waitUntil { scripted.calls == 1 }
+            let follower = Task { try await group.fsync(fd) }
+            try await waitUntil { group.queuedCount == 1 }
+            follower.cancel()
+            await #expect(throws: CancellationError.self) { try await follower.value }
+            scripted.release(upTo: 1)
+            try await leader.value
+            #expect(scripted.calls == 1)
+            await group.shutdown()
+        }
+
+        @Test("shutdown refuses new requests and shuts the wrapped backend down")
+        func shutdown() async throws {
+            let directory = try ScratchDirectory.onTmpfs()
+            let fd = try directory.file("wal")
+            defer { try? fd.close() }
+            let scripted = ScriptedBackend()
+            let group = GroupCommit(wrapping: scripted)
+            try await group.fsync(fd)
+            await group.shutdown()
+            #expect(scripted.state.withLock { $0.shutDown })
+            let refused = await caughtError { try await group.fsync(fd) } as? AsyncSyncError
+            #expect(refused?.code == .shutDown)
+            await group.shutdown()
+        }
+
+        @Test("stress: 64 writers on one file; every acknowledged write was followed by a sync that started after it",
+              arguments: BackendKind.allCases)
+        func stress(kind: BackendKind) async throws {
+            for onDisk in [false, true] {
+                let directory = onDisk ? try ScratchDirectory.onDisk() : try ScratchDirectory.onTmpfs()
+                let fd = try directory.file("wal")
+                defer { try? fd.close() }
+                let sequence = Locked(0)
+                let stamping = StampingBackend(try makeBackend(kind), sequence: sequence)
+                let group = GroupCommit(wrapping: stamping)
+                let records = onDisk ? 100 : 1_000
+                let acknowledged = try await withThrowingTaskGroup(of: [(write: Int, ack: Int)].self) { tasks in
+                    for writer in 0..<64 {
+                        tasks.addTask {
+                            var log: [(write: Int, ack: Int)] = []
+                            for record in 0..<records {
+                                let written = stamping.tick()
+                                _ = try fd.writeAll(toAbsoluteOffset: Int64((writer * records + record) * 16),
+                                                    Array("w\(writer)r\(record)".utf8.prefix(16)))
+                                try await group.fdatasync(fd)
+                                log.append((written, stamping.tick()))
+                            }
+                            return log
+                        }
+                    }
+                    return try await tasks.reduce(into: []) { $0 += $1 }
+                }
+                await group.shutdown()
+                let syncs = stamping.syncs.withLock { $0 }.sorted { $0.end < $1.end }
+                #expect(acknowledged.count == 64 * records)
+                // For each ack: the latest sync that ended before the ack must have started after the write.
+                var violations = 0
+                for entry in acknowledged {
+                    let covering = syncs.contains { $0.start > entry.write && $0.end < entry.ack }
+                    if !covering { violations += 1 }
+                }
+                #expect(violations == 0)
+                #expect(syncs.count < acknowledged.count, "syncs were shared (\(syncs.count) for \(acknowledged.count))")
+            }
+        }
+    }
+}
