@@ -4,6 +4,7 @@ import CFloor
 import Dispatch
 import Foundation
 import Histogram
+import Synchronization
 import SystemPackage
 
 /// One measured cell: a workload, an in-flight depth and a file layout.
@@ -27,6 +28,7 @@ struct Measurement: Codable {
     var seconds = 0.0
     var cpuSeconds = 0.0
     var clones = 0
+    var syncs = 0
     var latency = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
 
     var opsPerSecond: Double { seconds > 0 ? Double(ops) / seconds : 0 }
@@ -34,6 +36,8 @@ struct Measurement: Codable {
     var meanMicros: Double { latency.mean / 1000 }
     var cpuMicrosPerOp: Double { ops > 0 ? cpuSeconds * 1e6 / Double(ops) : 0 }
     var clonesPerOp: Double { ops > 0 ? Double(clones) / Double(ops) : 0 }
+    /// Syncs that reached the kernel per acknowledged request (group commit only; 0 = not counted).
+    var syncsPerOp: Double { ops > 0 ? Double(syncs) / Double(ops) : 0 }
 
     enum CodingKeys: String, CodingKey { case method, cell, ops, seconds, cpuSeconds, clones }
     init(method: String, cell: Cell) { self.method = method; self.cell = cell }
@@ -53,6 +57,7 @@ enum Method: String, CaseIterable {
     case cBlocking = "c-blocking", cLibaio = "c-libaio", cPosix = "c-posix"
     case blocking, libaio, posix, auto
     case taskBlocking = "task-blocking", dispatch
+    case groupCommit = "group-commit"
 
     var summary: String {
         switch self {
@@ -65,6 +70,7 @@ enum Method: String, CaseIterable {
         case .auto: "this library, AsyncSync.makeBackend()"
         case .taskBlocking: "Swift today: the blocking call inside a Task (parks a cooperative thread)"
         case .dispatch: "Swift today: DispatchQueue.global().async { fsync } + continuation"
+        case .groupCommit: "this library, GroupCommit over LibaioBackend (syncs shared per file)"
         }
     }
 
@@ -196,6 +202,12 @@ struct AsyncFsyncBench: AsyncParsableCommand {
             }
             (ops, latency) = try await runTasks(cell: cell, files: files) { fd in try await backend.sync(fd, mode: mode) }
             await backend.shutdown()
+        case .groupCommit:
+            let counting = CountingBackend(try LibaioBackend())
+            let group = GroupCommit(wrapping: counting)
+            (ops, latency) = try await runTasks(cell: cell, files: files) { fd in try await group.sync(fd, mode: mode) }
+            await group.shutdown()
+            m.syncs += counting.count.withLock { $0 }
         case .taskBlocking:
             (ops, latency) = try await runTasks(cell: cell, files: files) { fd in try blockingSync(fd, mode) }
         case .dispatch:
@@ -268,6 +280,19 @@ struct AsyncFsyncBench: AsyncParsableCommand {
         for _ in 0..<depth { finished.wait() }
         return results.value
     }
+}
+
+/// Counts the syncs that reach the wrapped backend.
+final class CountingBackend: AsyncSyncBackend {
+    let wrapped: any AsyncSyncBackend
+    let count = Mutex(0)
+    var kind: BackendKind { wrapped.kind }
+    init(_ wrapped: any AsyncSyncBackend) { self.wrapped = wrapped }
+    func sync(_ fd: FileDescriptor, mode: SyncMode) async throws {
+        count.withLock { $0 += 1 }
+        try await wrapped.sync(fd, mode: mode)
+    }
+    func shutdown() async { await wrapped.shutdown() }
 }
 
 final class ResultBox: @unchecked Sendable {
