@@ -214,6 +214,39 @@ extension AsyncFsyncTests {
             await group.shutdown()
         }
 
+        @Test("on the fault file system: 32 concurrent syncs held 200 ms reach it as two syncs, the second a fresh one",
+              arguments: BackendKind.allCases)
+        func faultFileSystemCounters(kind: BackendKind) async throws {
+            guard TestEnvironment.require(FaultFS.canRun, "needs root, /dev/fuse and libfuse3") else { return }
+            let fs = try FaultFS()
+            let fd = try fs.open("wal")
+            defer { try? fd.close() }
+            let group = GroupCommit(wrapping: try makeBackend(kind))
+            try fs.control("reset")
+            try fs.control("delay_ms=200")
+            let first = Task { try await group.fdatasync(fd) }
+            try await waitUntil { (try? fs.counter("fdatasync")) == 1 }
+            let rest = (0..<31).map { index in Task { try await group.sync(fd, mode: index == 7 ? .fsync : .fdatasync) } }
+            try await waitUntil { group.queuedCount == 31 }
+            try await first.value
+            for task in rest { try await task.value }
+            #expect(try fs.counter("fdatasync") == 1, "the first request's own sync")
+            #expect(try fs.counter("fsync") == 1, "one fresh sync for the 31 others, fsync because one asked for it")
+            // An error from the file system reaches every request of the batch.
+            try fs.control("errno=EIO count=2")
+            let leader = Task { await caughtError { try await group.fdatasync(fd) } }
+            try await waitUntil { (try? fs.counter("fdatasync")) == 2 }
+            let followers = (0..<8).map { _ in Task { await caughtError { try await group.fdatasync(fd) } } }
+            try await waitUntil { group.queuedCount == 8 }
+            #expect((await leader.value as? AsyncSyncError)?.errno == .ioError)
+            for task in followers {
+                let failure = await task.value as? AsyncSyncError
+                // The batch after the failed one: refused by the sticky rule, or failed by the fs.
+                #expect(failure?.errno == .ioError, "\(String(describing: failure))")
+            }
+            await group.shutdown()
+        }
+
         @Test("stress: 64 writers on one file; every acknowledged write was followed by a sync that started after it",
               arguments: BackendKind.allCases)
         func stress(kind: BackendKind) async throws {
