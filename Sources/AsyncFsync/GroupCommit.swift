@@ -19,7 +19,8 @@ import SystemPackage
 /// - Its result goes to every request of the batch: an error reaches all of them, each with its
 ///   own descriptor. The wrapped backend's sticky failures apply as usual.
 /// - No thread and no timer: the first request for an idle file runs the sync itself (the
-///   leader); when it ends, one request of the next batch runs that batch's sync.
+///   leader); when it ends, one request of the next batch runs that batch's sync. An optional
+///   ``delay`` (default zero) makes each leader wait before its sync so that more requests join.
 /// - Cancellation: a request cancelled while it waits for the next batch throws
 ///   `CancellationError`; once its batch's sync started it gets that sync's result.
 /// - ``shutdown()`` refuses new requests, lets running batches finish, then shuts down the
@@ -49,6 +50,9 @@ public final class GroupCommit: AsyncSyncBackend {
     private struct FileState {
         /// Requests that arrived while a sync of the file runs; they form the next batch.
         var next: [Waiter] = []
+        /// While a batch's leader waits out ``GroupCommit/delay`` before its sync starts: the
+        /// requests that join that batch (its sync has not started, so it may acknowledge them).
+        var gathering: [Waiter]?
     }
 
     private struct State {
@@ -62,16 +66,24 @@ public final class GroupCommit: AsyncSyncBackend {
 
     private let state = Locked(State())
     private let system: SystemCalls
+    /// How long each batch's leader waits before starting the shared sync, so that more requests
+    /// can join (PostgreSQL's `commit_delay`). Zero (the default) starts at once.
+    public let delay: Duration
 
     /// Wraps `backend`; its syncs are shared between concurrent requests of the same file.
     ///
-    /// - Parameter backend: The backend that runs the shared syncs; ``shutdown()`` shuts it down.
-    public convenience init(wrapping backend: any AsyncSyncBackend) {
-        self.init(wrapping: backend, system: .live)
+    /// - Parameters:
+    ///   - backend: The backend that runs the shared syncs; ``shutdown()`` shuts it down.
+    ///   - delay: How long a batch's leader waits before starting the sync, so that requests
+    ///     arriving meanwhile join the batch. It adds up to `delay` to every request's latency;
+    ///     it pays off only when writers arrive faster than a sync completes. The default is zero.
+    public convenience init(wrapping backend: any AsyncSyncBackend, delay: Duration = .zero) {
+        self.init(wrapping: backend, delay: delay, system: .live)
     }
 
-    init(wrapping backend: any AsyncSyncBackend, system: SystemCalls) {
+    init(wrapping backend: any AsyncSyncBackend, delay: Duration = .zero, system: SystemCalls) {
         self.wrapped = backend
+        self.delay = delay
         self.system = system
     }
 
@@ -103,16 +115,25 @@ public final class GroupCommit: AsyncSyncBackend {
         case .refused:
             throw AsyncSyncError.shutDown(mode, backend: kind, descriptor: fd)
         case .leader:
-            // An idle file: this request's own sync, run in its own task (its cancellation is its own).
-            let result = await runSync(fd, mode: mode)
-            handOff(file)
-            try deliver(result)
+            if delay > .zero {
+                try await lead(file, fd, mode: mode, others: [])
+            } else {
+                // An idle file: this request's own sync, in its own task (its cancellation is its own).
+                let result = await runSync(fd, mode: mode)
+                handOff(file)
+                try deliver(result)
+            }
         case .follower(let id):
             let outcome = await withTaskCancellationHandler {
                 await withUnsafeContinuation { (continuation: UnsafeContinuation<Outcome, Never>) in
                     let queued = state.withLock { state -> Bool in
                         guard state.running[file] != nil else { return false }
-                        state.running[file]!.next.append(Waiter(id: id, descriptor: fd, mode: mode, continuation: continuation))
+                        let waiter = Waiter(id: id, descriptor: fd, mode: mode, continuation: continuation)
+                        if state.running[file]!.gathering != nil {
+                            state.running[file]!.gathering!.append(waiter)
+                        } else {
+                            state.running[file]!.next.append(waiter)
+                        }
                         return true
                     }
                     // The running sync ended between the two locks: start over.
@@ -120,8 +141,13 @@ public final class GroupCommit: AsyncSyncBackend {
                 }
             } onCancel: {
                 let removed = state.withLock { state -> Waiter? in
-                    guard let index = state.running[file]?.next.firstIndex(where: { $0.id == id }) else { return nil }
-                    return state.running[file]!.next.remove(at: index)
+                    if let index = state.running[file]?.next.firstIndex(where: { $0.id == id }) {
+                        return state.running[file]!.next.remove(at: index)
+                    }
+                    if let index = state.running[file]?.gathering?.firstIndex(where: { $0.id == id }) {
+                        return state.running[file]!.gathering!.remove(at: index)
+                    }
+                    return nil
                 }
                 removed?.continuation.resume(returning: .other(CancellationError()))
             }
@@ -130,14 +156,34 @@ public final class GroupCommit: AsyncSyncBackend {
             case .other(let error): throw error
             case .retry: return try await sync(fd, mode: mode)
             case .lead(let others):
-                let batchMode: SyncMode = (others.contains { $0.mode == .fsync } || mode == .fsync) ? .fsync : .fdatasync
-                // The batch's sync must not be cancelled by this task: others depend on it.
-                let result = await Task { await self.runSync(fd, mode: batchMode) }.value
-                for waiter in others { waiter.continuation.resume(returning: makeOutcome(result, for: waiter)) }
-                handOff(file)
-                try deliver(result)
+                try await lead(file, fd, mode: mode, others: others)
             }
         }
+    }
+
+    /// Runs the sync of a batch: waits out ``delay`` (requests arriving meanwhile join), syncs in
+    /// the strongest mode asked for, gives the result to every request of the batch, hands the
+    /// file to the next batch, and returns this request's own result.
+    private func lead(_ file: FileIdentity, _ fd: FileDescriptor, mode: SyncMode, others: [Waiter]) async throws {
+        var batch = others
+        if delay > .zero {
+            state.withLock { state in
+                if state.running[file]!.gathering == nil { state.running[file]!.gathering = [] }
+            }
+            try? await Task.sleep(for: delay)  // cancelled: start at once, the others still need the sync
+            batch += state.withLock { state -> [Waiter] in
+                defer { state.running[file]!.gathering = nil }
+                return state.running[file]!.gathering ?? []
+            }
+        }
+        let batchMode: SyncMode = (batch.contains { $0.mode == .fsync } || mode == .fsync) ? .fsync : .fdatasync
+        // With others in the batch, its sync must not be cancelled by this task: run it apart.
+        let result = batch.isEmpty
+            ? await runSync(fd, mode: batchMode)
+            : await Task { await self.runSync(fd, mode: batchMode) }.value
+        for waiter in batch { waiter.continuation.resume(returning: makeOutcome(result, for: waiter)) }
+        handOff(file)
+        try deliver(result)
     }
 
     private func runSync(_ fd: FileDescriptor, mode: SyncMode) async -> Result<Void, any Error> {
@@ -187,9 +233,12 @@ public final class GroupCommit: AsyncSyncBackend {
         }
     }
 
-    /// Requests waiting for a next batch (for tests).
+    /// Whether no sync of any file runs (for tests).
+    var isIdle: Bool { state.withLock { $0.running.isEmpty } }
+
+    /// Requests waiting for a batch (for tests).
     var queuedCount: Int {
-        state.withLock { $0.running.values.reduce(0) { $0 + $1.next.count } }
+        state.withLock { $0.running.values.reduce(0) { $0 + $1.next.count + ($1.gathering?.count ?? 0) } }
     }
 
     /// Forwards to the wrapped backend.

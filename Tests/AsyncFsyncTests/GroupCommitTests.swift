@@ -199,6 +199,26 @@ extension AsyncFsyncTests {
             await group.shutdown()
         }
 
+        @Test("with a delay window, requests arriving before the leader's sync starts join its batch")
+        func delayWindow() async throws {
+            let directory = try ScratchDirectory.onTmpfs()
+            let fd = try directory.file("wal")
+            defer { try? fd.close() }
+            let scripted = ScriptedBackend()
+            let group = GroupCommit(wrapping: scripted, delay: .milliseconds(300))
+            let leader = Task { try await group.fdatasync(fd) }
+            try await waitUntil { group.queuedCount == 0 && !(group.isIdle) }
+            let joined = (0..<10).map { index in Task { try await group.sync(fd, mode: index == 3 ? .fsync : .fdatasync) } }
+            try await leader.value
+            for task in joined { try await task.value }
+            // All eleven were acknowledged by one sync that started after they all arrived
+            // (they were queued before the 300 ms window ended; the window is an upper bound
+            // here only if the machine scheduled the ten tasks within it, so allow a second sync).
+            #expect(scripted.calls <= 2)
+            #expect(scripted.modes.contains(.fsync))
+            await group.shutdown()
+        }
+
         @Test("shutdown refuses new requests and shuts the wrapped backend down")
         func shutdown() async throws {
             let directory = try ScratchDirectory.onTmpfs()
