@@ -108,6 +108,9 @@ struct AsyncFsyncBench: AsyncParsableCommand {
     @Flag(help: "A short run: depths 1 and 16, 0.2 s, one round.")
     var quick = false
 
+    @Option(help: "Delay window of the group-commit method, in microseconds (GroupCommit's delay).")
+    var groupDelayUs: Int = 0
+
     @Option(help: "Also write every figure as JSON to this file.")
     var json: String?
 
@@ -204,7 +207,7 @@ struct AsyncFsyncBench: AsyncParsableCommand {
             await backend.shutdown()
         case .groupCommit:
             let counting = CountingBackend(try LibaioBackend())
-            let group = GroupCommit(wrapping: counting)
+            let group = GroupCommit(wrapping: counting, delay: .microseconds(groupDelayUs))
             (ops, latency) = try await runTasks(cell: cell, files: files) { fd in try await group.sync(fd, mode: mode) }
             await group.shutdown()
             m.syncs += counting.count.withLock { $0 }
