@@ -60,8 +60,8 @@ public final class GroupCommit: AsyncSyncBackend {
         var running: [FileIdentity: FileState] = [:]
         var nextID: UInt64 = 0
         var shuttingDown = false
+        /// `shutdown()` callers waiting for the running batches to end.
         var shutdownWaiters: [UnsafeContinuation<Void, Never>] = []
-        var wrappedShutDown = false
     }
 
     private let state = Locked(State())
@@ -208,7 +208,8 @@ public final class GroupCommit: AsyncSyncBackend {
     }
 
     /// The sync of `file` ended: the requests queued meanwhile become the next batch, led by its
-    /// first request; with none, the file is idle again.
+    /// first request; with none, the file is idle again. The last batch to end during a
+    /// shutdown lets the `shutdown()` callers go on.
     private func handOff(_ file: FileIdentity) {
         let (batch, waiters) = state.withLock { state -> ([Waiter], [UnsafeContinuation<Void, Never>]) in
             let batch = state.running[file]?.next ?? []
@@ -217,21 +218,18 @@ public final class GroupCommit: AsyncSyncBackend {
             } else {
                 state.running[file]!.next = []
             }
-            guard state.shuttingDown, state.running.isEmpty, !state.wrappedShutDown else { return (batch, []) }
-            state.wrappedShutDown = true
+            guard state.running.isEmpty else { return (batch, []) }
             defer { state.shutdownWaiters = [] }
             return (batch, state.shutdownWaiters)
         }
         if let leader = batch.first {
             leader.continuation.resume(returning: .lead(Array(batch.dropFirst())))
         }
-        if !waiters.isEmpty {
-            Task {
-                await self.wrapped.shutdown()
-                for waiter in waiters { waiter.resume() }
-            }
-        }
+        for waiter in waiters { waiter.resume() }
     }
+
+    /// Whether ``shutdown()`` has been called (for tests).
+    var isShuttingDown: Bool { state.withLock { $0.shuttingDown } }
 
     /// Whether no sync of any file runs (for tests).
     var isIdle: Bool { state.withLock { $0.running.isEmpty } }
@@ -248,25 +246,23 @@ public final class GroupCommit: AsyncSyncBackend {
     }
 
     /// Refuses new requests, lets running batches finish, then shuts the wrapped backend down.
+    /// Calling it again is harmless.
     public func shutdown() async {
-        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-            let runNow = state.withLock { state -> Bool in
-                state.shuttingDown = true
-                if state.wrappedShutDown { return true }
-                if state.running.isEmpty {
-                    state.wrappedShutDown = true
-                    return true
+        let mustWait = state.withLock { state -> Bool in
+            state.shuttingDown = true
+            return !state.running.isEmpty
+        }
+        if mustWait {
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+                let done = state.withLock { state -> Bool in
+                    if state.running.isEmpty { return true }
+                    state.shutdownWaiters.append(continuation)
+                    return false
                 }
-                state.shutdownWaiters.append(continuation)
-                return false
-            }
-            if runNow {
-                Task {
-                    await self.wrapped.shutdown()
-                    continuation.resume()
-                }
+                if done { continuation.resume() }
             }
         }
+        await wrapped.shutdown()
     }
 }
 

@@ -235,6 +235,32 @@ extension AsyncFsyncTests {
             await group.shutdown()
         }
 
+        @Test("shutdown during a running batch waits for it, refuses new requests, then shuts the wrapped backend down")
+        func shutdownWhileRunning() async throws {
+            let directory = try ScratchDirectory.onTmpfs()
+            let fd = try directory.file("wal")
+            defer { try? fd.close() }
+            let scripted = ScriptedBackend()
+            scripted.hold()
+            let group = GroupCommit(wrapping: scripted)
+            let leader = Task { try await group.fsync(fd) }
+            try await waitUntil { scripted.calls == 1 }
+            let follower = Task { try await group.fsync(fd) }
+            try await waitUntil { group.queuedCount == 1 }
+            let shutdown = Task { await group.shutdown() }
+            try await waitUntil { group.isShuttingDown }
+            let refused = await caughtError { try await group.fdatasync(fd) } as? AsyncSyncError
+            #expect(refused?.code == .shutDown)
+            #expect(!scripted.state.withLock { $0.shutDown }, "batches still run")
+            scripted.release(upTo: 2)
+            try await leader.value
+            try await follower.value  // accepted before the shutdown: its batch still ran
+            await shutdown.value
+            #expect(scripted.calls == 2)
+            #expect(scripted.state.withLock { $0.shutDown })
+            await group.shutdown()
+        }
+
         @Test("on the fault file system: 32 concurrent syncs held 200 ms reach it as two syncs, the second a fresh one",
               arguments: BackendKind.allCases)
         func faultFileSystemCounters(kind: BackendKind) async throws {
