@@ -114,7 +114,7 @@ extension AsyncFsyncTests {
                 await backend.shutdown()
                 #expect(Resources.aioNr() == aioBefore, "the AIO context is destroyed by shutdown")
             }
-            #expect(Resources.openDescriptorCount() == descriptorsBefore)
+            #expect(Resources.openDescriptorCount() <= descriptorsBefore, "no descriptor leaked")
             let threadsAfter = await Resources.settle({ Resources.threadCount() }, atMost: threadsBefore)
             #expect(threadsAfter <= threadsBefore, "the completion thread and glibc's helpers are gone")
         }
