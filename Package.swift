@@ -6,6 +6,7 @@ let package = Package(
     products: [
         .library(name: "AsyncFsync", targets: ["AsyncFsync"]),
         .executable(name: "asyncfsync-demo", targets: ["asyncfsync-demo"]),
+        .executable(name: "asyncfsync-probe", targets: ["asyncfsync-probe"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
@@ -22,6 +23,9 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "asyncfsync-demo", dependencies: ["AsyncFsync"]),
+        // Prints the probes and the backend makeBackend() chooses here; the selection tests run it
+        // as a child process under seccomp, a lowered aio-max-nr and a hidden libaio.so.
+        .executableTarget(name: "asyncfsync-probe", dependencies: ["AsyncFsync"]),
         // Test-only C helpers (aio_init, ext4 shutdown ioctl); never part of the library.
         .target(name: "CTestSupport", path: "Tests/CTestSupport"),
         .testTarget(

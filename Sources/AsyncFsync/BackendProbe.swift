@@ -2,30 +2,112 @@ import SystemPackage
 
 /// What probing found out about one backend on this host.
 ///
-/// A probe makes a real sync: it creates a scratch file in a directory, hands one
-/// `fdatasync` of it to the backend's mechanism (`IOCB_CMD_FDSYNC` through `io_submit(2)`, or
-/// `aio_fsync(3)` with `O_DSYNC`), waits for the completion with a timeout and removes the file.
-/// A backend is usable when that sync completed successfully.
+/// A probe makes a real sync: it creates a scratch file in a directory (removed at once), hands one
+/// `fdatasync` of it to the backend's mechanism (`io_setup(2)` of one event, `IOCB_CMD_FDSYNC`
+/// through `io_submit(2)`, `io_getevents(2)` with a timeout, `io_destroy(2)`; or one
+/// `aio_fsync(3)` with `O_DSYNC` waited for with `aio_suspend(3)` and a timeout). A backend is
+/// usable when that sync completed successfully. Results are cached per file system (see
+/// ``AsyncSync/probe(directory:)``); docs/selection.md lists the steps and their cost.
+///
+/// ```
+/// libaio: usable (ext4 in /tmp; probe took 0.21 ms)
+/// libaio: unusable at setup: io_setup failed with ENOSYS (kernel AIO absent or denied by seccomp) (ext4 in /tmp; probe took 0.01 ms)
+/// ```
 public struct BackendProbe: Sendable, Hashable, CustomStringConvertible {
+    /// The step of a probe that failed.
+    public enum Step: String, Sendable, Hashable, CustomStringConvertible {
+        /// Making the resources: the scratch file, `io_setup(2)`.
+        case setup
+        /// Handing the sync to the system: `io_submit(2)`, `aio_fsync(3)`.
+        case submit
+        /// The sync's result: the errno in `io_event.res` or from `aio_error(3)`, or a failure of
+        /// the call waiting for it.
+        case completion
+        /// No completion within the probe's timeout (a stuck file system?).
+        case timeout
+
+        public var description: String { rawValue }
+    }
+
     /// The backend probed.
     public var kind: BackendKind
-    /// Why the backend cannot be used, or `nil` when it can. Its ``AsyncSyncError/step`` says
-    /// which step failed and ``AsyncSyncError/errno`` the errno (nil for a timeout).
+    /// Why the backend is not usable, or `nil` when it is. ``AsyncSyncError/errno`` is the errno
+    /// (nil for a timeout) and ``AsyncSyncError/systemCall`` the C function.
     public var failure: AsyncSyncError?
+    /// The step that failed, or `nil` when the backend is usable.
+    public var failedStep: Step?
     /// The directory whose file system was probed.
     public var directory: FilePath
-    /// How long the probe took.
+    /// The probed file system's type, such as `ext4` or `tmpfs` (from `statfs(2)`), or `memfd`
+    /// when no scratch file could be made in ``directory`` (see ``note``).
+    public var fileSystem: String
+    /// Whether the file system keeps its data in memory only (tmpfs, ramfs): its fsync does
+    /// nothing but return 0.
+    public var isMemoryFileSystem: Bool
+    /// Whether backends made by ``AsyncSync/makeBackend()`` sync files on this file system inline
+    /// (a direct `fsync(2)` on the caller's thread): on a memory file system unless
+    /// `ASYNC_FSYNC_INLINE=off`.
+    public var inlineSync: Bool
+    /// How long the probe took (wall time), measured when it ran.
     public var duration: Duration
+    /// Whether this result was found in the per-file-system cache instead of being measured now.
+    public var isCached: Bool
+    /// Something a person should know about how the probe was made, for example
+    /// `cannot create a scratch file in /ro (EROFS); probed on a memfd`.
+    public var note: String?
+    /// How the selection treats the outcome.
+    var verdict: Verdict
+
+    /// How a probe's outcome counts for the selection.
+    enum Verdict: Hashable, Sendable {
+        /// The sync completed successfully.
+        case usable
+        /// The mechanism is not supported here (ENOSYS, EPERM, EAGAIN at `io_setup`; ENOSYS,
+        /// EPERM, EINVAL at submission of a sync of a regular file): `auto` tries the next backend.
+        case unsupported
+        /// Setup or submission failed for another reason (ENOMEM, EMFILE, …): not a reason to fall
+        /// back; the selection reports it.
+        case unavailable
+        /// The mechanism took the sync; the sync failed or did not complete in time. That is the
+        /// file system's answer, not the backend's, so the selection does not fall back.
+        case syncFailed
+    }
 
     /// Whether the backend completed a real sync here.
     public var isUsable: Bool { failure == nil }
 
-    /// For example `libaio: usable (probe took 0.21 ms in /tmp)` or
-    /// `libaio: unusable: io_setup failed with ENOSYS (kernel AIO absent or denied (seccomp))`.
+    /// Whether the backend's mechanism works here: it completed the sync, or it took the sync and
+    /// the file system answered with an error or not in time (the file system's failure, which
+    /// another backend would meet too).
+    public var isSupported: Bool { verdict == .usable || verdict == .syncFailed }
+
+    /// The errno of the failed step, if any.
+    public var errno: Errno? { failure?.errno }
+
+    /// Why the backend is not usable, for example
+    /// `io_setup failed with EAGAIN (/proc/sys/fs/aio-max-nr exhausted: aio-nr 65536 of 65536)`;
+    /// `nil` when it is usable.
+    public var reason: String? { failure?.probeReason }
+
+    /// One line: the kind, usable or the failed step and its reason, the file system, and the cost.
     public var description: String {
-        let took = "probe took \(Self.milliseconds(duration)) ms in \(directory)"
-        guard let failure else { return "\(kind): usable (\(took))" }
-        return "\(kind): unusable: \(failure.probeReason) (\(took))"
+        var text = "\(kind): "
+        if let reason {
+            text += "unusable at \(failedStep ?? .setup): \(reason)"
+        } else {
+            text += "usable"
+        }
+        var details: [String] = []
+        if let note {
+            details.append(note)
+        } else {
+            details.append("\(fileSystem) in \(directory)")
+        }
+        if inlineSync {
+            details.append("syncs of files on \(fileSystem) are made inline with fsync(2)/fdatasync(2)")
+        }
+        details.append("probe took \(Self.milliseconds(duration)) ms" + (isCached ? ", cached" : ""))
+        return text + " (" + details.joined(separator: "; ") + ")"
     }
 
     static func milliseconds(_ duration: Duration) -> String {
@@ -36,10 +118,11 @@ public struct BackendProbe: Sendable, Hashable, CustomStringConvertible {
 }
 
 extension AsyncSyncError {
-    /// The failure as a probe reports it: `io_setup failed with ENOSYS (hint)`.
+    /// The failure as a probe reports it: `io_setup failed with ENOSYS (hint)`, or the message
+    /// alone when there is no errno (a timeout).
     var probeReason: String {
-        var text = "\(systemCall ?? step.rawValue) failed"
-        if let errno { text += " with \(errno.symbolicName)" }
+        guard let errno else { return message.isEmpty ? "\(systemCall ?? step.rawValue) failed" : message }
+        var text = "\(systemCall ?? step.rawValue) failed with \(errno.symbolicName)"
         if !message.isEmpty { text += " (\(message))" }
         return text
     }

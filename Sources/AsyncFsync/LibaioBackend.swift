@@ -10,9 +10,23 @@ import SystemPackage
 ///
 /// At most `capacity` requests are in the kernel at once; more wait in a queue, in order, until a
 /// request completes (backpressure); they never fail because the context is full.
-public final class LibaioBackend: AsyncSyncBackend {
+///
+/// Two kinds of file are not synced through kernel AIO:
+/// - On a memory file system (tmpfs, ramfs) fsync does nothing but return 0, so by default the
+///   sync is a direct `fsync(2)` / `fdatasync(2)` on the caller's thread (~0.2 µs instead of a
+///   7–18 µs round trip); see `inlineMemoryFileSystems`.
+/// - When `io_submit(2)` refuses a sync of a regular file with `EINVAL` (a kernel older than 4.18
+///   or a file system without AIO fsync), that request is served through POSIX aio and the file
+///   system is remembered, so later requests for it go to POSIX aio at once. One backend thus
+///   works across file systems of both kinds. A pipe or socket still gets `EINVAL`.
+public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
     public var kind: BackendKind { .libaio }
     let engine: AIOEngine<LibaioDriver>
+    /// The inline path for memory file systems, or nil when switched off.
+    let inline: InlineSync?
+    /// POSIX aio for file systems without AIO fsync.
+    let fallback: PosixFallback
+    let capacity: Int
 
     /// Creates a backend with its own AIO context and completion thread.
     ///
@@ -22,25 +36,38 @@ public final class LibaioBackend: AsyncSyncBackend {
     ///   - stickyFailures: Whether a durability failure of a file makes every later sync of that
     ///     file through this backend fail at once with ``AsyncSyncError/Code/earlierFailure``,
     ///     until ``clearFailure(of:)``. The default is `true`.
+    ///   - inlineMemoryFileSystems: Whether a descriptor on a memory file system (tmpfs, ramfs:
+    ///     no backing store, fsync returns 0 at once) is synced with a direct `fsync(2)` /
+    ///     `fdatasync(2)` on the caller's thread instead of a round trip through the kernel's
+    ///     workqueue. Costs one `fstatfs(2)` per request on every file system (see
+    ///     docs/selection.md). The default is `true`; ``AsyncSync/makeBackend()`` passes `false`
+    ///     when `ASYNC_FSYNC_INLINE=off`.
     /// - Throws: ``AsyncSyncError`` with code ``AsyncSyncError/Code/backendUnavailable`` when
     ///   `io_setup(2)` fails (`EAGAIN`: aio-max-nr used up; `ENOSYS`/`EPERM`: kernel AIO absent or
     ///   denied) or the thread cannot be started.
     ///
     /// Uses `io_setup(2)`.
-    public convenience init(capacity: Int = 256, stickyFailures: Bool = true) throws {
-        try self.init(capacity: capacity, stickyFailures: stickyFailures, system: .live)
+    public convenience init(capacity: Int = 256, stickyFailures: Bool = true, inlineMemoryFileSystems: Bool = true) throws {
+        try self.init(capacity: capacity, stickyFailures: stickyFailures,
+                      inlineMemoryFileSystems: inlineMemoryFileSystems, system: .live)
     }
 
-    init(capacity: Int, stickyFailures: Bool = true, system: SystemCalls) throws(AsyncSyncError) {
+    /// The backend on a given system-call table. The inline path is off unless asked for, so that
+    /// tests injecting faults on tmpfs files reach the kernel AIO path.
+    init(capacity: Int, stickyFailures: Bool = true, inlineMemoryFileSystems: Bool = false,
+         system: SystemCalls) throws(AsyncSyncError) {
         engine = try AIOEngine(driver: LibaioDriver(slotCount: capacity, system: system), system: system,
                                stickyFailures: stickyFailures)
+        inline = inlineMemoryFileSystems ? InlineSync(system: system) : nil
+        fallback = PosixFallback(system: system, capacity: capacity, stickyFailures: stickyFailures)
+        self.capacity = capacity
     }
 
     deinit {
         engine.beginShutdown()
     }
 
-    /// Syncs `fd` through kernel AIO.
+    /// Syncs `fd` through kernel AIO (or inline, or through POSIX aio; see the type's overview).
     ///
     /// - Parameters:
     ///   - fd: An open descriptor; it must stay open until this call returns.
@@ -48,17 +75,53 @@ public final class LibaioBackend: AsyncSyncBackend {
     /// - Throws: See ``AsyncSyncBackend/sync(_:mode:)``. A closed descriptor (`EBADF`) and a pipe or
     ///   socket (`EINVAL`) are refused by `io_submit(2)`; other errnos arrive with the completion.
     ///
-    /// Uses `io_submit(2)` and `io_getevents(2)`.
+    /// Uses `io_submit(2)` and `io_getevents(2)`; `fstatfs(2)` when the inline path is on.
     public func sync(_ fd: FileDescriptor, mode: SyncMode) async throws {
-        try await engine.sync(fd, mode: mode)
+        if let inline, inline.applies(to: fd) {
+            try inline.sync(fd, mode: mode, backend: .libaio, isAcceptingRequests: engine.isAcceptingRequests)
+            return
+        }
+        if fallback.serves(fd) {
+            guard engine.isAcceptingRequests else {
+                throw AsyncSyncError.shutDown(mode, backend: .libaio, descriptor: fd)
+            }
+            try await fallback.sync(fd, mode: mode, refused: nil)
+            return
+        }
+        do {
+            try await engine.sync(fd, mode: mode)
+        } catch let error as AsyncSyncError where fallback.takesOver(after: error, for: fd) {
+            try await fallback.sync(fd, mode: mode, refused: error)
+        }
     }
 
     @discardableResult
     public func clearFailure(of fd: FileDescriptor) throws -> Bool {
-        try engine.clearFailure(of: fd)
+        let viaKernelAIO = try engine.clearFailure(of: fd)
+        let viaPosix = try fallback.clearFailure(of: fd)
+        return viaKernelAIO || viaPosix
     }
 
     public func shutdown() async {
         await engine.shutdown()
+        await fallback.shutdown()
+    }
+
+    /// Whether descriptors on memory file systems are synced inline.
+    public var inlinesMemoryFileSystems: Bool { inline != nil }
+
+    /// The `st_dev` of the file systems whose syncs go to POSIX aio because kernel AIO refused them.
+    var posixFileSystems: [UInt64] { fallback.devices }
+
+    /// For example `libaio backend (kernel AIO, capacity 256; tmpfs/ramfs synced inline)`.
+    public var description: String {
+        var text = "libaio backend (kernel AIO, capacity \(capacity)"
+        text += inline != nil ? "; tmpfs/ramfs synced inline" : "; no inline path"
+        let devices = fallback.devices
+        if !devices.isEmpty {
+            let names = devices.map(PosixFallback.deviceName)
+            text += "; file systems without AIO fsync, served by POSIX aio: dev " + names.joined(separator: ", ")
+        }
+        return text + ")"
     }
 }

@@ -9,9 +9,16 @@ import SystemPackage
 /// is used.
 ///
 /// At most `capacity` requests are handed to glibc at once; more wait in a queue, in order.
-public final class PosixAIOBackend: AsyncSyncBackend {
+///
+/// On a memory file system (tmpfs, ramfs) fsync does nothing but return 0, so by default the
+/// sync is a direct `fsync(2)` / `fdatasync(2)` on the caller's thread; see
+/// `inlineMemoryFileSystems`.
+public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
     public var kind: BackendKind { .posix }
     let engine: AIOEngine<PosixAIODriver>
+    /// The inline path for memory file systems, or nil when switched off.
+    let inline: InlineSync?
+    let capacity: Int
 
     /// Creates a backend with its own completion thread.
     ///
@@ -20,22 +27,34 @@ public final class PosixAIOBackend: AsyncSyncBackend {
     ///   - stickyFailures: Whether a durability failure of a file makes every later sync of that
     ///     file through this backend fail at once with ``AsyncSyncError/Code/earlierFailure``,
     ///     until ``clearFailure(of:)``. The default is `true`.
+    ///   - inlineMemoryFileSystems: Whether a descriptor on a memory file system (tmpfs, ramfs:
+    ///     no backing store, fsync returns 0 at once) is synced with a direct `fsync(2)` /
+    ///     `fdatasync(2)` on the caller's thread instead of a round trip through glibc's helper
+    ///     threads. Costs one `fstatfs(2)` per request on every file system (see
+    ///     docs/selection.md). The default is `true`; ``AsyncSync/makeBackend()`` passes `false`
+    ///     when `ASYNC_FSYNC_INLINE=off`.
     /// - Throws: ``AsyncSyncError`` with code ``AsyncSyncError/Code/backendUnavailable`` when the
     ///   eventfd, the doorbell request or the thread cannot be created.
-    public convenience init(capacity: Int = 256, stickyFailures: Bool = true) throws {
-        try self.init(capacity: capacity, stickyFailures: stickyFailures, system: .live)
+    public convenience init(capacity: Int = 256, stickyFailures: Bool = true, inlineMemoryFileSystems: Bool = true) throws {
+        try self.init(capacity: capacity, stickyFailures: stickyFailures,
+                      inlineMemoryFileSystems: inlineMemoryFileSystems, system: .live)
     }
 
-    init(capacity: Int, stickyFailures: Bool = true, system: SystemCalls) throws(AsyncSyncError) {
+    /// The backend on a given system-call table. The inline path is off unless asked for, so that
+    /// tests injecting faults on tmpfs files reach the POSIX aio path.
+    init(capacity: Int, stickyFailures: Bool = true, inlineMemoryFileSystems: Bool = false,
+         system: SystemCalls) throws(AsyncSyncError) {
         engine = try AIOEngine(driver: PosixAIODriver(slotCount: capacity, system: system), system: system,
                                stickyFailures: stickyFailures)
+        inline = inlineMemoryFileSystems ? InlineSync(system: system) : nil
+        self.capacity = capacity
     }
 
     deinit {
         engine.beginShutdown()
     }
 
-    /// Syncs `fd` through glibc's POSIX aio.
+    /// Syncs `fd` through glibc's POSIX aio (or inline on a memory file system).
     ///
     /// - Parameters:
     ///   - fd: An open descriptor; it must stay open until this call returns.
@@ -43,8 +62,13 @@ public final class PosixAIOBackend: AsyncSyncBackend {
     /// - Throws: See ``AsyncSyncBackend/sync(_:mode:)``. A closed descriptor (`EBADF`) is refused by
     ///   `aio_fsync(3)`; a pipe or socket (`EINVAL`) and every other errno arrive with the completion.
     ///
-    /// Uses `aio_fsync(3)`, `aio_suspend(3)`, `aio_error(3)` and `aio_return(3)`.
+    /// Uses `aio_fsync(3)`, `aio_suspend(3)`, `aio_error(3)` and `aio_return(3)`; `fstatfs(2)` when
+    /// the inline path is on.
     public func sync(_ fd: FileDescriptor, mode: SyncMode) async throws {
+        if let inline, inline.applies(to: fd) {
+            try inline.sync(fd, mode: mode, backend: .posix, isAcceptingRequests: engine.isAcceptingRequests)
+            return
+        }
         try await engine.sync(fd, mode: mode)
     }
 
@@ -55,5 +79,14 @@ public final class PosixAIOBackend: AsyncSyncBackend {
 
     public func shutdown() async {
         await engine.shutdown()
+    }
+
+    /// Whether descriptors on memory file systems are synced inline.
+    public var inlinesMemoryFileSystems: Bool { inline != nil }
+
+    /// For example `posix backend (glibc POSIX aio, capacity 256; tmpfs/ramfs synced inline)`.
+    public var description: String {
+        "posix backend (glibc POSIX aio, capacity \(capacity)"
+            + (inline != nil ? "; tmpfs/ramfs synced inline)" : "; no inline path)")
     }
 }

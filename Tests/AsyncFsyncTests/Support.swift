@@ -136,10 +136,17 @@ enum Resources {
 
 // MARK: Backends
 
-func makeBackend(_ kind: BackendKind, capacity: Int = 256, stickyFailures: Bool = true, system: SystemCalls = .live) throws -> any AsyncSyncBackend {
+/// A backend on `system`; the inline path for memory file systems is off unless asked for, so that
+/// tests on tmpfs reach the asynchronous path.
+func makeBackend(
+    _ kind: BackendKind, capacity: Int = 256, stickyFailures: Bool = true, inline: Bool = false,
+    system: SystemCalls = .live
+) throws -> any AsyncSyncBackend {
     switch kind {
-    case .libaio: try LibaioBackend(capacity: capacity, stickyFailures: stickyFailures, system: system)
-    case .posix: try PosixAIOBackend(capacity: capacity, stickyFailures: stickyFailures, system: system)
+    case .libaio:
+        try LibaioBackend(capacity: capacity, stickyFailures: stickyFailures, inlineMemoryFileSystems: inline, system: system)
+    case .posix:
+        try PosixAIOBackend(capacity: capacity, stickyFailures: stickyFailures, inlineMemoryFileSystems: inline, system: system)
     }
 }
 
@@ -183,12 +190,18 @@ final class SyscallRecorder: Sendable {
         var submitErrnos: [Errno] = []       // answered, one per submit call, before calling the system
         var completionErrnos: [Errno] = []   // replaces the result of the next completions
         var submittedModes: [SyncMode] = []
+        var ioSubmitCalls = 0      // io_submit calls carrying requests
+        var aioFsyncCalls = 0
+        var inlineSyncs = 0        // direct fsync(2)/fdatasync(2) of the inline path
     }
     let state = Locked(State())
     private let gate = DispatchSemaphore(value: 0)
 
     var submitted: Int { state.withLock { $0.submitted } }
     var submitCalls: Int { state.withLock { $0.submitCalls } }
+    var ioSubmitCalls: Int { state.withLock { $0.ioSubmitCalls } }
+    var aioFsyncCalls: Int { state.withLock { $0.aioFsyncCalls } }
+    var inlineSyncs: Int { state.withLock { $0.inlineSyncs } }
 
     func closeGate() { state.withLock { $0.gateClosed = true } }
     func openGate() {
@@ -230,7 +243,7 @@ final class SyscallRecorder: Sendable {
             if count == 1, iocbs[0]?.pointee.aio_data == LibaioDriver.wakeTag {
                 return SystemCalls.live.ioSubmit(context, count, iocbs)
             }
-            state.withLock { $0.submitCalls += 1 }
+            state.withLock { $0.submitCalls += 1; $0.ioSubmitCalls += 1 }
             if let errno = takeSubmitErrno() { return .failure(errno) }
             let result = SystemCalls.live.ioSubmit(context, count, iocbs)
             if case .success(let accepted) = result {
@@ -253,7 +266,7 @@ final class SyscallRecorder: Sendable {
             return result
         }
         system.aioFsync = { [self] mode, control in
-            state.withLock { $0.submitCalls += 1 }
+            state.withLock { $0.submitCalls += 1; $0.aioFsyncCalls += 1 }
             if let errno = takeSubmitErrno() { return .failure(errno) }
             let result = SystemCalls.live.aioFsync(mode, control)
             if case .success = result { noteSubmitted(1, modes: [mode]) }
@@ -270,6 +283,10 @@ final class SyscallRecorder: Sendable {
             guard status != .inProgress, control.pointee.aio_buf == nil else { return status }
             if waitingToReplace, let errno = replaceCompletion() { return .failed(errno) }
             return status
+        }
+        system.syncNow = { [self] mode, fd in
+            state.withLock { $0.inlineSyncs += 1 }
+            return SystemCalls.live.syncNow(mode, fd)
         }
         system.aioReturn = { [self] control in
             if control.pointee.aio_buf == nil { noteCompleted(1) }

@@ -6,71 +6,190 @@ import Glibc
 #endif
 
 /// Runs one real sync through a backend's mechanism, with a timeout, and cleans up after it.
-struct Prober {
-    var system: SystemCalls = .live
-    var timeout: Duration = .seconds(2)
+///
+/// Steps (libaio): scratch file, `io_setup(1)`, one `IOCB_CMD_FDSYNC` through `io_submit(2)`,
+/// `io_getevents(2)` with the timeout, `io_destroy(2)`, close. (posix): scratch file, one
+/// `aio_fsync(O_DSYNC)`, `aio_suspend(3)` until it completes or the timeout passes, `aio_return(3)`,
+/// close. The scratch file is unlinked right after it is created. A probe that times out returns at
+/// once; a detached thread waits for the stuck sync and then frees the context, the control block
+/// and the descriptor, because the kernel or glibc still owns them. `io_destroy(2)` always runs on
+/// such a thread: it waits for an RCU grace period (~30 ms here), ten times the probe itself.
+struct Prober: Sendable {
+    var system: SystemCalls
+    var timeout: Duration
+    /// Where results are kept per file system; `nil` probes every time (tests inject faults).
+    var cache: ProbeCache?
+    /// Whether backends made with this selection sync memory file systems inline (for the report).
+    var inlineMemoryFileSystems: Bool
+
+    init(system: SystemCalls = .live, timeout: Duration = .seconds(2), cache: ProbeCache? = nil,
+         inlineMemoryFileSystems: Bool = true) {
+        self.system = system
+        self.timeout = timeout
+        self.cache = cache
+        self.inlineMemoryFileSystems = inlineMemoryFileSystems
+    }
+
+    /// The real system with the process-wide cache.
+    static func live(inlineMemoryFileSystems: Bool = true) -> Prober {
+        Prober(system: .live, cache: .shared, inlineMemoryFileSystems: inlineMemoryFileSystems)
+    }
 
     func probe(_ kind: BackendKind, in directory: FilePath) -> BackendProbe {
         let start = system_monotonic_now()
-        let failure: AsyncSyncError?
-        switch makeScratchFile(in: directory, kind: kind) {
-        case .failure(let error):
-            failure = error
-        case .success(let fd):
-            switch kind {
-            case .libaio: failure = probeLibaio(fd)
-            case .posix: failure = probePosix(fd)
-            }
+        let fileSystem = identify(directory)
+        let key = fileSystem.map { ProbeCache.Key(device: $0.device, fileSystemType: $0.type, kind: kind) }
+        if let cache, let key, var cached = cache.lookup(key) {
+            cached.isCached = true
+            cached.inlineSync = cached.isMemoryFileSystem && inlineMemoryFileSystems
+            return cached
         }
-        return BackendProbe(kind: kind, failure: failure, directory: directory,
-                            duration: system_monotonic_now() - start)
+
+        var probe = BackendProbe(
+            kind: kind, failure: nil, failedStep: nil, directory: directory,
+            fileSystem: fileSystem.map { FileSystemType.name($0.type) } ?? "unknown",
+            isMemoryFileSystem: fileSystem.map { FileSystemType.isMemoryFileSystem($0.type) } ?? false,
+            inlineSync: false, duration: .zero, isCached: false, note: nil, verdict: .usable)
+        var usedDirectory = false
+        let outcome: Outcome
+        switch makeScratchFile(in: directory) {
+        case .file(let fd):
+            usedDirectory = true
+            outcome = kind == .libaio ? probeLibaio(fd) : probePosix(fd)
+        case .memfd(let fd, let why):
+            probe.note = "\(why); probed on a memfd"
+            probe.fileSystem = "memfd"
+            probe.isMemoryFileSystem = false
+            outcome = kind == .libaio ? probeLibaio(fd) : probePosix(fd)
+        case .failed(let errno, let why):
+            outcome = Outcome(errno: errno, step: .setup, call: "open", message: why, verdict: .unavailable)
+        }
+        if let step = outcome.step {
+            probe.failedStep = step
+            probe.verdict = outcome.verdict
+            probe.failure = AsyncSyncError(
+                code: .backendUnavailable, errno: outcome.errno, operation: .probe,
+                step: step == .timeout ? .completion : AsyncSyncError.Step(rawValue: step.rawValue) ?? .setup,
+                backend: kind, systemCall: outcome.call, message: outcome.message)
+        }
+        probe.inlineSync = probe.isMemoryFileSystem && inlineMemoryFileSystems
+        probe.duration = system_monotonic_now() - start
+        // Only what describes the file system is kept: a completed sync, or EINVAL at submission
+        // (no AIO fsync there). Other failures describe the process or the host (seccomp,
+        // aio-max-nr, no scratch file) or may pass (an I/O error, a stuck sync): probed again.
+        if let cache, let key, usedDirectory, outcome.isFileSystemFact {
+            cache.store(probe, for: key)
+        }
+        return probe
     }
 
-    private func error(
-        _ kind: BackendKind, _ errno: Errno?, step: AsyncSyncError.Step, call: String, message: String = "",
-        descriptor: FileDescriptor? = nil
-    ) -> AsyncSyncError {
-        AsyncSyncError(code: .backendUnavailable, errno: errno, operation: .probe, step: step, backend: kind,
-                       descriptor: descriptor, systemCall: call, message: message)
+    // MARK: Outcome
+
+    /// A probe's result before it becomes a ``BackendProbe``.
+    struct Outcome {
+        var errno: Errno?
+        var step: BackendProbe.Step?
+        var call: String?
+        var message: String
+        var verdict: BackendProbe.Verdict
+
+        static let usable = Outcome(errno: nil, step: nil, call: nil, message: "", verdict: .usable)
+
+        /// Whether the outcome is a property of the file system, worth caching for it.
+        var isFileSystemFact: Bool {
+            step == nil || (step == .submit && errno == .invalidArgument)
+        }
+    }
+
+    /// Whether an errno at setup or submission means "this mechanism is not supported here".
+    static func verdict(setupErrno errno: Errno) -> BackendProbe.Verdict {
+        switch errno {
+        case .noFunction, .notPermitted, .resourceTemporarilyUnavailable: .unsupported
+        default: .unavailable
+        }
+    }
+
+    /// Submission of a sync of a regular file (the scratch file always is one).
+    static func verdict(submitErrno errno: Errno) -> BackendProbe.Verdict {
+        switch errno {
+        case .noFunction, .notPermitted, .invalidArgument: .unsupported
+        default: .unavailable
+        }
+    }
+
+    // MARK: File system and scratch file
+
+    private struct FileSystemID {
+        var device: UInt64
+        var type: Int
+    }
+
+    /// The directory's `st_dev` and `statfs(2)` type; nil when it cannot be opened.
+    private func identify(_ directory: FilePath) -> FileSystemID? {
+        guard let fd = try? FileDescriptor.open(directory, .readOnly, options: [.directory, .closeOnExec]) else {
+            return nil
+        }
+        defer { try? fd.close() }
+        guard case .success(let status) = system.fileStatus(fd.rawValue),
+              case .success(let type) = system.fileSystemType(fd.rawValue) else { return nil }
+        return FileSystemID(device: status.device, type: type)
+    }
+
+    private enum Scratch {
+        case file(FileDescriptor)
+        /// No scratch file could be made in the directory (read-only, no permission, no such
+        /// directory): the mechanism is probed on a memfd instead, so that a read-only `/tmp`
+        /// does not make every backend look unusable.
+        case memfd(FileDescriptor, why: String)
+        case failed(Errno?, why: String)
     }
 
     /// An unlinked file holding one byte, so the sync has something to write.
-    private func makeScratchFile(in directory: FilePath, kind: BackendKind) -> Result<FileDescriptor, AsyncSyncError> {
+    private func makeScratchFile(in directory: FilePath) -> Scratch {
         let name = ".asyncfsync-probe-\(system_getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let path = directory.appending(name)
+        let why: String
         do {
             let fd = try FileDescriptor.open(path, .readWrite, options: [.create, .exclusiveCreate, .closeOnExec],
                                              permissions: [.ownerReadWrite])
             _ = system_unlink(path.string)
             do {
                 _ = try fd.writeAll([0x2a])
+                return .file(fd)
             } catch {
                 try? fd.close()
-                throw error
+                why = "cannot write a scratch file in \(directory) (\(Self.name(of: error)))"
             }
-            return .success(fd)
-        } catch let errno as Errno {
-            return .failure(self.error(kind, errno, step: .setup, call: "open",
-                                       message: "cannot create a scratch file in \(directory)"))
         } catch {
-            return .failure(self.error(kind, nil, step: .setup, call: "open", message: "\(error)"))
+            why = "cannot create a scratch file in \(directory) (\(Self.name(of: error)))"
+        }
+        switch system.memfdCreate("asyncfsync-probe") {
+        case .success(let raw):
+            let fd = FileDescriptor(rawValue: raw)
+            if (try? fd.writeAll([0x2a])) != nil { return .memfd(fd, why: why) }
+            try? fd.close()
+            return .failed(nil, why: why + "; a memfd cannot be written either")
+        case .failure(let errno):
+            return .failed(errno, why: why + "; memfd_create failed too")
         }
     }
 
-    private var timeoutSpec: timespec {
-        let (seconds, attoseconds) = timeout.components
-        return timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
+    private static func name(of error: any Error) -> String {
+        (error as? Errno)?.symbolicName ?? "\(error)"
     }
+
+    // MARK: Kernel AIO
 
     private var timeoutMessage: String {
         "no completion within \(BackendProbe.milliseconds(timeout)) ms (a stuck file system?)"
     }
 
-    private func probeLibaio(_ fd: FileDescriptor) -> AsyncSyncError? {
+    private func probeLibaio(_ fd: FileDescriptor) -> Outcome {
         var context = aio_context_t()
         if case .failure(let errno) = system.ioSetup(1, &context) {
             try? fd.close()
-            return error(.libaio, errno, step: .setup, call: "io_setup", message: LibaioDriver.setupHint(errno))
+            return Outcome(errno: errno, step: .setup, call: "io_setup", message: Self.setupHint(errno),
+                           verdict: Self.verdict(setupErrno: errno))
         }
         let control = UnsafeMutablePointer<iocb>.allocate(capacity: 1)
         casyncfsync_prep_sync(control, fd.rawValue, 1, 1)
@@ -81,56 +200,103 @@ struct Prober {
             try? fd.close()
             owned.value.deallocate()
         }
+        // io_destroy(2) waits for an RCU grace period (~30 ms here, far more than the probe) and
+        // for a request still in flight: it runs on a short-lived thread, so the probe returns now.
+        let cleanUpLater = {
+            if case .failure = system_start_thread(name: "asyncfsync-probe", cleanUp) { cleanUp() }
+        }
         switch system.ioSubmit(context, 1, &pointer) {
         case .success(1): break
         case .success:
-            cleanUp()
-            return error(.libaio, .resourceTemporarilyUnavailable, step: .submit, call: "io_submit")
+            cleanUpLater()
+            return Outcome(errno: .resourceTemporarilyUnavailable, step: .submit, call: "io_submit",
+                           message: "io_submit took no request", verdict: .unavailable)
         case .failure(let errno):
-            cleanUp()
-            let hint = errno == .invalidArgument
-                ? "IOCB_CMD_FDSYNC refused: kernel older than 4.18 or a file system without AIO fsync"
-                : LibaioDriver.setupHint(errno)
-            return error(.libaio, errno, step: .submit, call: "io_submit", message: hint)
+            cleanUpLater()
+            return Outcome(errno: errno, step: .submit, call: "io_submit", message: Self.submitHint(errno),
+                           verdict: Self.verdict(submitErrno: errno))
         }
         var event = io_event()
-        var deadline = timeoutSpec
-        var result: AsyncSyncError?
-        switch system.ioGetevents(context, 1, 1, &event, &deadline) {
-        case .success(1):
-            if case .failure(let errno) = valueOrNegatedErrno(event.res) {
-                result = error(.libaio, errno, step: .completion, call: "io_getevents", descriptor: fd)
+        let start = system_monotonic_now()
+        while true {
+            let left = timeout - (system_monotonic_now() - start)
+            var deadline = left > .zero ? Self.spec(left) : timespec(tv_sec: 0, tv_nsec: 0)
+            switch system.ioGetevents(context, 1, 1, &event, &deadline) {
+            case .success(1):
+                cleanUpLater()
+                if case .failure(let errno) = valueOrNegatedErrno(event.res) {
+                    return Outcome(errno: errno, step: .completion, call: "io_getevents",
+                                   message: "the sync of the scratch file failed: the file system's error",
+                                   verdict: .syncFailed)
+                }
+                return .usable
+            case .failure(.interrupted):
+                if left > .zero { continue }  // a signal for this thread: wait for the rest of the time
+                fallthrough
+            case .success:
+                // The kernel still owns the iocb and the descriptor: free them once it is done.
+                cleanUpLater()
+                return Outcome(errno: nil, step: .timeout, call: "io_getevents", message: timeoutMessage,
+                               verdict: .syncFailed)
+            case .failure(let errno):
+                cleanUpLater()
+                let denied = errno == .noFunction || errno == .notPermitted
+                return Outcome(errno: errno, step: .completion, call: "io_getevents",
+                               message: denied ? "waiting for kernel AIO completions is denied (seccomp?)" : "",
+                               verdict: denied ? .unsupported : .unavailable)
             }
-        case .success:
-            result = error(.libaio, nil, step: .completion, call: "io_getevents", message: timeoutMessage)
-            _ = system_start_thread(name: "asyncfsync-probe", cleanUp)
-            return result
-        case .failure(let errno):
-            result = error(.libaio, errno, step: .completion, call: "io_getevents")
         }
-        cleanUp()
-        return result
     }
 
-    private func probePosix(_ fd: FileDescriptor) -> AsyncSyncError? {
+    private static func spec(_ duration: Duration) -> timespec {
+        let (seconds, attoseconds) = duration.components
+        return timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
+    }
+
+    /// The reason for an `io_setup(2)` errno, in words a person can act on.
+    static func setupHint(_ errno: Errno) -> String {
+        switch errno {
+        case .resourceTemporarilyUnavailable: AIOLimits.exhaustedDescription()
+        case .noFunction: "kernel AIO absent or denied by seccomp"
+        case .notPermitted: "kernel AIO denied by seccomp or a security policy"
+        default: ""
+        }
+    }
+
+    static func submitHint(_ errno: Errno) -> String {
+        switch errno {
+        case .invalidArgument: "IOCB_CMD_FDSYNC rejected: kernel older than 4.18 or a file system without AIO fsync"
+        case .noFunction: "io_submit absent or denied by seccomp"
+        case .notPermitted: "io_submit denied by seccomp or a security policy"
+        default: ""
+        }
+    }
+
+    // MARK: POSIX aio
+
+    private func probePosix(_ fd: FileDescriptor) -> Outcome {
         let control = UnsafeMutablePointer<aiocb>.allocate(capacity: 1)
         casyncfsync_aiocb_prep(control, fd.rawValue)
         if case .failure(let errno) = system.aioFsync(.fdatasync, control) {
             try? fd.close()
             control.deallocate()
-            return error(.posix, errno, step: .submit, call: "aio_fsync")
+            let hint = errno == .resourceTemporarilyUnavailable ? "glibc cannot queue a request (out of threads or memory)" : ""
+            return Outcome(errno: errno, step: .submit, call: "aio_fsync", message: hint,
+                           verdict: Self.verdict(submitErrno: errno))
         }
         var list: UnsafePointer<aiocb>? = UnsafePointer(control)
-        var deadline = timeoutSpec
         let start = system_monotonic_now()
-        while system.aioError(control) == .inProgress, system_monotonic_now() - start < timeout {
-            _ = system.aioSuspend(&list, 1, &deadline)
+        while system.aioError(control) == .inProgress {
+            let left = timeout - (system_monotonic_now() - start)
+            guard left > .zero else { break }
+            var deadline = Self.spec(left)
+            _ = system.aioSuspend(&list, 1, &deadline)  // EINTR, EAGAIN (timeout): look again
         }
         let status = system.aioError(control)
         if status == .inProgress {
             // glibc still owns the aiocb: free it only once the sync has finished.
             let owned = Unchecked(control)
-            _ = system_start_thread(name: "asyncfsync-probe") { [system] in
+            let waitAndFree: @Sendable () -> Void = { [system] in
                 let control = owned.value
                 var list: UnsafePointer<aiocb>? = UnsafePointer(control)
                 while system.aioError(control) == .inProgress { _ = system.aioSuspend(&list, 1, nil) }
@@ -138,15 +304,39 @@ struct Prober {
                 try? fd.close()
                 control.deallocate()
             }
-            return error(.posix, nil, step: .completion, call: "aio_suspend", message: timeoutMessage)
+            if case .failure = system_start_thread(name: "asyncfsync-probe", waitAndFree) { waitAndFree() }
+            return Outcome(errno: nil, step: .timeout, call: "aio_suspend", message: timeoutMessage,
+                           verdict: .syncFailed)
         }
         _ = system.aioReturn(control)
         try? fd.close()
         control.deallocate()
         if case .failed(let errno) = status {
-            return error(.posix, errno, step: .completion, call: "aio_error", descriptor: fd)
+            return Outcome(errno: errno, step: .completion, call: "aio_error",
+                           message: "the sync of the scratch file failed: the file system's error",
+                           verdict: .syncFailed)
         }
-        return nil
+        return .usable
+    }
+}
+
+/// The system-wide kernel AIO event limit (`/proc/sys/fs/aio-max-nr`) and use (`aio-nr`).
+enum AIOLimits {
+    /// For example `/proc/sys/fs/aio-max-nr exhausted: aio-nr 65530 of 65536`.
+    static func exhaustedDescription() -> String {
+        guard let used = read("/proc/sys/fs/aio-nr"), let limit = read("/proc/sys/fs/aio-max-nr") else {
+            return "the system-wide AIO event limit is used up (/proc/sys/fs/aio-max-nr)"
+        }
+        return "/proc/sys/fs/aio-max-nr exhausted: aio-nr \(used) of \(limit)"
+    }
+
+    static func read(_ path: FilePath) -> Int? {
+        guard let fd = try? FileDescriptor.open(path, .readOnly, options: .closeOnExec) else { return nil }
+        defer { try? fd.close() }
+        var buffer = [UInt8](repeating: 0, count: 32)
+        guard let count = try? buffer.withUnsafeMutableBytes({ try fd.read(into: $0) }) else { return nil }
+        let text = String(decoding: buffer[..<count], as: UTF8.self)
+        return Int(text.filter { !$0.isWhitespace })
     }
 }
 

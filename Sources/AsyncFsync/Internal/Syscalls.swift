@@ -138,6 +138,13 @@ struct SystemCalls: Sendable {
     var write: @Sendable (CInt, UnsafeRawPointer, Int) -> Result<Int, Errno>
     var close: @Sendable (CInt) -> Result<Void, Errno>
     var fileIdentity: @Sendable (CInt) -> Result<FileIdentity, Errno>
+    /// `fstatfs(2)`'s `f_type` (the file system's magic number): the inline path for memory file
+    /// systems and the probe cache.
+    var fileSystemType: @Sendable (CInt) -> Result<Int, Errno>
+    /// `fstat(2)`: device, inode and whether it is a regular file.
+    var fileStatus: @Sendable (CInt) -> Result<FileStatus, Errno>
+    /// A blocking `fsync(2)` or `fdatasync(2)`: the inline path for memory file systems.
+    var syncNow: @Sendable (SyncMode, CInt) -> Result<Void, Errno>
 
     /// The real system.
     static let live = SystemCalls(
@@ -154,7 +161,10 @@ struct SystemCalls: Sendable {
         memfdCreate: system_memfd_create,
         write: system_write,
         close: system_close,
-        fileIdentity: system_fstat_identity
+        fileIdentity: system_fstat_identity,
+        fileSystemType: system_fstatfs_type,
+        fileStatus: system_fstat_status,
+        syncNow: system_sync_now
     )
 }
 
@@ -230,4 +240,32 @@ func system_monotonic_now() -> Duration {
     var now = timespec()
     clock_gettime(CLOCK_MONOTONIC, &now)
     return .seconds(now.tv_sec) + .nanoseconds(now.tv_nsec)
+}
+
+// MARK: File system type and file status (selection, probing, inline path)
+
+/// `fstatfs(2)`: the file system's magic number (`f_type`), e.g. `0x01021994` for tmpfs.
+func system_fstatfs_type(_ fd: CInt) -> Result<Int, Errno> {
+    var type = 0
+    return valueOrErrno(casyncfsync_fstatfs_type(fd, &type)).map { _ in type }
+}
+
+/// What `fstat(2)` says of a descriptor that the selection needs.
+struct FileStatus: Hashable, Sendable {
+    var device: UInt64
+    var inode: UInt64
+    var isRegularFile: Bool
+}
+
+func system_fstat_status(_ fd: CInt) -> Result<FileStatus, Errno> {
+    var info = stat()
+    return valueOrErrno(Glibc.fstat(fd, &info)).map { _ in
+        FileStatus(device: UInt64(info.st_dev), inode: UInt64(info.st_ino),
+                   isRegularFile: info.st_mode & S_IFMT == S_IFREG)
+    }
+}
+
+/// `fsync(2)` or `fdatasync(2)`, blocking the calling thread.
+func system_sync_now(_ mode: SyncMode, _ fd: CInt) -> Result<Void, Errno> {
+    mode == .fsync ? system_fsync(fd) : system_fdatasync(fd)
 }
