@@ -274,6 +274,86 @@ extension AsyncFsyncTests {
             #expect(!probe.isCached)
         }
 
+        /// One injected fault at one step of a probe, and what the probe must say.
+        struct ProbeFault: Sendable, CustomTestStringConvertible {
+            var kind: BackendKind
+            var step: BackendProbe.Step
+            var errno: Errno?
+            var verdict: BackendProbe.Verdict
+            var testDescription: String { "\(kind) \(step) \(errno?.symbolicName ?? "no completion") → \(verdict)" }
+
+            func system() -> SystemCalls {
+                var system = SystemCalls.live
+                let errno = errno ?? .ioError
+                switch (kind, step) {
+                case (.libaio, .setup): system.ioSetup = { _, _ in .failure(errno) }
+                case (.libaio, .submit): system.ioSubmit = { _, _, _ in .failure(errno) }
+                case (.libaio, .completion):
+                    system.ioGetevents = { context, minimum, maximum, events, timeout in
+                        let result = SystemCalls.live.ioGetevents(context, minimum, maximum, events, timeout)
+                        if case .success(let count) = result, count > 0 { events[0].res = -Int64(errno.rawValue) }
+                        return result
+                    }
+                case (.libaio, .timeout): system.ioGetevents = { _, _, _, _, _ in .success(0) }
+                case (.posix, .submit): system.aioFsync = { _, _ in .failure(errno) }
+                case (.posix, .completion):
+                    system.aioError = { control in
+                        let status = SystemCalls.live.aioError(control)
+                        return status == .inProgress ? status : .failed(errno)
+                    }
+                case (.posix, .timeout):
+                    // "In progress" for 300 ms (the probe waits 50), then the truth: the clean-up
+                    // thread must still end.
+                    let start = ContinuousClock.now
+                    system.aioError = { control in
+                        ContinuousClock.now - start < .milliseconds(300) ? .inProgress : SystemCalls.live.aioError(control)
+                    }
+                    system.aioSuspend = { _, _, _ in .failure(.resourceTemporarilyUnavailable) }
+                case (.posix, .setup): break
+                }
+                return system
+            }
+        }
+
+        static let probeFaults: [ProbeFault] = [
+            .init(kind: .libaio, step: .setup, errno: .noFunction, verdict: .unsupported),
+            .init(kind: .libaio, step: .setup, errno: .notPermitted, verdict: .unsupported),
+            .init(kind: .libaio, step: .setup, errno: .resourceTemporarilyUnavailable, verdict: .unsupported),
+            .init(kind: .libaio, step: .setup, errno: .noMemory, verdict: .unavailable),
+            .init(kind: .libaio, step: .submit, errno: .noFunction, verdict: .unsupported),
+            .init(kind: .libaio, step: .submit, errno: .notPermitted, verdict: .unsupported),
+            .init(kind: .libaio, step: .submit, errno: .invalidArgument, verdict: .unsupported),
+            .init(kind: .libaio, step: .submit, errno: .badFileDescriptor, verdict: .unavailable),
+            .init(kind: .libaio, step: .completion, errno: .ioError, verdict: .syncFailed),
+            .init(kind: .libaio, step: .completion, errno: .noSpace, verdict: .syncFailed),
+            .init(kind: .libaio, step: .timeout, errno: nil, verdict: .syncFailed),
+            .init(kind: .posix, step: .submit, errno: .noFunction, verdict: .unsupported),
+            .init(kind: .posix, step: .submit, errno: .invalidArgument, verdict: .unsupported),
+            .init(kind: .posix, step: .submit, errno: .resourceTemporarilyUnavailable, verdict: .unavailable),
+            .init(kind: .posix, step: .completion, errno: .ioError, verdict: .syncFailed),
+            .init(kind: .posix, step: .timeout, errno: nil, verdict: .syncFailed),
+        ]
+
+        @Test("each injected fault at each probe step is reported with its step, errno and verdict",
+              arguments: probeFaults)
+        func probeFaultTable(fault: ProbeFault) async throws {
+            let threads = Resources.threadCount()
+            let probe = Prober(system: fault.system(), timeout: .milliseconds(50)).probe(fault.kind, in: "/tmp")
+            #expect(!probe.isUsable)
+            #expect(probe.failedStep == fault.step)
+            #expect(probe.errno == fault.errno)
+            #expect(probe.verdict == fault.verdict)
+            #expect(probe.isSupported == (fault.verdict == .syncFailed))
+            #expect(probe.description.contains("unusable at \(fault.step)"))
+            if let errno = fault.errno {
+                #expect(probe.description.contains(errno.symbolicName))
+            } else {
+                #expect(probe.description.contains("no completion within 50"))
+            }
+            // Clean-up threads (io_destroy, a stuck sync's waiter) end.
+            #expect(await Resources.settle(Resources.threadCount, atMost: threads) <= threads)
+        }
+
         @Test("a sync that fails at completion in the probe is the file system's answer: no fallback")
         func completionFailureIsNoReasonToFallBack() async throws {
             let recorder = SyscallRecorder()
