@@ -9,6 +9,8 @@ let package = Package(
         .package(name: "swift-async-fsync", path: ".."),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        // What Swift servers use today to get blocking file I/O off the event loops.
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         // The C floor: the same loops written in C against libaio, glibc POSIX aio and fsync(2).
@@ -20,6 +22,8 @@ let package = Package(
                 .product(name: "AsyncFsync", package: "swift-async-fsync"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "_NIOFileSystem", package: "swift-nio"),
             ]
         ),
     ],

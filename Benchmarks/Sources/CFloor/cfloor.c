@@ -19,7 +19,7 @@ static uint64_t now_ns(void) {
 static char block[4096];
 
 static int write_block(int fd, long sequence) {
-    return pwrite(fd, block, sizeof block, (off_t)(sequence % 256) * 4096) == (ssize_t)sizeof block ? 0 : -errno;
+    return pwrite(fd, block, sizeof block, (off_t)(sequence % 64) * 4096  /* 64 blocks per file, as in Bench.swift */) == (ssize_t)sizeof block ? 0 : -errno;
 }
 
 static void record(uint64_t *latencies, long capacity, long *recorded, uint64_t value) {

@@ -1,5 +1,8 @@
 import ArgumentParser
 import AsyncFsync
+import NIOCore
+import NIOPosix
+import _NIOFileSystem
 import CFloor
 import Dispatch
 import Foundation
@@ -57,6 +60,7 @@ enum Method: String, CaseIterable {
     case cBlocking = "c-blocking", cLibaio = "c-libaio", cPosix = "c-posix"
     case blocking, libaio, posix, auto
     case taskBlocking = "task-blocking", dispatch
+    case nioThreadPool = "nio-threadpool", nioFileSystem = "nio-fs"
     case groupCommit = "group-commit"
 
     var summary: String {
@@ -70,6 +74,8 @@ enum Method: String, CaseIterable {
         case .auto: "this library, AsyncSync.makeBackend() (tmpfs/ramfs synced inline)"
         case .taskBlocking: "Swift today: the blocking call inside a Task (parks a cooperative thread)"
         case .dispatch: "Swift today: DispatchQueue.global().async { fsync } + continuation"
+        case .nioThreadPool: "Swift today: SwiftNIO NIOThreadPool.singleton.runIfActive { fsync } (\(NIOSingletons.blockingPoolThreadCountSuggestion) threads)"
+        case .nioFileSystem: "Swift today: SwiftNIO NIOFileSystem ReadWriteFileHandle.synchronize() (same pool)"
         case .groupCommit: "this library, GroupCommit over LibaioBackend (syncs shared per file)"
         }
     }
@@ -78,7 +84,7 @@ enum Method: String, CaseIterable {
     var floor: Method {
         switch self {
         case .posix, .cPosix: .cPosix
-        case .blocking, .cBlocking, .taskBlocking, .dispatch: .cBlocking
+        case .blocking, .cBlocking, .taskBlocking, .dispatch, .nioThreadPool, .nioFileSystem: .cBlocking
         default: .cLibaio
         }
     }
@@ -94,7 +100,7 @@ struct AsyncFsyncBench: AsyncParsableCommand {
     var dir: String?
 
     @Option(parsing: .upToNextOption, help: "In-flight depths.")
-    var depths: [Int] = [1, 16, 64]
+    var depths: [Int] = [1, 16, 64, 256]
 
     @Option(help: "Seconds per method and cell in each round.")
     var seconds: Double = 0.4
@@ -105,7 +111,7 @@ struct AsyncFsyncBench: AsyncParsableCommand {
     @Option(help: "Comma-separated methods to run (default: all): \(Method.allCases.map(\.rawValue).joined(separator: ","))")
     var filter: String?
 
-    @Flag(help: "A short run: depths 1 and 16, 0.2 s, one round.")
+    @Flag(help: "A short run (about a minute): depths 1, 16 and 256, 0.1 s, one round.")
     var quick = false
 
     @Option(help: "Delay window of the group-commit method, in microseconds (GroupCommit's delay).")
@@ -114,8 +120,11 @@ struct AsyncFsyncBench: AsyncParsableCommand {
     @Option(help: "Also write every figure as JSON to this file.")
     var json: String?
 
+    @Option(help: "Also write a plot of ops/s against depth per method as SVG to this file.")
+    var svg: String?
+
     mutating func run() async throws {
-        if quick { depths = [1, 16]; seconds = 0.2; rounds = 1 }
+        if quick { depths = [1, 16, 256]; seconds = 0.1; rounds = 1 }
         let methods = try selectedMethods()
         let (directory, remove) = try scratchDirectory()
         defer { if remove { try? FileManager.default.removeItem(atPath: directory) } }
@@ -150,6 +159,7 @@ struct AsyncFsyncBench: AsyncParsableCommand {
         if isTerminal { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
         report(results, cells: cells, methods: methods, directory: directory, probes: probes)
         if let json { try writeJSON(results, probes: probes, to: json) }
+        if let svg { try writeSVG(results, cells: cells, methods: methods, directory: directory, to: svg) }
     }
 
     func selectedMethods() throws -> [Method] {
@@ -174,10 +184,18 @@ struct AsyncFsyncBench: AsyncParsableCommand {
     }
 
     func measure(_ method: Method, cell: Cell, files: Files, into m: inout Measurement) async throws {
+        let mode: SyncMode = cell.mode == "fsync" ? .fsync : .fdatasync
+        // NIOFileSystem syncs through its own handles: opened (on its pool) before the clock starts.
+        var handles: [ReadWriteFileHandle] = []
+        if method == .nioFileSystem {
+            for path in files.paths {
+                handles.append(try await FileSystem.shared.openFile(
+                    forReadingAndWritingAt: FilePath(path), options: .modifyFile(createIfNecessary: false)))
+            }
+        }
         let cpuBefore = cpuSeconds()
         let clonesBefore = systemClones()
         let start = DispatchTime.now().uptimeNanoseconds
-        let mode: SyncMode = cell.mode == "fsync" ? .fsync : .fdatasync
         var ops = 0
         var latency = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
         switch method {
@@ -223,8 +241,19 @@ struct AsyncFsyncBench: AsyncParsableCommand {
                     }
                 }
             }
+        case .nioThreadPool:
+            (ops, latency) = try await runTasks(cell: cell, files: files) { fd in
+                try await NIOThreadPool.singleton.runIfActive { try blockingSync(fd, mode) }
+            }
+        case .nioFileSystem:
+            let byDescriptor = Dictionary(uniqueKeysWithValues: zip(files.descriptors.map(\.rawValue), handles))
+            (ops, latency) = try await runTasks(cell: cell, files: files) { fd in
+                // NIOFileSystem has fsync only (no fdatasync): both workloads use synchronize().
+                try await byDescriptor[fd.rawValue]!.synchronize()
+            }
         }
         m.seconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        for handle in handles { try? await handle.close() }
         m.ops += ops
         m.cpuSeconds += cpuSeconds() - cpuBefore
         m.clones += systemClones() - clonesBefore
@@ -321,7 +350,7 @@ struct Files {
         paths = (0..<count).map { "\(directory)/bench-\($0)" }
         descriptors = try paths.map { path in
             let fd = try FileDescriptor.open(FilePath(path), .readWrite, options: [.create, .truncate], permissions: [.ownerReadWrite])
-            try fd.writeAll([UInt8](repeating: 0x5a, count: 1 << 20))
+            try fd.writeAll([UInt8](repeating: 0x5a, count: blocksPerFile * 4096))
             _ = fsync(fd.rawValue)
             return fd
         }
@@ -334,9 +363,12 @@ struct Files {
 }
 
 let block = [UInt8](repeating: 0x5a, count: 4096)
+/// Each scratch file holds 64 blocks (256 KiB); the 4 KiB writes overwrite them in turn, so no write
+/// extends a file (the C floor does the same).
+let blocksPerFile = 64
 
 func writeBlock(_ fd: FileDescriptor, sequence: Int) throws {
-    _ = try block.withUnsafeBytes { try fd.write(toAbsoluteOffset: Int64(sequence % 256) * 4096, $0) }
+    _ = try block.withUnsafeBytes { try fd.write(toAbsoluteOffset: Int64(sequence % blocksPerFile) * 4096, $0) }
 }
 
 func blockingSync(_ fd: FileDescriptor, _ mode: SyncMode) throws {

@@ -79,3 +79,93 @@ extension String {
         count >= width ? " " + self : String(repeating: " ", count: width - count) + self
     }
 }
+
+// MARK: SVG
+
+extension AsyncFsyncBench {
+    /// One panel per workload (sync mode × clean or 4 KiB write): ops/s against in-flight depth, a
+    /// line per method; solid for one shared file, dashed for one file per request slot.
+    func writeSVG(_ results: [String: Measurement], cells: [Cell], methods: [Method], directory: String, to path: String) throws {
+        let workloads = cells.reduce(into: [(String, Bool)]()) { list, cell in
+            if !list.contains(where: { $0 == (cell.mode, cell.write4k) }) { list.append((cell.mode, cell.write4k)) }
+        }
+        let depths = Array(Set(cells.map(\.depth))).sorted()
+        let colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                      "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39"]
+        let panelWidth = 520.0, panelHeight = 340.0, left = 70.0, top = 60.0, legendWidth = 330.0
+        let plotWidth = panelWidth - left - 20, plotHeight = panelHeight - 70
+        let width = Double(workloads.count) * panelWidth + legendWidth
+        let height = top + panelHeight + 20
+        var svg = """
+            <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(width))" height="\(Int(height))" font-family="sans-serif" font-size="12">
+            <rect width="100%" height="100%" fill="white"/>
+            <text x="10" y="22" font-size="15" font-weight="bold">asyncfsync-bench: ops/s by in-flight depth — \(xml(directory)) (\(fileSystem(of: directory)))</text>
+            <text x="10" y="42" fill="#555">solid: one shared file · dashed: one file per request slot · \(rounds) round(s) × \(seconds) s per method and cell</text>
+
+            """
+        for (index, workload) in workloads.enumerated() {
+            let x0 = Double(index) * panelWidth + left, y0 = top + 20
+            func key(_ method: Method, _ depth: Int, _ own: Bool) -> String {
+                "\(method.rawValue)|\(Cell(mode: workload.0, write4k: workload.1, depth: depth, ownFiles: own && depth > 1))"
+            }
+            var peak = 1.0
+            for method in methods { for depth in depths { for own in [false, true] {
+                peak = max(peak, results[key(method, depth, own)]?.opsPerSecond ?? 0)
+            } } }
+            let scale = niceCeiling(peak)
+            func px(_ depthIndex: Int) -> Double { x0 + (depths.count > 1 ? Double(depthIndex) / Double(depths.count - 1) * plotWidth : plotWidth / 2) }
+            func py(_ ops: Double) -> Double { y0 + plotHeight - ops / scale * plotHeight }
+            svg += "<text x=\"\(x0)\" y=\"\(y0 - 8)\" font-weight=\"bold\">\(workload.0)\(workload.1 ? " + 4 KiB pwrite" : ", clean file")</text>\n"
+            for tick in 0...4 {
+                let value = scale * Double(tick) / 4, y = py(value)
+                svg += "<line x1=\"\(x0)\" y1=\"\(y)\" x2=\"\(x0 + plotWidth)\" y2=\"\(y)\" stroke=\"#ddd\"/>"
+                svg += "<text x=\"\(x0 - 6)\" y=\"\(y + 4)\" text-anchor=\"end\">\(compact(value))</text>\n"
+            }
+            for (depthIndex, depth) in depths.enumerated() {
+                svg += "<text x=\"\(px(depthIndex))\" y=\"\(y0 + plotHeight + 16)\" text-anchor=\"middle\">\(depth)</text>\n"
+            }
+            svg += "<text x=\"\(x0 + plotWidth / 2)\" y=\"\(y0 + plotHeight + 34)\" text-anchor=\"middle\">requests in flight</text>\n"
+            svg += "<text x=\"\(x0 - 52)\" y=\"\(y0 + plotHeight / 2)\" transform=\"rotate(-90 \(x0 - 52) \(y0 + plotHeight / 2))\" text-anchor=\"middle\">ops/s</text>\n"
+            for (methodIndex, method) in methods.enumerated() {
+                let color = colors[methodIndex % colors.count]
+                for own in [false, true] {
+                    let points = depths.enumerated().compactMap { depthIndex, depth -> String? in
+                        guard let ops = results[key(method, depth, own)]?.opsPerSecond else { return nil }
+                        return "\(px(depthIndex)),\(py(ops))"
+                    }
+                    guard !points.isEmpty else { continue }
+                    if points.count == 1 {
+                        let xy = points[0].split(separator: ",")
+                        svg += "<circle cx=\"\(xy[0])\" cy=\"\(xy[1])\" r=\"3\" fill=\"\(color)\"/>\n"
+                    } else {
+                        svg += "<polyline fill=\"none\" stroke=\"\(color)\" stroke-width=\"2\"\(own ? " stroke-dasharray=\"5,4\"" : "") points=\"\(points.joined(separator: " "))\"/>\n"
+                    }
+                }
+            }
+        }
+        let legendX = Double(workloads.count) * panelWidth + 10
+        for (methodIndex, method) in methods.enumerated() {
+            let y = top + 30 + Double(methodIndex) * 20
+            svg += "<line x1=\"\(legendX)\" y1=\"\(y - 4)\" x2=\"\(legendX + 24)\" y2=\"\(y - 4)\" stroke=\"\(colors[methodIndex % colors.count])\" stroke-width=\"3\"/>"
+            svg += "<text x=\"\(legendX + 30)\" y=\"\(y)\">\(xml(method.rawValue))</text>\n"
+        }
+        svg += "</svg>\n"
+        try svg.write(toFile: path, atomically: true, encoding: .utf8)
+    }
+
+    private func xml(_ text: String) -> String {
+        text.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
+            .replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&quot;")
+    }
+
+    /// 1, 2 or 5 × a power of ten at or above `value`.
+    private func niceCeiling(_ value: Double) -> Double {
+        let power = pow(10, floor(log10(value)))
+        for step in [1.0, 2.0, 5.0, 10.0] where step * power >= value { return step * power }
+        return 10 * power
+    }
+
+    private func compact(_ value: Double) -> String {
+        value >= 1000 ? String(format: value.truncatingRemainder(dividingBy: 1000) == 0 ? "%.0fk" : "%.1fk", value / 1000) : String(format: "%.0f", value)
+    }
+}
