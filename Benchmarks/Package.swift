@@ -1,4 +1,4 @@
-// swift-tools-version: 6.0
+// swift-tools-version: 6.1
 // The benchmark of swift-async-fsync: a separate package, so its dependencies (argument parsing,
 // HdrHistogram, the real libaio for the C floor) never reach the library product.
 import PackageDescription
@@ -11,6 +11,8 @@ let package = Package(
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
         // What Swift servers use today to get blocking file I/O off the event loops.
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        // Allocations and context switches per sync (Benchmarks/SyncAllocations).
+        .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
     ],
     targets: [
         // The C floor: the same loops written in C against libaio, glibc POSIX aio and fsync(2).
@@ -25,6 +27,17 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "_NIOFileSystem", package: "swift-nio"),
             ]
+        ),
+        // ordo-one package-benchmark: allocations, context switches, threads and syscalls per sync
+        // for each backend. Run: swift package benchmark --target SyncAllocations
+        .executableTarget(
+            name: "SyncAllocations",
+            dependencies: [
+                .product(name: "AsyncFsync", package: "swift-async-fsync"),
+                .product(name: "Benchmark", package: "benchmark"),
+            ],
+            path: "Benchmarks/SyncAllocations",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -1,0 +1,74 @@
+// Allocations, context switches and time per sync for each backend, measured by ordo-one's
+// package-benchmark (`swift package benchmark --target SyncAllocations` in Benchmarks/).
+//
+// Each measured iteration is 1,000 syncs (scalingFactor .kilo), so the figures read "per sync".
+// The file lives on tmpfs and the backends' inline path is off, so every sync makes the full
+// asynchronous round trip (submission, kernel or glibc, completion thread, resumption) without
+// waiting for a disk: what is counted is this library's own work. The blocking fsync(2) loop is
+// the baseline (it allocates nothing).
+import AsyncFsync
+import Benchmark
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One scratch file and one backend of each kind, made once for the whole run.
+final class Fixture: Sendable {
+    let fd: FileDescriptor
+    let libaio: LibaioBackend
+    let posix: PosixAIOBackend
+
+    init() {
+        let path = FilePath("/dev/shm/asyncfsync-allocations-\(getpid())")
+        fd = try! FileDescriptor.open(path, .readWrite, options: [.create, .truncate], permissions: [.ownerReadWrite])
+        _ = path.withPlatformString { unlink($0) }
+        _ = try! fd.writeAll([UInt8](repeating: 0x5a, count: 4096))
+        libaio = try! LibaioBackend(inlineMemoryFileSystems: false)
+        posix = try! PosixAIOBackend(inlineMemoryFileSystems: false)
+    }
+
+    func backend(_ kind: BackendKind) -> any AsyncSyncBackend {
+        kind == .libaio ? libaio : posix
+    }
+}
+
+let fixture = Fixture()
+
+let benchmarks: @Sendable () -> Void = {
+    Benchmark.defaultConfiguration = .init(
+        metrics: [.wallClock, .throughput, .mallocCountTotal, .contextSwitches, .threads, .syscalls],
+        scalingFactor: .kilo,
+        maxDuration: .seconds(3),
+        maxIterations: 200
+    )
+
+    Benchmark("blocking fdatasync(2), depth 1") { benchmark in
+        for _ in benchmark.scaledIterations {
+            blackHole(fdatasync(fixture.fd.rawValue))
+        }
+    }
+
+    for kind in BackendKind.allCases {
+        Benchmark("\(kind) fdatasync, depth 1") { benchmark in
+            let backend = fixture.backend(kind)
+            for _ in benchmark.scaledIterations {
+                try await backend.fdatasync(fixture.fd)
+            }
+        }
+
+        Benchmark("\(kind) fdatasync, depth 16") { benchmark in
+            let backend = fixture.backend(kind)
+            let total = benchmark.scaledIterations.count
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for task in 0..<16 {
+                    let share = total / 16 + (task < total % 16 ? 1 : 0)
+                    group.addTask {
+                        for _ in 0..<share { try await backend.fdatasync(fixture.fd) }
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+    }
+}
