@@ -101,18 +101,19 @@ extension AsyncFsyncTests {
             defer { try? fd.close() }
             // Let helper threads of earlier tests retire first.
             let threadsBefore = await Resources.settle({ Resources.threadCount() }, atMost: 0)
-            let aioBefore = Resources.aioNr()
+            // Probes of earlier tests destroy their contexts on short-lived threads.
+            let aioBefore = await Resources.settle(Resources.aioContexts, atMost: 0)
             let descriptorsBefore = Resources.openDescriptorCount()
 
             for _ in 0..<3 {
                 let backend = try makeBackend(kind, capacity: 128)
-                if kind == .libaio { #expect(Resources.aioNr() > aioBefore) }
+                if kind == .libaio { #expect(Resources.aioContexts() > aioBefore) }
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     for _ in 0..<500 { group.addTask { try await backend.fsync(fd) } }
                     try await group.waitForAll()
                 }
                 await backend.shutdown()
-                #expect(Resources.aioNr() == aioBefore, "the AIO context is destroyed by shutdown")
+                #expect(Resources.aioContexts() == aioBefore, "the AIO context is destroyed by shutdown")
             }
             #expect(Resources.openDescriptorCount() <= descriptorsBefore, "no descriptor leaked")
             let threadsAfter = await Resources.settle({ Resources.threadCount() }, atMost: threadsBefore)
@@ -122,13 +123,13 @@ extension AsyncFsyncTests {
         @Test("a backend dropped without shutdown releases its resources", arguments: kinds)
         func releasedOnDeinit(kind: BackendKind) async throws {
             try await Task.sleep(for: .milliseconds(1))  // the runtime opens its timer descriptors on first use
-            let aioBefore = Resources.aioNr()
+            let aioBefore = await Resources.settle(Resources.aioContexts, atMost: 0)
             let descriptorsBefore = Resources.openDescriptorCount()
             do {
                 let backend = try makeBackend(kind)
                 _ = backend.kind
             }
-            let aioAfter = await Resources.settle({ Resources.aioNr() }, atMost: aioBefore)
+            let aioAfter = await Resources.settle(Resources.aioContexts, atMost: aioBefore)
             #expect(aioAfter == aioBefore)
             let descriptorsAfter = await Resources.settle({ Resources.openDescriptorCount() }, atMost: descriptorsBefore)
             #expect(descriptorsAfter == descriptorsBefore, "\(Resources.openDescriptors())")

@@ -101,9 +101,15 @@ final class ScratchDirectory {
 // MARK: Resources
 
 enum Resources {
-    /// System-wide AIO events allocated (`/proc/sys/fs/aio-nr`).
-    static func aioNr() -> Int {
-        Int((try? String(contentsOfFile: "/proc/sys/fs/aio-nr", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? -1
+
+    /// Kernel AIO contexts of this process: each maps its ring as `/[aio]` (aio-nr is system-wide,
+    /// so other processes on the host would disturb a count of it).
+    static func aioContexts() -> Int {
+        guard let handle = FileHandle(forReadingAtPath: "/proc/self/maps"),
+              let data = try? handle.readToEnd() else { return -1 }
+        try? handle.close()
+        let maps = String(decoding: data, as: UTF8.self)
+        return maps.split(separator: "\n").filter { $0.hasSuffix("/[aio] (deleted)") || $0.hasSuffix("/[aio]") }.count
     }
 
     static func threadCount() -> Int {
