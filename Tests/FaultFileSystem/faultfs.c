@@ -10,6 +10,7 @@
 //   delay_ms=N                  sleep before answering every fsync/fdatasync
 //   reset                       everything back to defaults, counters to zero
 // Read it for one line: fsync=N fdatasync=N injected=N errno=N op=... count=N match=... delay_ms=N
+//   inflight=N max_inflight=N   (fsync handlers running now / the most at once since the reset)
 // ENOSYS and errnos >= 512 are refused: the kernel would treat the first as "fsync not needed"
 // forever and hang callers on the second.
 #define FUSE_USE_VERSION 31
@@ -19,6 +20,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <fuse.h>
+#include <fuse_lowlevel.h>  // fuse_parse_cmdline
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -42,7 +44,8 @@ static struct {
     char match[256];
     long delay_ms;
     long fsyncs, fdatasyncs, injected;
-} state = {PTHREAD_MUTEX_INITIALIZER, 0, 3, -1, "", 0, 0, 0, 0};
+    long inflight, max_inflight;  // fsync handlers running now, and the most at once
+} state = {PTHREAD_MUTEX_INITIALIZER, 0, 3, -1, "", 0, 0, 0, 0, 0, 0};
 
 static void reset_state(void) {
     state.error = 0;
@@ -51,6 +54,7 @@ static void reset_state(void) {
     state.match[0] = 0;
     state.delay_ms = 0;
     state.fsyncs = state.fdatasyncs = state.injected = 0;
+    state.max_inflight = state.inflight;
 }
 
 static void full_path(char out[PATH_MAX], const char *path) {
@@ -105,10 +109,12 @@ static int apply_control(char *line) {
 
 static int status_line(char *out, size_t size) {
     pthread_mutex_lock(&state.lock);
-    int n = snprintf(out, size, "fsync=%ld fdatasync=%ld injected=%ld errno=%d op=%s count=%ld match=%s delay_ms=%ld\n",
+    int n = snprintf(out, size,
+                     "fsync=%ld fdatasync=%ld injected=%ld errno=%d op=%s count=%ld match=%s delay_ms=%ld"
+                     " inflight=%ld max_inflight=%ld\n",
                      state.fsyncs, state.fdatasyncs, state.injected, state.error,
                      state.ops == 1 ? "fsync" : state.ops == 2 ? "fdatasync" : "both",
-                     state.count, state.match, state.delay_ms);
+                     state.count, state.match, state.delay_ms, state.inflight, state.max_inflight);
     pthread_mutex_unlock(&state.lock);
     return n;
 }
@@ -259,16 +265,23 @@ static int fs_fsync(const char *path, int datasync, struct fuse_file_info *fi) {
         if (state.count > 0) state.count--;
     }
     delay = state.delay_ms;
+    if (++state.inflight > state.max_inflight) state.max_inflight = state.inflight;
     pthread_mutex_unlock(&state.lock);
 
     if (delay > 0) {
         struct timespec pause = {delay / 1000, (delay % 1000) * 1000000L};
         while (nanosleep(&pause, &pause) != 0 && errno == EINTR) {}
     }
-    if (injected) return -injected;
-    if (fi->fh == (uint64_t)-1) return 0;
-    int rc = datasync ? fdatasync((int)fi->fh) : fsync((int)fi->fh);
-    return rc == 0 ? 0 : -errno;
+    int rc = 0;
+    if (injected) {
+        rc = -injected;
+    } else if (fi->fh != (uint64_t)-1) {
+        rc = (datasync ? fdatasync((int)fi->fh) : fsync((int)fi->fh)) == 0 ? 0 : -errno;
+    }
+    pthread_mutex_lock(&state.lock);
+    state.inflight--;
+    pthread_mutex_unlock(&state.lock);
+    return rc;
 }
 
 static int fs_fsyncdir(const char *path, int datasync, struct fuse_file_info *fi) {
@@ -311,6 +324,29 @@ static const struct fuse_operations operations = {
     .fsyncdir = fs_fsyncdir,
 };
 
+// libfuse 3.12–3.14's fuse_main() ignores -o max_threads and caps the handler threads at 10,
+// which would serialise a test's concurrent delayed syncs beyond 10. So the daemon runs its own
+// multithreaded loop with a cap of 128 (fuse_loop_mt_312 is exported since 3.12 but declared only
+// for FUSE_USE_VERSION >= 312).
+#if FUSE_VERSION >= FUSE_MAKE_VERSION(3, 12)
+int fuse_loop_mt_312(struct fuse *f, struct fuse_loop_config *config);
+#endif
+
+static int run_loop(struct fuse *fuse, const struct fuse_cmdline_opts *options) {
+    if (options->singlethread) return fuse_loop(fuse);
+#if FUSE_VERSION >= FUSE_MAKE_VERSION(3, 12)
+    struct fuse_loop_config *config = fuse_loop_cfg_create();
+    if (config == NULL) return -1;
+    fuse_loop_cfg_set_clone_fd(config, (unsigned int)options->clone_fd);
+    fuse_loop_cfg_set_max_threads(config, 128);
+    int rc = fuse_loop_mt_312(fuse, config);
+    fuse_loop_cfg_destroy(config);
+    return rc;
+#else
+    return fuse_loop_mt(fuse, options->clone_fd);  // no thread cap before 3.12
+#endif
+}
+
 int main(int argc, char *argv[]) {
     if (argc < 3) {
         fprintf(stderr, "usage: %s BACKING_DIR MOUNTPOINT [fuse options]\n", argv[0]);
@@ -320,6 +356,25 @@ int main(int argc, char *argv[]) {
         perror(argv[1]);
         return 2;
     }
-    argv[1] = argv[0];  // fuse_main sees: faultfs MOUNTPOINT [options]
-    return fuse_main(argc - 1, argv + 1, &operations, NULL);
+    argv[1] = argv[0];  // libfuse sees: faultfs MOUNTPOINT [options]
+    struct fuse_args args = FUSE_ARGS_INIT(argc - 1, argv + 1);
+    struct fuse_cmdline_opts options;
+    memset(&options, 0, sizeof options);
+    if (fuse_parse_cmdline(&args, &options) != 0 || options.mountpoint == NULL) {
+        fprintf(stderr, "usage: %s BACKING_DIR MOUNTPOINT [fuse options]\n", argv[0]);
+        return 2;
+    }
+    int rc = 1;
+    struct fuse *fuse = fuse_new(&args, &operations, sizeof operations, NULL);
+    if (fuse != NULL && fuse_mount(fuse, options.mountpoint) == 0) {
+        if (fuse_daemonize(options.foreground) == 0 && fuse_set_signal_handlers(fuse_get_session(fuse)) == 0) {
+            rc = run_loop(fuse, &options) == 0 ? 0 : 1;
+            fuse_remove_signal_handlers(fuse_get_session(fuse));
+        }
+        fuse_unmount(fuse);
+    }
+    if (fuse != NULL) fuse_destroy(fuse);
+    free(options.mountpoint);
+    fuse_opt_free_args(&args);
+    return rc;
 }
