@@ -31,6 +31,7 @@ struct Measurement: Codable {
     var seconds = 0.0
     var cpuSeconds = 0.0
     var clones = 0
+    var contextSwitches = 0
     var syncs = 0
     var latency = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
 
@@ -39,6 +40,8 @@ struct Measurement: Codable {
     var meanMicros: Double { latency.mean / 1000 }
     var cpuMicrosPerOp: Double { ops > 0 ? cpuSeconds * 1e6 / Double(ops) : 0 }
     var clonesPerOp: Double { ops > 0 ? Double(clones) / Double(ops) : 0 }
+    /// Voluntary and involuntary context switches of this process's threads per op (getrusage).
+    var contextSwitchesPerOp: Double { ops > 0 ? Double(contextSwitches) / Double(ops) : 0 }
     /// Syncs that reached the kernel per acknowledged request (group commit only; 0 = not counted).
     var syncsPerOp: Double { ops > 0 ? Double(syncs) / Double(ops) : 0 }
 
@@ -195,6 +198,7 @@ struct AsyncFsyncBench: AsyncParsableCommand {
         }
         let cpuBefore = cpuSeconds()
         let clonesBefore = systemClones()
+        let switchesBefore = contextSwitches()
         let start = DispatchTime.now().uptimeNanoseconds
         var ops = 0
         var latency = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
@@ -257,38 +261,42 @@ struct AsyncFsyncBench: AsyncParsableCommand {
         m.ops += ops
         m.cpuSeconds += cpuSeconds() - cpuBefore
         m.clones += systemClones() - clonesBefore
+        m.contextSwitches += contextSwitches() - switchesBefore
         m.latency.add(latency)
     }
 
+    /// Keeps `cell.depth` requests in flight, one task per slot, until the deadline. Each task keeps
+    /// its latencies in a plain array (one histogram per task would cost far more than a sync at
+    /// depth 256); they are recorded into one histogram afterwards.
     func runTasks(cell: Cell, files: Files, _ sync: @escaping @Sendable (FileDescriptor) async throws -> Void) async throws -> (Int, Histogram<UInt64>) {
         let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(seconds * 1e9)
         let write4k = cell.write4k
-        return try await withThrowingTaskGroup(of: (Int, Histogram<UInt64>).self) { group in
+        return try await withThrowingTaskGroup(of: [UInt64].self) { group in
             for slot in 0..<cell.depth {
                 let fd = files.descriptors[slot % files.descriptors.count]
                 group.addTask {
-                    var latency = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
-                    var ops = 0
+                    var samples: [UInt64] = []
+                    samples.reserveCapacity(1024)
                     while DispatchTime.now().uptimeNanoseconds < deadline {
                         let begin = DispatchTime.now().uptimeNanoseconds
-                        if write4k { try writeBlock(fd, sequence: ops * 64 + slot) }
+                        if write4k { try writeBlock(fd, sequence: samples.count * 64 + slot) }
                         try await sync(fd)
-                        _ = latency.record(DispatchTime.now().uptimeNanoseconds - begin)
-                        ops += 1
+                        samples.append(DispatchTime.now().uptimeNanoseconds - begin)
                     }
-                    return (ops, latency)
+                    return samples
                 }
             }
             var total = 0
             var merged = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
-            for try await (ops, latency) in group {
-                total += ops
-                merged.add(latency)
+            for try await samples in group {
+                total += samples.count
+                for sample in samples { _ = merged.record(sample) }
             }
             return (total, merged)
         }
     }
 
+    /// Keeps `depth` blocking syncs in flight, one dedicated thread per slot, until the deadline.
     func runThreads(depth: Int, cell: Cell, files: Files, mode: SyncMode) -> (Int, Histogram<UInt64>) {
         let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(seconds * 1e9)
         let results = ResultBox()
@@ -297,16 +305,15 @@ struct AsyncFsyncBench: AsyncParsableCommand {
             let fd = files.descriptors[slot % files.descriptors.count]
             let write4k = cell.write4k
             let thread = Thread {
-                var latency = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
-                var ops = 0
+                var samples: [UInt64] = []
+                samples.reserveCapacity(1024)
                 while DispatchTime.now().uptimeNanoseconds < deadline {
                     let begin = DispatchTime.now().uptimeNanoseconds
-                    if write4k { try? writeBlock(fd, sequence: ops * 64 + slot) }
+                    if write4k { try? writeBlock(fd, sequence: samples.count * 64 + slot) }
                     try? blockingSync(fd, mode)
-                    _ = latency.record(DispatchTime.now().uptimeNanoseconds - begin)
-                    ops += 1
+                    samples.append(DispatchTime.now().uptimeNanoseconds - begin)
                 }
-                results.add(ops, latency)
+                results.add(samples)
                 finished.signal()
             }
             thread.start()
@@ -331,14 +338,21 @@ final class CountingBackend: AsyncSyncBackend {
 
 final class ResultBox: @unchecked Sendable {
     private let lock = NSLock()
-    private var ops = 0
-    private var latency = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
-    func add(_ ops: Int, _ latency: Histogram<UInt64>) {
+    private var samples: [[UInt64]] = []
+    func add(_ samples: [UInt64]) {
         lock.lock(); defer { lock.unlock() }
-        self.ops += ops
-        self.latency.add(latency)
+        self.samples.append(samples)
     }
-    var value: (Int, Histogram<UInt64>) { lock.lock(); defer { lock.unlock() }; return (ops, latency) }
+    var value: (Int, Histogram<UInt64>) {
+        lock.lock(); defer { lock.unlock() }
+        var latency = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
+        var ops = 0
+        for list in samples {
+            ops += list.count
+            for sample in list { _ = latency.record(sample) }
+        }
+        return (ops, latency)
+    }
 }
 
 /// The scratch files of a cell.
@@ -381,6 +395,13 @@ func cpuSeconds() -> Double {
     getrusage(RUSAGE_SELF.rawValue, &usage)
     return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec)
         + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+}
+
+/// Context switches of every thread of this process so far (voluntary + involuntary).
+func contextSwitches() -> Int {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return usage.ru_nvcsw + usage.ru_nivcsw
 }
 
 /// Processes and threads created on the whole machine so far (`processes` in /proc/stat).

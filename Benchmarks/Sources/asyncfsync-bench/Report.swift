@@ -11,14 +11,14 @@ extension AsyncFsyncBench {
         for method in methods { print("  \(method.rawValue.padding(toLength: 14, withPad: " ", startingAt: 0)) \(method.summary)") }
         print("")
         print("Columns: ops/s; latency µs (mean, p50, p99, p99.9); CPU µs per op (process);")
-        print("clones/op = threads or processes created on the whole machine per op (/proc/stat);")
+        print("clones/op = threads or processes created on the whole machine per op (/proc/stat); csw/op = context switches of this process per op (getrusage);")
         print("syncs/op = syncs that reached the kernel per acknowledged request (group commit);")
         print("×C = ops/s ÷ the matching C floor (libaio→c-libaio, posix→c-posix, blocking kinds→c-blocking); ×QD1 = ÷ c-blocking at depth 1.")
         for cell in cells {
             print("")
             print("## \(cell)")
             print("method".padding(toLength: 15, withPad: " ", startingAt: 0)
-                  + ["ops/s", "mean", "p50", "p99", "p99.9", "CPU/op", "clones/op", "×C", "×QD1", "syncs/op"].map { $0.leftPad(10) }.joined())
+                  + ["ops/s", "mean", "p50", "p99", "p99.9", "CPU/op", "clones/op", "csw/op", "×C", "×QD1", "syncs/op"].map { $0.leftPad(10) }.joined())
             let qd1 = results["c-blocking|\(Cell(mode: cell.mode, write4k: cell.write4k, depth: 1, ownFiles: false))"]?.opsPerSecond ?? 0
             for method in methods {
                 guard let m = results["\(method.rawValue)|\(cell)"] else { continue }
@@ -32,6 +32,7 @@ extension AsyncFsyncBench {
                     String(format: "%.1f", m.percentile(99.9)),
                     String(format: "%.1f", m.cpuMicrosPerOp),
                     String(format: "%.3f", m.clonesPerOp),
+                    String(format: "%.2f", m.contextSwitchesPerOp),
                     floor > 0 ? String(format: "%.2f", m.opsPerSecond / floor) : "–",
                     qd1 > 0 ? String(format: "%.2f", m.opsPerSecond / qd1) : "–",
                     m.syncs > 0 ? String(format: "%.3f", m.syncsPerOp) : "–",
@@ -63,7 +64,7 @@ extension AsyncFsyncBench {
                 "method": m.method, "mode": m.cell.mode, "write4k": m.cell.write4k, "depth": m.cell.depth,
                 "ownFiles": m.cell.ownFiles, "ops": m.ops, "seconds": m.seconds, "opsPerSecond": m.opsPerSecond,
                 "meanMicros": m.meanMicros, "p50Micros": m.percentile(50), "p99Micros": m.percentile(99),
-                "p999Micros": m.percentile(99.9), "cpuMicrosPerOp": m.cpuMicrosPerOp, "clonesPerOp": m.clonesPerOp, "syncsPerOp": m.syncsPerOp,
+                "p999Micros": m.percentile(99.9), "cpuMicrosPerOp": m.cpuMicrosPerOp, "clonesPerOp": m.clonesPerOp, "contextSwitchesPerOp": m.contextSwitchesPerOp, "syncsPerOp": m.syncsPerOp,
             ])
         }
         let document: [String: Any] = [
