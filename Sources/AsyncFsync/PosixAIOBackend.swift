@@ -81,6 +81,17 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
         await engine.shutdown()
     }
 
+    /// A task executor that runs tasks on this backend's completion thread.
+    ///
+    /// A task that prefers it — `withTaskExecutorPreference(backend.taskExecutor) { … }` or
+    /// `Task(executorPreference: backend.taskExecutor) { … }` — goes on right there when its sync
+    /// completes, instead of being handed to a thread of the cooperative pool: one thread wake-up
+    /// per sync instead of two, which is most of the latency this library adds over a C loop
+    /// (docs/performance.md). Like an event loop it is a single thread: code running on it must not
+    /// block, or completions wait behind it. After ``shutdown()`` the tasks still preferring it
+    /// run on the global concurrent executor; no job is dropped.
+    public var taskExecutor: any TaskExecutor { engine }
+
     /// Whether descriptors on memory file systems are synced inline.
     public var inlinesMemoryFileSystems: Bool { inline != nil }
 

@@ -2,6 +2,7 @@
 #include "CTestSupport.h"
 
 #include <aio.h>
+#include <pthread.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <stdint.h>
@@ -31,4 +32,8 @@ int testsupport_ext4_shutdown(int fd) {
 long testsupport_fs_magic(const char *path) {
     struct statfs info;
     return statfs(path, &info) == 0 ? (long)info.f_type : -errno;
+}
+
+int testsupport_thread_name(char *buffer, unsigned long size) {
+    return pthread_getname_np(pthread_self(), buffer, size);
 }

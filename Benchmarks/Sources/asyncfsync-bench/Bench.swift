@@ -62,6 +62,7 @@ struct Measurement: Codable {
 enum Method: String, CaseIterable {
     case cBlocking = "c-blocking", cLibaio = "c-libaio", cPosix = "c-posix"
     case blocking, libaio, posix, auto
+    case libaioExecutor = "libaio-executor", posixExecutor = "posix-executor"
     case taskBlocking = "task-blocking", dispatch
     case nioThreadPool = "nio-threadpool", nioFileSystem = "nio-fs"
     case groupCommit = "group-commit"
@@ -75,18 +76,20 @@ enum Method: String, CaseIterable {
         case .libaio: "this library, LibaioBackend (inline path off), one task per slot"
         case .posix: "this library, PosixAIOBackend (inline path off), one task per slot"
         case .auto: "this library, AsyncSync.makeBackend() (tmpfs/ramfs synced inline)"
+        case .libaioExecutor: "this library, LibaioBackend; the tasks prefer backend.taskExecutor (run on its completion thread)"
+        case .posixExecutor: "this library, PosixAIOBackend; the tasks prefer backend.taskExecutor"
         case .taskBlocking: "Swift today: the blocking call inside a Task (parks a cooperative thread)"
         case .dispatch: "Swift today: DispatchQueue.global().async { fsync } + continuation"
         case .nioThreadPool: "Swift today: SwiftNIO NIOThreadPool.singleton.runIfActive { fsync } (\(NIOSingletons.blockingPoolThreadCountSuggestion) threads)"
         case .nioFileSystem: "Swift today: SwiftNIO NIOFileSystem ReadWriteFileHandle.synchronize() (same pool)"
-        case .groupCommit: "this library, GroupCommit over LibaioBackend (syncs shared per file)"
+        case .groupCommit: "this library, GroupCommit over AsyncSync.makeBackend() (syncs shared per file; compare with auto)"
         }
     }
 
     /// The C method this one is compared with.
     var floor: Method {
         switch self {
-        case .posix, .cPosix: .cPosix
+        case .posix, .cPosix, .posixExecutor: .cPosix
         case .blocking, .cBlocking, .taskBlocking, .dispatch, .nioThreadPool, .nioFileSystem: .cBlocking
         default: .cLibaio
         }
@@ -229,8 +232,17 @@ struct AsyncFsyncBench: AsyncParsableCommand {
             }
             (ops, latency) = try await runTasks(cell: cell, files: files) { fd in try await backend.sync(fd, mode: mode) }
             await backend.shutdown()
+        case .libaioExecutor, .posixExecutor:
+            let libaio = method == .libaioExecutor ? try LibaioBackend(inlineMemoryFileSystems: false) : nil
+            let posix = method == .posixExecutor ? try PosixAIOBackend(inlineMemoryFileSystems: false) : nil
+            let backend: any AsyncSyncBackend = libaio ?? posix!
+            let executor = libaio?.taskExecutor ?? posix!.taskExecutor
+            (ops, latency) = try await runTasks(cell: cell, files: files, executor: executor) { fd in
+                try await backend.sync(fd, mode: mode)
+            }
+            await backend.shutdown()
         case .groupCommit:
-            let counting = CountingBackend(try LibaioBackend(inlineMemoryFileSystems: false))
+            let counting = CountingBackend(try AsyncSync.makeBackend())
             let group = GroupCommit(wrapping: counting, delay: .microseconds(groupDelayUs))
             (ops, latency) = try await runTasks(cell: cell, files: files) { fd in try await group.sync(fd, mode: mode) }
             await group.shutdown()
@@ -268,13 +280,16 @@ struct AsyncFsyncBench: AsyncParsableCommand {
     /// Keeps `cell.depth` requests in flight, one task per slot, until the deadline. Each task keeps
     /// its latencies in a plain array (one histogram per task would cost far more than a sync at
     /// depth 256); they are recorded into one histogram afterwards.
-    func runTasks(cell: Cell, files: Files, _ sync: @escaping @Sendable (FileDescriptor) async throws -> Void) async throws -> (Int, Histogram<UInt64>) {
+    func runTasks(
+        cell: Cell, files: Files, executor: (any TaskExecutor)? = nil,
+        _ sync: @escaping @Sendable (FileDescriptor) async throws -> Void
+    ) async throws -> (Int, Histogram<UInt64>) {
         let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(seconds * 1e9)
         let write4k = cell.write4k
         return try await withThrowingTaskGroup(of: [UInt64].self) { group in
             for slot in 0..<cell.depth {
                 let fd = files.descriptors[slot % files.descriptors.count]
-                group.addTask {
+                group.addTask(executorPreference: executor) {
                     var samples: [UInt64] = []
                     samples.reserveCapacity(1024)
                     while DispatchTime.now().uptimeNanoseconds < deadline {

@@ -47,7 +47,7 @@ protocol AIODriver: AnyObject, Sendable {
     /// Blocks until at least one request completes, ``wake()`` is called, or a safety timeout
     /// passes; appends what completed. `active` lists the submitted, not yet completed slots when
     /// ``waitsOnList`` is true, and is empty otherwise.
-    func waitForCompletions(active: [Int32], into completions: inout [Completion]) -> WaitOutcome
+    func waitForCompletions(active: [Int32], blocking: Bool, into completions: inout [Completion]) -> WaitOutcome
     /// Makes a sleeping ``waitForCompletions(active:into:)`` return soon.
     func wake()
     /// Frees every resource; nothing is in flight any more.

@@ -9,7 +9,7 @@ import SystemPackage
 /// nobody submitting drains the queue, so requests that arrive meanwhile go to the system in one
 /// batch. Cancellation removes a request only while it is queued; once submitted, the system's
 /// result is delivered, because a durability result is never thrown away.
-final class AIOEngine<Driver: AIODriver>: Sendable {
+final class AIOEngine<Driver: AIODriver>: TaskExecutor, Sendable {
     /// Consecutive `EINTR` results of one request before the `EINTR` is reported.
     static var maximumInterruptedRetries: UInt8 { 16 }
 
@@ -34,6 +34,11 @@ final class AIOEngine<Driver: AIODriver>: Sendable {
         var brokenErrno: Errno?
         /// Files whose sync failed with a durability error, and that errno (sticky failures).
         var failedFiles: [FileIdentity: Errno] = [:]
+        /// Jobs of tasks that prefer this engine as their task executor, to run on the completion
+        /// thread (see ``enqueue(_:)``).
+        var jobs: [UnownedJob] = []
+        /// The completion thread has ended: jobs go to the global concurrent executor.
+        var executorClosed = false
     }
 
     let driver: Driver
@@ -90,6 +95,10 @@ final class AIOEngine<Driver: AIODriver>: Sendable {
             let cancelled = state.withLock { $0.queue.remove(id: id) }
             cancelled?.continuation.resume(throwing: CancellationError())
         }
+    }
+
+    private enum JobAction {
+        case queued, wake, forward
     }
 
     private enum EnqueueAction {
@@ -279,23 +288,45 @@ final class AIOEngine<Driver: AIODriver>: Sendable {
         retry.reserveCapacity(slots)
         active.reserveCapacity(Driver.waitsOnList ? slots : 0)
 
+        var jobs: [UnownedJob] = []
+        let executor = asUnownedTaskExecutor()
+
         while true {
+            var holdsSubmitterRole = false
             let keepRunning = state.withLock { state -> Bool in
-                if state.shuttingDown, state.inFlight == 0, state.queue.isEmpty, !state.submitting {
+                if state.shuttingDown, state.inFlight == 0, state.queue.isEmpty, !state.submitting,
+                    state.jobs.isEmpty
+                {
+                    state.executorClosed = true
                     return false
                 }
                 if Driver.waitsOnList {
                     active.removeAll(keepingCapacity: true)
                     for slot in 0..<slots where state.submitted[slot] { active.append(Int32(slot)) }
                 }
-                state.parked = true
+                swap(&jobs, &state.jobs)
+                // With jobs to run, look for completions without waiting; else park.
+                state.parked = jobs.isEmpty
                 state.wakeRequested = false
+                // While the jobs run, this thread holds the submitter role: the requests they make
+                // are queued and go to the system together afterwards, in one batch.
+                if !jobs.isEmpty, !state.submitting {
+                    state.submitting = true
+                    holdsSubmitterRole = true
+                }
                 return true
             }
             guard keepRunning else { break }
 
+            // Tasks that prefer this engine as their executor run here, like on an event loop: a
+            // task resumed by a completion goes on without waking another thread.
+            let blocking = jobs.isEmpty
+            for job in jobs { job.runSynchronously(on: executor) }
+            jobs.removeAll(keepingCapacity: true)
+            if holdsSubmitterRole { drainQueue() }
+
             completions.removeAll(keepingCapacity: true)
-            let outcome = driver.waitForCompletions(active: active, into: &completions)
+            let outcome = driver.waitForCompletions(active: active, blocking: blocking, into: &completions)
 
             var drain = false
             let broken = state.withLock { state -> [PendingSync] in
@@ -358,6 +389,28 @@ final class AIOEngine<Driver: AIODriver>: Sendable {
             return state.shutdownWaiters
         }
         for waiter in waiters { waiter.resume() }
+    }
+
+    // MARK: Task executor
+
+    /// Runs `job` on the completion thread: tasks that prefer this engine as their task executor
+    /// (`withTaskExecutorPreference`) go on there when a sync completes, without a hop to another
+    /// thread. Once the completion thread has ended, jobs go to the global concurrent executor, so
+    /// none is ever dropped.
+    func enqueue(_ job: consuming ExecutorJob) {
+        let unowned = UnownedJob(job)
+        let action = state.withLock { state -> JobAction in
+            if state.executorClosed { return .forward }
+            state.jobs.append(unowned)
+            guard state.parked, !state.wakeRequested else { return .queued }
+            state.wakeRequested = true
+            return .wake
+        }
+        switch action {
+        case .queued: break
+        case .wake: driver.wake()
+        case .forward: globalConcurrentExecutor.enqueue(ExecutorJob(unowned))
+        }
     }
 
     // MARK: Shutdown

@@ -88,9 +88,10 @@ final class LibaioDriver: AIODriver, @unchecked Sendable {
         }
     }
 
-    func waitForCompletions(active: [Int32], into completions: inout [Completion]) -> WaitOutcome {
-        var timeout = Self.safetyTimeout
-        switch system.ioGetevents(context, 1, eventCapacity, events, &timeout) {
+    func waitForCompletions(active: [Int32], blocking: Bool, into completions: inout [Completion]) -> WaitOutcome {
+        // Not blocking: take what has completed (the completion thread has jobs to run).
+        var timeout = blocking ? Self.safetyTimeout : timespec(tv_sec: 0, tv_nsec: 0)
+        switch system.ioGetevents(context, blocking ? 1 : 0, eventCapacity, events, &timeout) {
         case .success(let count):
             for index in 0..<count {
                 let event = events[index]

@@ -82,7 +82,31 @@ final class PosixAIODriver: AIODriver, @unchecked Sendable {
         return SubmitOutcome(accepted: slots.count, error: nil)
     }
 
-    func waitForCompletions(active: [Int32], into completions: inout [Completion]) -> WaitOutcome {
+    func waitForCompletions(active: [Int32], blocking: Bool, into completions: inout [Completion]) -> WaitOutcome {
+        if blocking { suspend(active: active) }
+        for slot in active {
+            let control = controlBlocks + Int(slot)
+            switch system.aioError(control) {
+            case .inProgress:
+                continue
+            case .succeeded:
+                _ = system.aioReturn(control)
+                completions.append(Completion(slot: slot, result: .success(())))
+            case .failed(let errno):
+                _ = system.aioReturn(control)
+                completions.append(Completion(slot: slot, result: .failure(errno)))
+            }
+        }
+        if doorbellArmed, system.aioError(doorbell) != .inProgress {
+            _ = system.aioReturn(doorbell)
+            doorbellArmed = false
+        }
+        if !doorbellArmed { armDoorbell() }
+        return .progressed
+    }
+
+    /// Waits in `aio_suspend(3)` for one of `active` or the doorbell.
+    private func suspend(active: [Int32]) {
         var count: CInt = 0
         for slot in active {
             list[Int(count)] = UnsafePointer(controlBlocks + Int(slot))
@@ -104,26 +128,6 @@ final class PosixAIODriver: AIODriver, @unchecked Sendable {
             var timeout = Self.unarmedTimeout
             _ = system.aioSuspend(list, count, &timeout)
         }
-
-        for slot in active {
-            let control = controlBlocks + Int(slot)
-            switch system.aioError(control) {
-            case .inProgress:
-                continue
-            case .succeeded:
-                _ = system.aioReturn(control)
-                completions.append(Completion(slot: slot, result: .success(())))
-            case .failed(let errno):
-                _ = system.aioReturn(control)
-                completions.append(Completion(slot: slot, result: .failure(errno)))
-            }
-        }
-        if doorbellArmed, system.aioError(doorbell) != .inProgress {
-            _ = system.aioReturn(doorbell)
-            doorbellArmed = false
-        }
-        if !doorbellArmed { armDoorbell() }
-        return .progressed
     }
 
     private func armDoorbell() {

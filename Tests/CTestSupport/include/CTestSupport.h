@@ -10,5 +10,7 @@ int testsupport_tsan_loaded(void);
 int testsupport_ext4_shutdown(int fd);
 /// statfs(path)->f_type, or -errno.
 long testsupport_fs_magic(const char *path);
+/// The calling thread's name (pthread_getname_np) into buffer; 0 or an errno.
+int testsupport_thread_name(char *buffer, unsigned long size);
 
 #endif

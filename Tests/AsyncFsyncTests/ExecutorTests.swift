@@ -1,0 +1,133 @@
+import CTestSupport
+import Foundation
+import Synchronization
+import SystemPackage
+import Testing
+
+@testable import AsyncFsync
+
+/// The name of the calling thread (`pthread_getname_np`).
+func currentThreadName() -> String {
+    var buffer = [CChar](repeating: 0, count: 32)
+    _ = testsupport_thread_name(&buffer, UInt(buffer.count))
+    return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}
+
+/// The completion thread's name as the kernel keeps it (15 characters).
+func completionThreadName(_ kind: BackendKind) -> String {
+    String("asyncfsync-\(kind.rawValue)".prefix(15))
+}
+
+func taskExecutor(of backend: any AsyncSyncBackend) -> any TaskExecutor {
+    switch backend {
+    case let backend as LibaioBackend: backend.taskExecutor
+    case let backend as PosixAIOBackend: backend.taskExecutor
+    default: globalConcurrentExecutor
+    }
+}
+
+extension AsyncFsyncTests {
+    /// Each backend is also a task executor that runs tasks on its completion thread.
+    @Suite struct Executor {
+        init() { GlibcAIOUnderSanitizer.configure }
+
+        @Test("a task preferring the backend's executor goes on on the completion thread after each sync",
+              arguments: BackendKind.allCases)
+        func resumesOnCompletionThread(kind: BackendKind) async throws {
+            let directory = try ScratchDirectory.onDisk()
+            let fd = try directory.file("data")
+            defer { try? fd.close() }
+            let backend = try makeBackend(kind)
+            let threadName = completionThreadName(kind)
+            try await withTaskExecutorPreference(taskExecutor(of: backend)) {
+                for round in 0..<20 {
+                    try fd.writeAll(Array("record \(round)\n".utf8))
+                    try await backend.fdatasync(fd)
+                    #expect(currentThreadName() == threadName)
+                }
+            }
+            // Without the preference, tasks go on on the cooperative pool as before.
+            try await backend.fsync(fd)
+            #expect(currentThreadName() != threadName)
+            await backend.shutdown()
+        }
+
+        @Test("many tasks on the executor and off it: every sync completes exactly once",
+              arguments: BackendKind.allCases)
+        func manyTasks(kind: BackendKind) async throws {
+            let directory = try ScratchDirectory.onDisk()
+            let files = try (0..<4).map { try directory.file("f\($0)") }
+            defer { for fd in files { try? fd.close() } }
+            let recorder = SyscallRecorder()
+            let backend = try makeBackend(kind, capacity: 8, system: recorder.system)
+            let executor = taskExecutor(of: backend)
+            let done = Locked(0)
+            let rounds = testsupport_tsan_loaded() != 0 ? 5 : 25
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for index in 0..<32 {
+                    let fd = files[index % files.count]
+                    let done = done
+                    let preference: (any TaskExecutor)? = index.isMultiple(of: 2) ? executor : nil
+                    group.addTask(executorPreference: preference) {
+                        for _ in 0..<rounds {
+                            try await backend.fsync(fd)
+                            done.withLock { $0 += 1 }
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            #expect(done.withLock { $0 } == 32 * rounds)
+            #expect(recorder.submitted == 32 * rounds)
+            #expect(outstanding(backend) == 0)
+            await backend.shutdown()
+        }
+
+        @Test("a task started elsewhere on the executor wakes the idle completion thread",
+              arguments: BackendKind.allCases)
+        func startedFromOutside(kind: BackendKind) async throws {
+            let backend = try makeBackend(kind)
+            let executor = taskExecutor(of: backend)
+            for _ in 0..<5 {
+                try await Task.sleep(for: .milliseconds(5))  // let the completion thread park
+                let name = await Task(executorPreference: executor) { currentThreadName() }.value
+                #expect(name == completionThreadName(kind))
+            }
+            await backend.shutdown()
+        }
+
+        @Test("after shutdown, tasks preferring the executor run on the global executor and get shutDown",
+              arguments: BackendKind.allCases)
+        func afterShutdown(kind: BackendKind) async throws {
+            let directory = try ScratchDirectory.onDisk()
+            let fd = try directory.file("data")
+            defer { try? fd.close() }
+            let backend = try makeBackend(kind)
+            let executor = taskExecutor(of: backend)
+            await backend.shutdown()
+            let (name, error) = await Task(executorPreference: executor) {
+                let error = await caughtError { try await backend.fsync(fd) } as? AsyncSyncError
+                return (currentThreadName(), error)
+            }.value
+            #expect(name != completionThreadName(kind))
+            #expect(error?.code == .shutDown)
+        }
+
+        @Test("a task on the executor can shut the backend down (its own thread) without a deadlock",
+              arguments: BackendKind.allCases)
+        func shutdownFromTheExecutor(kind: BackendKind) async throws {
+            let directory = try ScratchDirectory.onDisk()
+            let fd = try directory.file("data")
+            defer { try? fd.close() }
+            let threadsBefore = Resources.threadCount()
+            let backend = try makeBackend(kind)
+            try await withTaskExecutorPreference(taskExecutor(of: backend)) {
+                try await backend.fsync(fd)
+                await backend.shutdown()
+                #expect(currentThreadName() != completionThreadName(kind))
+            }
+            #expect(!isAcceptingRequests(backend))
+            #expect(await Resources.settle(Resources.threadCount, atMost: threadsBefore) <= threadsBefore)
+        }
+    }
+}
