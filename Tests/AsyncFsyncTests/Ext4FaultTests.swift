@@ -7,10 +7,11 @@ import Testing
 
 /// Runs a command; returns its exit status and output.
 @discardableResult
-func runCommand(_ arguments: [String]) throws -> (status: Int32, output: String) {
+func runCommand(_ arguments: [String], environment: [String: String]? = nil) throws -> (status: Int32, output: String) {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     process.arguments = arguments
+    if let environment { process.environment = environment }
     let pipe = Pipe()
     process.standardOutput = pipe
     process.standardError = pipe

@@ -24,19 +24,10 @@ enum ProbeTool {
 
     /// Runs `prefix + [tool, directory]` with `ASYNC_FSYNC_BACKEND=backend`.
     static func run(_ prefix: [String], backend: String, directory: FilePath) throws -> Run {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = prefix + [path ?? "asyncfsync-probe", directory.string]
         var environment = ProcessInfo.processInfo.environment
         environment[AsyncSync.environmentVariable] = backend
-        process.environment = environment
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return Run(status: process.terminationStatus, output: String(decoding: data, as: UTF8.self))
+        let (status, output) = try runCommand(prefix + [path ?? "asyncfsync-probe", directory.string], environment: environment)
+        return Run(status: status, output: output)
     }
 }
 
