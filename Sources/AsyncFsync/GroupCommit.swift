@@ -89,12 +89,21 @@ public final class GroupCommit: AsyncSyncBackend {
 
     /// Syncs `fd`, sharing the sync with concurrent requests of the same file.
     ///
+    /// On a memory file system (tmpfs, ramfs), whose fsync does nothing, nothing is shared: the
+    /// request goes straight to the wrapped backend.
+    ///
     /// - Parameters:
     ///   - fd: An open descriptor; it must stay open until this call returns.
     ///   - mode: ``SyncMode/fsync`` or ``SyncMode/fdatasync``.
     /// - Throws: What the wrapped backend throws for the shared sync; ``AsyncSyncError/Code/shutDown``
     ///   after ``shutdown()``; `CancellationError` when cancelled before its batch's sync started.
     public func sync(_ fd: FileDescriptor, mode: SyncMode) async throws {
+        // tmpfs and ramfs: fsync does nothing there, so sharing it saves nothing and the waiting
+        // would cost more than the sync. Each request gets its own, from the wrapped backend.
+        if case .success(let magic) = system.fileSystemType(fd.rawValue), FileSystemType.isMemoryFileSystem(magic) {
+            guard !isShuttingDown else { throw AsyncSyncError.shutDown(mode, backend: kind, descriptor: fd) }
+            return try await wrapped.sync(fd, mode: mode)
+        }
         guard case .success(let file) = system.fileIdentity(fd.rawValue) else {
             // Not a file we can identify (closed descriptor…): the wrapped backend reports it.
             return try await wrapped.sync(fd, mode: mode)

@@ -31,6 +31,10 @@ final class Fixture: Sendable {
     func backend(_ kind: BackendKind) -> any AsyncSyncBackend {
         kind == .libaio ? libaio : posix
     }
+
+    func executor(_ kind: BackendKind) -> any TaskExecutor {
+        kind == .libaio ? libaio.taskExecutor : posix.taskExecutor
+    }
 }
 
 let fixture = Fixture()
@@ -72,6 +76,31 @@ let benchmarks: @Sendable () -> Void = {
             let count = benchmark.scaledIterations.count
             try await Task.detached {
                 for _ in 0..<count { try await backend.fdatasync(fixture.fd) }
+            }.value
+        }
+
+        Benchmark("\(kind) fdatasync, depth 1, task on backend.taskExecutor") { benchmark in
+            let backend = fixture.backend(kind)
+            let count = benchmark.scaledIterations.count
+            try await Task(executorPreference: fixture.executor(kind)) {
+                for _ in 0..<count { try await backend.fdatasync(fixture.fd) }
+            }.value
+        }
+
+        Benchmark("\(kind) fdatasync, depth 16, tasks on backend.taskExecutor") { benchmark in
+            let backend = fixture.backend(kind)
+            let executor = fixture.executor(kind)
+            let total = benchmark.scaledIterations.count
+            try await Task.detached {
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for task in 0..<16 {
+                        let share = total / 16 + (task < total % 16 ? 1 : 0)
+                        group.addTask(executorPreference: executor) {
+                            for _ in 0..<share { try await backend.fdatasync(fixture.fd) }
+                        }
+                    }
+                    try await group.waitForAll()
+                }
             }.value
         }
 
