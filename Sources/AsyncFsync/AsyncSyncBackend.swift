@@ -52,7 +52,7 @@ public protocol AsyncSyncBackend: Sendable {
     ///
     /// - Parameter fd: Any open descriptor of the file.
     /// - Returns: Whether a failure was recorded for the file.
-    /// - Throws: ``AsyncSyncError`` when the file cannot be identified (`fstat(2)` failed).
+    /// - Throws: ``AsyncSyncError`` when the file cannot be identified (`statx(2)` failed).
     @discardableResult
     func clearFailure(of fd: FileDescriptor) throws -> Bool
 

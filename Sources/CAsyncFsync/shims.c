@@ -7,6 +7,10 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/vfs.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <fcntl.h>
+#include <errno.h>
 #include <unistd.h>
 
 int casyncfsync_errno(void) { return errno; }
@@ -84,3 +88,20 @@ void casyncfsync_set_thread_name(const char *name) {
 
 const int casyncfsync_EINPROGRESS = EINPROGRESS;
 const int casyncfsync_AIO_NOTCANCELED = AIO_NOTCANCELED;
+
+int casyncfsync_file_identity(int fd, uint64_t *device, uint64_t *inode, int *is_regular) {
+    struct statx info;
+    if (statx(fd, "", AT_EMPTY_PATH, STATX_TYPE | STATX_INO, &info) == 0) {
+        *device = (uint64_t)makedev(info.stx_dev_major, info.stx_dev_minor);
+        *inode = (uint64_t)info.stx_ino;
+        *is_regular = S_ISREG(info.stx_mode);
+        return 0;
+    }
+    if (errno != ENOSYS) return -1;
+    struct stat fallback;
+    if (fstat(fd, &fallback) != 0) return -1;
+    *device = (uint64_t)fallback.st_dev;
+    *inode = (uint64_t)fallback.st_ino;
+    *is_regular = S_ISREG(fallback.st_mode);
+    return 0;
+}

@@ -108,7 +108,7 @@ final class AIOEngine<Driver: AIODriver>: TaskExecutor, Sendable {
     }
 
     private func enqueue(_ request: PendingSync) {
-        // Only after some file failed: which file is this? (A descriptor that fstat refuses
+        // Only after some file failed: which file is this? (A descriptor that statx refuses
         // goes on and gets its own error from the system.)
         let identity = failedFileCount.load(ordering: .acquiring) > 0
             ? try? system.fileIdentity(request.descriptor.rawValue).get() : nil
@@ -267,7 +267,7 @@ final class AIOEngine<Driver: AIODriver>: TaskExecutor, Sendable {
         case .failure(let errno):
             throw AsyncSyncError(
                 code: .system, errno: errno, operation: .setup, step: .request, backend: Driver.kind,
-                descriptor: descriptor, systemCall: "fstat", message: "cannot identify the file")
+                descriptor: descriptor, systemCall: "statx", message: "cannot identify the file")
         }
         return state.withLock { state in
             defer { failedFileCount.store(state.failedFiles.count, ordering: .releasing) }

@@ -7,7 +7,7 @@ import SystemPackage
 ///
 /// The first refused request of a file system is served through POSIX aio and its `st_dev` is
 /// remembered; later requests for that file system go to POSIX aio directly. Until a file system
-/// has been remembered the hot path pays one relaxed atomic load; afterwards one `fstat(2)` per
+/// has been remembered the hot path pays one relaxed atomic load; afterwards one `statx(2)` per
 /// request. A pipe or socket also gets `EINVAL` from `io_submit(2)`, but it is not a regular file:
 /// its error is reported as it is, the same as POSIX aio reports it.
 final class PosixFallback: Sendable {

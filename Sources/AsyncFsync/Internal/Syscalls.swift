@@ -141,7 +141,7 @@ struct SystemCalls: Sendable {
     /// `fstatfs(2)`'s `f_type` (the file system's magic number): the inline path for memory file
     /// systems and the probe cache.
     var fileSystemType: @Sendable (CInt) -> Result<Int, Errno>
-    /// `fstat(2)`: device, inode and whether it is a regular file.
+    /// `statx(2)` of the inode and type only: device, inode and whether it is a regular file.
     var fileStatus: @Sendable (CInt) -> Result<FileStatus, Errno>
     /// A blocking `fsync(2)` or `fdatasync(2)`: the inline path for memory file systems.
     var syncNow: @Sendable (SyncMode, CInt) -> Result<Void, Errno>
@@ -217,10 +217,7 @@ struct FileIdentity: Hashable, Sendable {
 }
 
 func system_fstat_identity(_ fd: CInt) -> Result<FileIdentity, Errno> {
-    var info = stat()
-    return valueOrErrno(Glibc.fstat(fd, &info)).map { _ in
-        FileIdentity(device: UInt64(info.st_dev), inode: UInt64(info.st_ino))
-    }
+    system_fstat_status(fd).map { FileIdentity(device: $0.device, inode: $0.inode) }
 }
 
 // MARK: Scratch files (probing)
@@ -250,7 +247,7 @@ func system_fstatfs_type(_ fd: CInt) -> Result<Int, Errno> {
     return valueOrErrno(casyncfsync_fstatfs_type(fd, &type)).map { _ in type }
 }
 
-/// What `fstat(2)` says of a descriptor that the selection needs.
+/// What `statx(2)` says of a descriptor (device, inode, type), asked without the timestamps.
 struct FileStatus: Hashable, Sendable {
     var device: UInt64
     var inode: UInt64
@@ -258,10 +255,11 @@ struct FileStatus: Hashable, Sendable {
 }
 
 func system_fstat_status(_ fd: CInt) -> Result<FileStatus, Errno> {
-    var info = stat()
-    return valueOrErrno(Glibc.fstat(fd, &info)).map { _ in
-        FileStatus(device: UInt64(info.st_dev), inode: UInt64(info.st_ino),
-                   isRegularFile: info.st_mode & S_IFMT == S_IFREG)
+    var device: UInt64 = 0
+    var inode: UInt64 = 0
+    var isRegular: CInt = 0
+    return valueOrErrno(casyncfsync_file_identity(fd, &device, &inode, &isRegular)).map { _ in
+        FileStatus(device: device, inode: inode, isRegularFile: isRegular != 0)
     }
 }
 

@@ -48,6 +48,13 @@ int casyncfsync_eventfd(void);
 int casyncfsync_memfd(const char *name);
 /// fstatfs(fd)->f_type into *type; 0 or -1 and errno.
 int casyncfsync_fstatfs_type(int fd, long *type);
+
+/// The file's device (st_dev encoding), inode and whether it is a regular file; 0 or -1 and errno.
+/// Asks statx(2) for the inode and type only: a stat(2) that reads the timestamps marks them as
+/// queried (multigrain timestamps, Linux 6.13+), so the next write dirties the inode and the next
+/// fdatasync commits the journal (+40-60 µs per sync on ext4, measured). Falls back to fstat(2)
+/// where statx is missing (ENOSYS).
+int casyncfsync_file_identity(int fd, uint64_t *device, uint64_t *inode, int *is_regular);
 /// pthread_setname_np(pthread_self(), name); name is cut to 15 bytes.
 void casyncfsync_set_thread_name(const char *name);
 
