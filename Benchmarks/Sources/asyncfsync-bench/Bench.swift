@@ -126,6 +126,9 @@ struct AsyncFsyncBench: AsyncParsableCommand {
     @Option(help: "Also write every figure as JSON to this file.")
     var json: String?
 
+    @Flag(help: "Every workload: fsync and fdatasync, each of a clean file and after a 4 KiB pwrite (default: fsync of a clean file, 4 KiB pwrite + fdatasync).")
+    var allWorkloads = false
+
     @Option(help: "Also write a plot of ops/s against depth per method as SVG to this file.")
     var svg: String?
 
@@ -136,7 +139,10 @@ struct AsyncFsyncBench: AsyncParsableCommand {
         defer { if remove { try? FileManager.default.removeItem(atPath: directory) } }
 
         var cells: [Cell] = []
-        for (mode, write) in [("fsync", false), ("fdatasync", true)] {
+        let workloads = allWorkloads
+            ? [("fsync", false), ("fdatasync", false), ("fsync", true), ("fdatasync", true)]
+            : [("fsync", false), ("fdatasync", true)]
+        for (mode, write) in workloads {
             for depth in depths {
                 cells.append(Cell(mode: mode, write4k: write, depth: depth, ownFiles: false))
                 if depth > 1 { cells.append(Cell(mode: mode, write4k: write, depth: depth, ownFiles: true)) }
