@@ -59,9 +59,21 @@ public protocol AsyncSyncBackend: Sendable {
     /// Stops accepting requests, waits for the accepted ones to complete, then releases the
     /// backend's resources (AIO context, thread, descriptors). Calling it again is harmless.
     func shutdown() async
+
+    /// A task executor on which tasks that sync through this backend go on right where their
+    /// syncs complete, without a hop to another thread; `nil` when the backend has none.
+    ///
+    /// ``LibaioBackend`` and ``PosixAIOBackend`` return their completion thread (see
+    /// ``LibaioBackend/taskExecutor``); ``GroupCommit`` returns its wrapped backend's. Use it with
+    /// `withTaskExecutorPreference(backend.preferredTaskExecutor) { … }` — a `nil` preference
+    /// changes nothing, so the same code works with any backend. Code running there must not block.
+    var preferredTaskExecutor: (any TaskExecutor)? { get }
 }
 
 extension AsyncSyncBackend {
+    /// The default: no executor of its own.
+    public var preferredTaskExecutor: (any TaskExecutor)? { nil }
+
     /// The default for backends that keep no failures: there is nothing to forget.
     @discardableResult
     public func clearFailure(of fd: FileDescriptor) throws -> Bool { false }

@@ -254,6 +254,9 @@ public final class GroupCommit: AsyncSyncBackend {
         try wrapped.clearFailure(of: fd)
     }
 
+    /// The wrapped backend's executor: a batch's sync completes there, so its waiters go on there.
+    public var preferredTaskExecutor: (any TaskExecutor)? { wrapped.preferredTaskExecutor }
+
     /// Refuses new requests, lets running batches finish, then shuts the wrapped backend down.
     /// Calling it again is harmless.
     public func shutdown() async {

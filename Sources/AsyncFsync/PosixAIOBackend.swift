@@ -92,6 +92,9 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
     /// run on the global concurrent executor; no job is dropped.
     public var taskExecutor: any TaskExecutor { engine }
 
+    /// ``taskExecutor``.
+    public var preferredTaskExecutor: (any TaskExecutor)? { engine }
+
     /// Whether descriptors on memory file systems are synced inline.
     public var inlinesMemoryFileSystems: Bool { inline != nil }
 

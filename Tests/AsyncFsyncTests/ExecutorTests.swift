@@ -19,11 +19,7 @@ func completionThreadName(_ kind: BackendKind) -> String {
 }
 
 func taskExecutor(of backend: any AsyncSyncBackend) -> any TaskExecutor {
-    switch backend {
-    case let backend as LibaioBackend: backend.taskExecutor
-    case let backend as PosixAIOBackend: backend.taskExecutor
-    default: globalConcurrentExecutor
-    }
+    backend.preferredTaskExecutor ?? globalConcurrentExecutor
 }
 
 extension AsyncFsyncTests {
@@ -50,6 +46,30 @@ extension AsyncFsyncTests {
             try await backend.fsync(fd)
             #expect(currentThreadName() != threadName)
             await backend.shutdown()
+        }
+
+        @Test("makeBackend()'s backend and a GroupCommit over it offer the completion thread as preferredTaskExecutor",
+              arguments: BackendKind.allCases)
+        func preferredThroughTheProtocol(kind: BackendKind) async throws {
+            let directory = try ScratchDirectory.onDisk()
+            let fd = try directory.file("wal")
+            defer { try? fd.close() }
+            let backend: any AsyncSyncBackend = try AsyncSync.makeBackend(environment: [AsyncSync.environmentVariable: kind.rawValue])
+            let group = GroupCommit(wrapping: backend)
+            #expect(group.preferredTaskExecutor != nil)
+            try await withTaskExecutorPreference(group.preferredTaskExecutor) {
+                try await withThrowingTaskGroup(of: String.self) { tasks in
+                    for _ in 0..<8 {
+                        tasks.addTask {
+                            try await group.fdatasync(fd)
+                            return currentThreadName()
+                        }
+                    }
+                    for try await name in tasks { #expect(name == completionThreadName(kind)) }
+                }
+            }
+            await group.shutdown()
+            #expect(ScriptedBackend().preferredTaskExecutor == nil, "a backend without an executor says nil")
         }
 
         @Test("many tasks on the executor and off it: every sync completes exactly once",
