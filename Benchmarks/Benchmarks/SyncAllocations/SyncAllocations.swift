@@ -71,53 +71,29 @@ let benchmarks: @Sendable () -> Void = {
     }
 
     for kind in BackendKind.allCases {
-        Benchmark("\(kind) fdatasync, depth 1") { benchmark in
-            let backend = fixture.backend(kind)
-            let count = benchmark.scaledIterations.count
-            try await Task.detached {
-                for _ in 0..<count { try await backend.fdatasync(fixture.fd) }
-            }.value
-        }
-
-        Benchmark("\(kind) fdatasync, depth 1, task on backend.taskExecutor") { benchmark in
-            let backend = fixture.backend(kind)
-            let count = benchmark.scaledIterations.count
-            try await Task(executorPreference: fixture.executor(kind)) {
-                for _ in 0..<count { try await backend.fdatasync(fixture.fd) }
-            }.value
-        }
-
-        Benchmark("\(kind) fdatasync, depth 16, tasks on backend.taskExecutor") { benchmark in
-            let backend = fixture.backend(kind)
-            let executor = fixture.executor(kind)
-            let total = benchmark.scaledIterations.count
-            try await Task.detached {
-                try await withThrowingTaskGroup(of: Void.self) { group in
-                    for task in 0..<16 {
-                        let share = total / 16 + (task < total % 16 ? 1 : 0)
-                        group.addTask(executorPreference: executor) {
-                            for _ in 0..<share { try await backend.fdatasync(fixture.fd) }
-                        }
-                    }
-                    try await group.waitForAll()
-                }
-            }.value
-        }
-
-        Benchmark("\(kind) fdatasync, depth 16") { benchmark in
-            let backend = fixture.backend(kind)
-            let total = benchmark.scaledIterations.count
-            try await Task.detached {
-                try await withThrowingTaskGroup(of: Void.self) { group in
-                    for task in 0..<16 {
-                        let share = total / 16 + (task < total % 16 ? 1 : 0)
-                        group.addTask {
-                            for _ in 0..<share { try await backend.fdatasync(fixture.fd) }
-                        }
-                    }
-                    try await group.waitForAll()
-                }
-            }.value
+        for (depth, onExecutor) in [(1, false), (1, true), (16, false), (16, true)] {
+            let name = "\(kind) fdatasync, depth \(depth)" + (onExecutor ? ", tasks on backend.taskExecutor" : "")
+            Benchmark(name) { benchmark in
+                try await syncs(benchmark.scaledIterations.count, kind: kind, depth: depth,
+                                executor: onExecutor ? fixture.executor(kind) : nil)
+            }
         }
     }
+}
+
+/// `total` fdatasyncs through the backend of `kind`, `depth` tasks keeping them in flight, inside
+/// a detached task (so the harness's executor is out of the way), on `executor` if given.
+func syncs(_ total: Int, kind: BackendKind, depth: Int, executor: (any TaskExecutor)?) async throws {
+    let backend = fixture.backend(kind)
+    try await Task.detached {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for task in 0..<depth {
+                let share = total / depth + (task < total % depth ? 1 : 0)
+                group.addTask(executorPreference: executor) {
+                    for _ in 0..<share { try await backend.fdatasync(fixture.fd) }
+                }
+            }
+            try await group.waitForAll()
+        }
+    }.value
 }
