@@ -117,7 +117,7 @@ struct AsyncFsyncBench: AsyncParsableCommand {
     @Option(help: "Comma-separated methods to run (default: all): \(Method.allCases.map(\.rawValue).joined(separator: ","))")
     var filter: String?
 
-    @Flag(help: "A short run (about a minute): depths 1, 16 and 256, 0.1 s, one round.")
+    @Flag(help: "A short run (under a minute): depths 1, 16 and 256, 0.3 s, one round.")
     var quick = false
 
     @Option(help: "Delay window of the group-commit method, in microseconds (GroupCommit's delay).")
@@ -133,7 +133,7 @@ struct AsyncFsyncBench: AsyncParsableCommand {
     var svg: String?
 
     mutating func run() async throws {
-        if quick { depths = [1, 16, 256]; seconds = 0.1; rounds = 1 }
+        if quick { depths = [1, 16, 256]; seconds = 0.3; rounds = 1 }
         let methods = try selectedMethods()
         let (directory, remove) = try scratchDirectory()
         defer { if remove { try? FileManager.default.removeItem(atPath: directory) } }
