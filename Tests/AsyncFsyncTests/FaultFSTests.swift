@@ -9,6 +9,8 @@ import Testing
 /// fsync handler answers with an injected errno. Unmounted and removed when released.
 final class FaultFS {
     let mountPoint: FilePath
+    /// The directory the file system passes through to.
+    let backing: FilePath
     private let base: FilePath
     private let daemon: Process
     private var mounted = true
@@ -31,15 +33,18 @@ final class FaultFS {
         return out + "/faultfs"
     }()
 
-    init() throws {
+    /// Mounts a new instance; `writebackCache` lets the kernel cache writes and send them to the
+    /// file system only at writeback (during fsync).
+    init(writebackCache: Bool = false) throws {
         base = FilePath("/tmp").appending("asyncfsync-fuse-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         mountPoint = base.appending("mnt")
-        let backing = base.appending("backing")
+        backing = base.appending("backing")
         try FileManager.default.createDirectory(atPath: mountPoint.string, withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: backing.string, withIntermediateDirectories: true)
         daemon = Process()
         daemon.executableURL = URL(fileURLWithPath: Self.binary!)
         daemon.arguments = [backing.string, mountPoint.string, "-f", "-o", "auto_unmount"]
+            + (writebackCache ? ["--writeback-cache"] : [])
         daemon.standardOutput = FileHandle.nullDevice
         daemon.standardError = FileHandle.nullDevice
         try daemon.run()
@@ -199,6 +204,42 @@ extension AsyncFsyncTests {
                 #expect(try fs.counter("max_inflight") == 16)
                 #expect(elapsed < .milliseconds(2_400), "the syncs overlapped (took \(elapsed))")
             }
+            await backend.shutdown()
+        }
+
+        @Test("fsyncgate: a failed writeback is reported once, the next fsync(2) says OK although the data is lost; the backend keeps failing the file",
+              arguments: BackendKind.allCases)
+        func failedWritebackIsNotForgotten(kind: BackendKind) async throws {
+            guard TestEnvironment.require(FaultFS.canRun, "needs root, /dev/fuse and libfuse3") else { return }
+            let fs = try FaultFS(writebackCache: true)
+            let fd = try fs.open("wal")
+            defer { try? fd.close() }
+            let backend = try makeBackend(kind)
+            try await backend.fsync(fd)  // "record wal\n" is durable
+
+            try fs.control("write_errno=EIO")
+            _ = try fd.writeAll(toAbsoluteOffset: 0, Array("LOST".utf8))  // cached by the kernel: succeeds
+            let first = await caughtError { try await backend.fdatasync(fd) } as? AsyncSyncError
+            #expect(first?.code == .system && first?.errno == .ioError && first?.isDurabilityFailure == true,
+                    "\(String(describing: first))")
+            #expect(try fs.counter("failed_writes") >= 1, "the writeback reached the file system and failed")
+
+            // The kernel has reported the error and forgotten it: a direct fsync(2) now succeeds,
+            // although the write never reached the file system.
+            #expect(fsync(fd.rawValue) == 0)
+            let onDisk = try String(contentsOfFile: fs.backing.appending("wal").string, encoding: .utf8)
+            #expect(onDisk.hasPrefix("record"), "the cached write is lost: \(onDisk)")
+
+            // This library has not forgotten: the file's syncs keep failing until the caller says
+            // it has written the data again.
+            let second = await caughtError { try await backend.fdatasync(fd) } as? AsyncSyncError
+            #expect(second?.code == .earlierFailure && second?.errno == .ioError, "\(String(describing: second))")
+            try fs.control("write_errno=0")
+            _ = try fd.writeAll(toAbsoluteOffset: 0, Array("LOST".utf8))  // written again
+            #expect(try backend.clearFailure(of: fd))
+            try await backend.fdatasync(fd)
+            let rewritten = try String(contentsOfFile: fs.backing.appending("wal").string, encoding: .utf8)
+            #expect(rewritten.hasPrefix("LOST"))
             await backend.shutdown()
         }
 

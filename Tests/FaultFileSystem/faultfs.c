@@ -11,6 +11,9 @@
 //   reset                       everything back to defaults, counters to zero
 // Read it for one line: fsync=N fdatasync=N injected=N errno=N op=... count=N match=... delay_ms=N
 //   inflight=N max_inflight=N   (fsync handlers running now / the most at once since the reset)
+//   write_errno=N failed_writes=N
+// Control also takes write_errno=EIO (writes of file data fail; 0 = none). Mount option
+// --writeback-cache makes the kernel cache writes and send them at writeback.
 // ENOSYS and errnos >= 512 are refused: the kernel would treat the first as "fsync not needed"
 // forever and hang callers on the second.
 #define FUSE_USE_VERSION 31
@@ -45,7 +48,12 @@ static struct {
     long delay_ms;
     long fsyncs, fdatasyncs, injected;
     long inflight, max_inflight;  // fsync handlers running now, and the most at once
-} state = {PTHREAD_MUTEX_INITIALIZER, 0, 3, -1, "", 0, 0, 0, 0, 0, 0};
+    int write_error;              // 0: writes of file data succeed
+    long failed_writes;
+} state = {PTHREAD_MUTEX_INITIALIZER, 0, 3, -1, "", 0, 0, 0, 0, 0, 0, 0, 0};
+
+// --writeback-cache: the kernel caches writes and sends them at writeback (during fsync).
+static int writeback_cache = 0;
 
 static void reset_state(void) {
     state.error = 0;
@@ -55,6 +63,8 @@ static void reset_state(void) {
     state.delay_ms = 0;
     state.fsyncs = state.fdatasyncs = state.injected = 0;
     state.max_inflight = state.inflight;
+    state.write_error = 0;
+    state.failed_writes = 0;
 }
 
 static void full_path(char out[PATH_MAX], const char *path) {
@@ -99,6 +109,9 @@ static int apply_control(char *line) {
             snprintf(state.match, sizeof state.match, "%s", value);
         } else if (strcmp(word, "delay_ms") == 0) {
             state.delay_ms = strtol(value, NULL, 10);
+        } else if (strcmp(word, "write_errno") == 0) {
+            int e = parse_errno(value);
+            if (e < 0 || e >= 512) result = -EINVAL; else state.write_error = e;
         } else {
             result = -EINVAL;
         }
@@ -111,10 +124,11 @@ static int status_line(char *out, size_t size) {
     pthread_mutex_lock(&state.lock);
     int n = snprintf(out, size,
                      "fsync=%ld fdatasync=%ld injected=%ld errno=%d op=%s count=%ld match=%s delay_ms=%ld"
-                     " inflight=%ld max_inflight=%ld\n",
+                     " inflight=%ld max_inflight=%ld write_errno=%d failed_writes=%ld\n",
                      state.fsyncs, state.fdatasyncs, state.injected, state.error,
                      state.ops == 1 ? "fsync" : state.ops == 2 ? "fdatasync" : "both",
-                     state.count, state.match, state.delay_ms, state.inflight, state.max_inflight);
+                     state.count, state.match, state.delay_ms, state.inflight, state.max_inflight,
+                     state.write_error, state.failed_writes);
     pthread_mutex_unlock(&state.lock);
     return n;
 }
@@ -229,6 +243,11 @@ static int fs_write(const char *path, const char *buf, size_t size, off_t offset
         int result = apply_control(line);
         return result < 0 ? result : (int)size;
     }
+    pthread_mutex_lock(&state.lock);
+    int injected = state.write_error;
+    if (injected) state.failed_writes++;
+    pthread_mutex_unlock(&state.lock);
+    if (injected) return -injected;
     ssize_t n = pwrite((int)fi->fh, buf, size, offset);
     return n < 0 ? -errno : (int)n;
 }
@@ -296,7 +315,7 @@ static int fs_fsyncdir(const char *path, int datasync, struct fuse_file_info *fi
 }
 
 static void *fs_init(struct fuse_conn_info *conn, struct fuse_config *cfg) {
-    (void)conn;
+    if (writeback_cache) conn->want |= FUSE_CAP_WRITEBACK_CACHE;
     cfg->use_ino = 1;
     cfg->entry_timeout = cfg->attr_timeout = cfg->negative_timeout = 0;
     return NULL;
@@ -357,6 +376,11 @@ int main(int argc, char *argv[]) {
         return 2;
     }
     argv[1] = argv[0];  // libfuse sees: faultfs MOUNTPOINT [options]
+    int kept = 2;
+    for (int i = 2; i < argc; i++) {  // our own flag, not libfuse's
+        if (strcmp(argv[i], "--writeback-cache") == 0) writeback_cache = 1; else argv[kept++] = argv[i];
+    }
+    argc = kept;
     struct fuse_args args = FUSE_ARGS_INIT(argc - 1, argv + 1);
     struct fuse_cmdline_opts options;
     memset(&options, 0, sizeof options);
