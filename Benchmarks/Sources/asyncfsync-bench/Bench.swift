@@ -117,6 +117,9 @@ struct AsyncFsyncBench: AsyncParsableCommand {
     @Option(help: "Comma-separated methods to run (default: all): \(Method.allCases.map(\.rawValue).joined(separator: ","))")
     var filter: String?
 
+    @Option(help: "Comma-separated parts of cell names to run (default: all), e.g. \"depth 16,own files\"; a cell runs when its name contains every one of them.")
+    var cells: String?
+
     @Flag(help: "A short run (under a minute): depths 1, 16 and 256, 0.3 s, one round.")
     var quick = false
 
@@ -139,6 +142,7 @@ struct AsyncFsyncBench: AsyncParsableCommand {
         defer { if remove { try? FileManager.default.removeItem(atPath: directory) } }
 
         var cells: [Cell] = []
+        let wanted = self.cells?.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
         let workloads = allWorkloads
             ? [("fsync", false), ("fdatasync", false), ("fsync", true), ("fdatasync", true)]
             : [("fsync", false), ("fdatasync", true)]
@@ -147,6 +151,10 @@ struct AsyncFsyncBench: AsyncParsableCommand {
                 cells.append(Cell(mode: mode, write4k: write, depth: depth, ownFiles: false))
                 if depth > 1 { cells.append(Cell(mode: mode, write4k: write, depth: depth, ownFiles: true)) }
             }
+        }
+        if let wanted {
+            cells = cells.filter { cell in wanted.allSatisfy { cell.description.contains($0) } }
+            guard !cells.isEmpty else { throw ValidationError("--cells \(self.cells ?? "") matches no cell") }
         }
         let probes = AsyncSync.probe(directory: FilePath(directory))
         let isTerminal = isatty(STDERR_FILENO) != 0
