@@ -133,6 +133,29 @@ extension AsyncFsyncTests {
             #expect(error?.code == .shutDown)
         }
 
+        @Test("a task that keeps running on the executor does not hold up shutdown; it goes on elsewhere",
+              arguments: BackendKind.allCases)
+        func busyTaskDuringShutdown(kind: BackendKind) async throws {
+            let backend = try makeBackend(kind)
+            let stop = Locked(false)
+            let spinner = Task(executorPreference: taskExecutor(of: backend)) {
+                var onCompletionThread = 0
+                var elsewhere = 0
+                while !stop.withLock({ $0 }) {
+                    await Task.yield()
+                    if currentThreadName() == completionThreadName(kind) { onCompletionThread += 1 } else { elsewhere += 1 }
+                }
+                return (onCompletionThread, elsewhere)
+            }
+            try await Task.sleep(for: .milliseconds(20))
+            await backend.shutdown()  // returns although the spinner never stops yielding there
+            try await Task.sleep(for: .milliseconds(20))
+            stop.withLock { $0 = true }
+            let (onCompletionThread, elsewhere) = await spinner.value
+            #expect(onCompletionThread > 0)
+            #expect(elsewhere > 0, "after shutdown the task ran on the global executor")
+        }
+
         @Test("a task on the executor can shut the backend down (its own thread) without a deadlock",
               arguments: BackendKind.allCases)
         func shutdownFromTheExecutor(kind: BackendKind) async throws {

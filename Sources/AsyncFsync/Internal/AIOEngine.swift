@@ -294,10 +294,10 @@ final class AIOEngine<Driver: AIODriver>: TaskExecutor, Sendable {
         while true {
             var holdsSubmitterRole = false
             let keepRunning = state.withLock { state -> Bool in
-                if state.shuttingDown, state.inFlight == 0, state.queue.isEmpty, !state.submitting,
-                    state.jobs.isEmpty
-                {
+                if state.shuttingDown, state.inFlight == 0, state.queue.isEmpty, !state.submitting {
+                    // Jobs still queued (tasks that keep running on this executor) go elsewhere.
                     state.executorClosed = true
+                    swap(&jobs, &state.jobs)
                     return false
                 }
                 if Driver.waitsOnList {
@@ -316,7 +316,10 @@ final class AIOEngine<Driver: AIODriver>: TaskExecutor, Sendable {
                 }
                 return true
             }
-            guard keepRunning else { break }
+            guard keepRunning else {
+                for job in jobs { globalConcurrentExecutor.enqueue(ExecutorJob(job)) }
+                break
+            }
 
             // Tasks that prefer this engine as their executor run here, like on an event loop: a
             // task resumed by a completion goes on without waking another thread.
