@@ -81,6 +81,22 @@ final class StampingBackend: AsyncSyncBackend {
     func shutdown() async { await wrapped.shutdown() }
 }
 
+/// A file "wal" in a scratch directory on disk, a scripted backend (holding its syncs unless told
+/// otherwise) and a GroupCommit over it: the setup of most group-commit tests.
+struct ScriptedGroup {
+    let directory: ScratchDirectory
+    let fd: FileDescriptor
+    let scripted = ScriptedBackend()
+    let group: GroupCommit
+
+    init(holding: Bool = true, delay: Duration = .zero) throws {
+        directory = try ScratchDirectory.onDisk()
+        fd = try directory.file("wal")
+        if holding { scripted.hold() }
+        group = GroupCommit(wrapping: scripted, delay: delay)
+    }
+}
+
 func waitUntil(_ condition: () -> Bool) async throws {
     while !condition() { try await Task.sleep(for: .milliseconds(1)) }
 }
@@ -91,12 +107,9 @@ extension AsyncFsyncTests {
 
         @Test("a request that arrives during a sync waits for the next sync, which starts after the first ends")
         func neverAnEarlierSync() async throws {
-            let directory = try ScratchDirectory.onDisk()
-            let fd = try directory.file("wal")
-            defer { try? fd.close() }
-            let scripted = ScriptedBackend()
-            scripted.hold()
-            let group = GroupCommit(wrapping: scripted)
+            let setup = try ScriptedGroup()
+            defer { try? setup.fd.close() }
+            let (fd, scripted, group) = (setup.fd, setup.scripted, setup.group)
 
             let first = Task { try await group.fdatasync(fd) }
             try await waitUntil { scripted.calls == 1 }
@@ -118,12 +131,9 @@ extension AsyncFsyncTests {
 
         @Test("N concurrent requests of one file need far fewer syncs than N")
         func coalesces() async throws {
-            let directory = try ScratchDirectory.onDisk()
-            let fd = try directory.file("wal")
-            defer { try? fd.close() }
-            let scripted = ScriptedBackend()
-            scripted.hold()
-            let group = GroupCommit(wrapping: scripted)
+            let setup = try ScriptedGroup()
+            defer { try? setup.fd.close() }
+            let (fd, scripted, group) = (setup.fd, setup.scripted, setup.group)
             let tasks = (0..<100).map { _ in Task { try await group.fdatasync(fd) } }
             try await waitUntil { scripted.calls == 1 && group.queuedCount == 99 }
             scripted.release(upTo: 2)
@@ -179,12 +189,9 @@ extension AsyncFsyncTests {
 
         @Test("a batch uses fsync if any of its requests asked for fsync, else fdatasync")
         func batchMode() async throws {
-            let directory = try ScratchDirectory.onDisk()
-            let fd = try directory.file("wal")
-            defer { try? fd.close() }
-            let scripted = ScriptedBackend()
-            scripted.hold()
-            let group = GroupCommit(wrapping: scripted)
+            let setup = try ScriptedGroup()
+            defer { try? setup.fd.close() }
+            let (fd, scripted, group) = (setup.fd, setup.scripted, setup.group)
             let leader = Task { try await group.fdatasync(fd) }
             try await waitUntil { scripted.calls == 1 }
             let mixed = [Task { try await group.fdatasync(fd) }, Task { try await group.fsync(fd) }]
@@ -202,12 +209,9 @@ extension AsyncFsyncTests {
 
         @Test("a request cancelled while waiting for the next batch throws CancellationError and causes no sync")
         func cancelWhileWaiting() async throws {
-            let directory = try ScratchDirectory.onDisk()
-            let fd = try directory.file("wal")
-            defer { try? fd.close() }
-            let scripted = ScriptedBackend()
-            scripted.hold()
-            let group = GroupCommit(wrapping: scripted)
+            let setup = try ScriptedGroup()
+            defer { try? setup.fd.close() }
+            let (fd, scripted, group) = (setup.fd, setup.scripted, setup.group)
             let leader = Task { try await group.fsync(fd) }
             try await waitUntil { scripted.calls == 1 }
             let follower = Task { try await group.fsync(fd) }
@@ -222,11 +226,9 @@ extension AsyncFsyncTests {
 
         @Test("with a delay window, requests arriving before the leader's sync starts join its batch")
         func delayWindow() async throws {
-            let directory = try ScratchDirectory.onDisk()
-            let fd = try directory.file("wal")
-            defer { try? fd.close() }
-            let scripted = ScriptedBackend()
-            let group = GroupCommit(wrapping: scripted, delay: .milliseconds(300))
+            let setup = try ScriptedGroup(holding: false, delay: .milliseconds(300))
+            defer { try? setup.fd.close() }
+            let (fd, scripted, group) = (setup.fd, setup.scripted, setup.group)
             let leader = Task { try await group.fdatasync(fd) }
             try await waitUntil { group.queuedCount == 0 && !(group.isIdle) }
             let joined = (0..<10).map { index in Task { try await group.sync(fd, mode: index == 3 ? .fsync : .fdatasync) } }
@@ -242,11 +244,9 @@ extension AsyncFsyncTests {
 
         @Test("shutdown refuses new requests and shuts the wrapped backend down")
         func shutdown() async throws {
-            let directory = try ScratchDirectory.onDisk()
-            let fd = try directory.file("wal")
-            defer { try? fd.close() }
-            let scripted = ScriptedBackend()
-            let group = GroupCommit(wrapping: scripted)
+            let setup = try ScriptedGroup(holding: false)
+            defer { try? setup.fd.close() }
+            let (fd, scripted, group) = (setup.fd, setup.scripted, setup.group)
             try await group.fsync(fd)
             await group.shutdown()
             #expect(scripted.state.withLock { $0.shutDown })
@@ -257,12 +257,9 @@ extension AsyncFsyncTests {
 
         @Test("shutdown during a running batch waits for it, refuses new requests, then shuts the wrapped backend down")
         func shutdownWhileRunning() async throws {
-            let directory = try ScratchDirectory.onDisk()
-            let fd = try directory.file("wal")
-            defer { try? fd.close() }
-            let scripted = ScriptedBackend()
-            scripted.hold()
-            let group = GroupCommit(wrapping: scripted)
+            let setup = try ScriptedGroup()
+            defer { try? setup.fd.close() }
+            let (fd, scripted, group) = (setup.fd, setup.scripted, setup.group)
             let leader = Task { try await group.fsync(fd) }
             try await waitUntil { scripted.calls == 1 }
             let follower = Task { try await group.fsync(fd) }
