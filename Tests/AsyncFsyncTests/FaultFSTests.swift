@@ -125,13 +125,7 @@ extension AsyncFsyncTests {
                     let fd = try fs.open("\(kind)-\(mode)")
                     defer { try? fd.close() }
                     let failure = try #require(await caughtError { try await backend.sync(fd, mode: mode) } as? AsyncSyncError)
-                    #expect(failure.code == .system)
-                    #expect(failure.errno == errno)
-                    #expect(failure.operation == .sync(mode))
-                    #expect(failure.step == .completion)
-                    #expect(failure.backend == kind)
-                    #expect(failure.descriptor == fd)
-                    #expect(failure.isDurabilityFailure)
+                    expectDurabilityFailureAtCompletion(failure, errno: errno, mode: mode, backend: kind, descriptor: fd)
                     seen[mode, default: []].append(failure)
                     // Sticky: the file system would fail again anyway; switch it off and check
                     // that the backend still refuses without asking it.

@@ -182,6 +182,21 @@ func caughtError(_ body: () async throws -> Void) async -> (any Error)? {
     }
 }
 
+/// The error a failed sync must give on every backend: `.system`, the errno, the operation, step
+/// `.completion`, the backend and the caller's descriptor, classified as a durability failure.
+func expectDurabilityFailureAtCompletion(
+    _ failure: AsyncSyncError, errno: Errno, mode: SyncMode, backend: BackendKind, descriptor: FileDescriptor,
+    sourceLocation: SourceLocation = #_sourceLocation
+) {
+    #expect(failure.code == .system, sourceLocation: sourceLocation)
+    #expect(failure.errno == errno, sourceLocation: sourceLocation)
+    #expect(failure.operation == .sync(mode), sourceLocation: sourceLocation)
+    #expect(failure.step == .completion, sourceLocation: sourceLocation)
+    #expect(failure.backend == backend, sourceLocation: sourceLocation)
+    #expect(failure.descriptor == descriptor, sourceLocation: sourceLocation)
+    #expect(failure.isDurabilityFailure, sourceLocation: sourceLocation)
+}
+
 // MARK: Syscall recording and fault injection
 
 /// Wraps the live system calls: counts submissions, can hold completions back (a gate), and can
