@@ -57,12 +57,13 @@ final class LibaioDriver: AIODriver, @unchecked Sendable {
         self.events.initialize(repeating: io_event(), count: eventCapacity)
     }
 
+    /// The reason for an `io_setup(2)` errno, in words a person can act on (used by the backend's
+    /// setup error and by the probe).
     static func setupHint(_ errno: Errno) -> String {
         switch errno {
-        case .resourceTemporarilyUnavailable:
-            "the system-wide AIO event limit is used up (/proc/sys/fs/aio-max-nr)"
-        case .noFunction: "kernel AIO is absent or denied (seccomp)"
-        case .notPermitted: "kernel AIO is denied (seccomp or a security policy)"
+        case .resourceTemporarilyUnavailable: AIOLimits.exhaustedDescription()
+        case .noFunction: "kernel AIO absent or denied by seccomp"
+        case .notPermitted: "kernel AIO denied by seccomp or a security policy"
         default: ""
         }
     }

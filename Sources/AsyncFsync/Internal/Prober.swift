@@ -188,7 +188,7 @@ struct Prober: Sendable {
         var context = aio_context_t()
         if case .failure(let errno) = system.ioSetup(1, &context) {
             try? fd.close()
-            return Outcome(errno: errno, step: .setup, call: "io_setup", message: Self.setupHint(errno),
+            return Outcome(errno: errno, step: .setup, call: "io_setup", message: LibaioDriver.setupHint(errno),
                            verdict: Self.verdict(setupErrno: errno))
         }
         let control = UnsafeMutablePointer<iocb>.allocate(capacity: 1)
@@ -251,16 +251,6 @@ struct Prober: Sendable {
     private static func spec(_ duration: Duration) -> timespec {
         let (seconds, attoseconds) = duration.components
         return timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
-    }
-
-    /// The reason for an `io_setup(2)` errno, in words a person can act on.
-    static func setupHint(_ errno: Errno) -> String {
-        switch errno {
-        case .resourceTemporarilyUnavailable: AIOLimits.exhaustedDescription()
-        case .noFunction: "kernel AIO absent or denied by seccomp"
-        case .notPermitted: "kernel AIO denied by seccomp or a security policy"
-        default: ""
-        }
     }
 
     static func submitHint(_ errno: Errno) -> String {
