@@ -35,11 +35,43 @@ long casyncfsync_io_getevents(aio_context_t ctx, long min_nr, long nr,
     return negative_errno(syscall(SYS_io_getevents, ctx, min_nr, nr, events, timeout));
 }
 
-void casyncfsync_prep_sync(struct iocb *cb, int fd, int datasync, uint64_t data) {
+void casyncfsync_prep_sync(struct iocb *cb, int fd, int datasync, uint64_t data, int resfd) {
     memset(cb, 0, sizeof *cb);
     cb->aio_data = data;
     cb->aio_lio_opcode = datasync ? IOCB_CMD_FDSYNC : IOCB_CMD_FSYNC;
     cb->aio_fildes = (uint32_t)fd;
+    if (resfd >= 0) {
+        cb->aio_flags = IOCB_FLAG_RESFD;
+        cb->aio_resfd = (uint32_t)resfd;
+    }
+}
+
+// The header the kernel keeps at the start of a context's ring (fs/aio.c, struct aio_ring).
+struct ring_header {
+    unsigned id, nr, head, tail, magic, compat_features, incompat_features, header_length;
+};
+#define RING_MAGIC 0xa10a10a1u
+
+long casyncfsync_ring_reap(aio_context_t ctx, struct io_event *events, long max) {
+    struct ring_header *ring = (struct ring_header *)(uintptr_t)ctx;
+    if (ring == NULL || ring->magic != RING_MAGIC || ring->incompat_features != 0
+        || ring->header_length < sizeof *ring || ring->nr == 0) {
+        return -ENOSYS;
+    }
+    struct io_event *ring_events = (struct io_event *)((char *)ring + ring->header_length);
+    unsigned nr = ring->nr;
+    unsigned head = ring->head;  // this thread is the only consumer
+    // The kernel writes the events, then (after a write barrier) the tail.
+    unsigned tail = __atomic_load_n(&ring->tail, __ATOMIC_ACQUIRE);
+    if (head >= nr || tail >= nr) return -ENOSYS;
+    long count = 0;
+    while (head != tail && count < max) {
+        events[count++] = ring_events[head];
+        if (++head >= nr) head = 0;
+    }
+    // The slots are free for the kernel once it sees the new head.
+    __atomic_store_n(&ring->head, head, __ATOMIC_RELEASE);
+    return count;
 }
 
 void casyncfsync_aiocb_prep(struct aiocb *cb, int fd) {
@@ -70,6 +102,17 @@ int casyncfsync_aio_cancel(int fd, struct aiocb *cb) { return aio_cancel(fd, cb)
 
 
 int casyncfsync_eventfd(void) { return eventfd(0, EFD_CLOEXEC); }
+
+int casyncfsync_eventfd_read(int fd, uint64_t *value) {
+    ssize_t n = read(fd, value, sizeof *value);
+    if (n == (ssize_t)sizeof *value) return 0;
+    if (n >= 0) errno = EIO;
+    return -1;
+}
+
+static __thread void *thread_marker;
+void casyncfsync_set_thread_marker(void *marker) { thread_marker = marker; }
+void *casyncfsync_thread_marker(void) { return thread_marker; }
 int casyncfsync_memfd(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
 
 int casyncfsync_fstatfs_type(int fd, long *type) {
@@ -89,12 +132,12 @@ void casyncfsync_set_thread_name(const char *name) {
 const int casyncfsync_EINPROGRESS = EINPROGRESS;
 const int casyncfsync_AIO_NOTCANCELED = AIO_NOTCANCELED;
 
-int casyncfsync_file_identity(int fd, uint64_t *device, uint64_t *inode, int *is_regular) {
+int casyncfsync_file_status(int fd, uint64_t *device, uint64_t *inode, unsigned *type) {
     struct statx info;
     if (statx(fd, "", AT_EMPTY_PATH, STATX_TYPE | STATX_INO, &info) == 0) {
         *device = (uint64_t)makedev(info.stx_dev_major, info.stx_dev_minor);
         *inode = (uint64_t)info.stx_ino;
-        *is_regular = S_ISREG(info.stx_mode);
+        *type = (unsigned)(info.stx_mode & S_IFMT);
         return 0;
     }
     if (errno != ENOSYS) return -1;
@@ -102,6 +145,6 @@ int casyncfsync_file_identity(int fd, uint64_t *device, uint64_t *inode, int *is
     if (fstat(fd, &fallback) != 0) return -1;
     *device = (uint64_t)fallback.st_dev;
     *inode = (uint64_t)fallback.st_ino;
-    *is_regular = S_ISREG(fallback.st_mode);
+    *type = (unsigned)(fallback.st_mode & S_IFMT);
     return 0;
 }

@@ -95,17 +95,17 @@ extension AsyncFsyncTests {
             await backend.shutdown()
         }
 
-        @Test("a 4-slot backend under 1 000 concurrent requests: backpressure, never failure", arguments: kinds)
+        @Test("a 4-slot backend under 1 000 concurrent requests on 64 files: backpressure, never failure", arguments: kinds)
         func backpressure(kind: BackendKind) async throws {
             let directory = try ScratchDirectory.onTmpfs()
             let recorder = SyscallRecorder()
             let backend = try makeBackend(kind, capacity: 4, system: recorder.system)
-            let fd = try directory.file("small")
-            defer { try? fd.close() }
+            let files = try (0..<64).map { try directory.file("small-\($0)") }
+            defer { for fd in files { try? fd.close() } }
             let succeeded = try await withThrowingTaskGroup(of: Int.self) { group in
-                for _ in 0..<1_000 {
+                for index in 0..<1_000 {
                     group.addTask {
-                        try await backend.fsync(fd)
+                        try await backend.fsync(files[index % files.count])
                         return 1
                     }
                 }
@@ -113,8 +113,33 @@ extension AsyncFsyncTests {
             }
             await backend.shutdown()
             #expect(succeeded == 1_000)
-            #expect(recorder.submitted == 1_000)
+            // Requests of one descriptor share syncs; every file got at least one.
+            #expect(recorder.submitted >= 64 && recorder.submitted <= 1_000)
             #expect(recorder.state.withLock { $0.maxOutstanding } <= 4)
+        }
+
+        @Test("requests of one descriptor share syncs: one in the system at a time, each served by a sync that started after it", arguments: kinds)
+        func sharedPerDescriptor(kind: BackendKind) async throws {
+            let directory = try ScratchDirectory.onTmpfs()
+            let recorder = SyscallRecorder()
+            let backend = try makeBackend(kind, system: recorder.system)
+            let fd = try directory.file("shared")
+            defer { try? fd.close() }
+            recorder.closeGate()  // the first sync's completion is held back
+            let first = Task { try await backend.fdatasync(fd) }
+            try await waitUntil { recorder.submitted == 1 }
+            let rest = (0..<99).map { index in
+                Task { try await backend.sync(fd, mode: index == 50 ? .fsync : .fdatasync) }
+            }
+            try await waitUntil { waiting(backend) == 99 }
+            #expect(recorder.submitted == 1, "nothing joins the sync already in the system")
+            recorder.openGate()
+            try await first.value
+            for task in rest { try await task.value }
+            #expect(recorder.submitted == 2, "the 99 that waited share the next sync")
+            #expect(recorder.state.withLock { $0.submittedModes } == [.fdatasync, .fsync], "the strongest mode asked for")
+            #expect(recorder.state.withLock { $0.maxOutstanding } == 1)
+            await backend.shutdown()
         }
 
         @Test("a closed descriptor fails with EBADF on every backend, before anything runs", arguments: kinds)

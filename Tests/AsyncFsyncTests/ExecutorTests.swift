@@ -98,7 +98,8 @@ extension AsyncFsyncTests {
                 try await group.waitForAll()
             }
             #expect(done.withLock { $0 } == 32 * rounds)
-            #expect(recorder.submitted == 32 * rounds)
+            // Requests of one descriptor share syncs (8 tasks per file).
+            #expect(recorder.submitted >= rounds && recorder.submitted <= 32 * rounds)
             #expect(outstanding(backend) == 0)
             await backend.shutdown()
         }

@@ -114,7 +114,7 @@ extension AsyncFsyncTests {
                 try await group.waitForAll()
             }
             #expect(recorder.inlineSyncs == 0)
-            #expect(recorder.submitted == 32)
+            #expect(recorder.submitted >= 4 && recorder.submitted <= 32, "every sync went to the system (shared per descriptor)")
             await backend.shutdown()
         }
 

@@ -74,23 +74,25 @@ extension AsyncFsyncTests {
             let directory = try ScratchDirectory.onDisk()
             let recorder = SyscallRecorder()
             let backend = try makeBackend(kind, capacity: 8, system: recorder.system)
-            let fd = try directory.file("data")
-            defer { try? fd.close() }
+            let files = try (0..<16).map { try directory.file("data-\($0)") }
+            defer { for fd in files { try? fd.close() } }
 
             recorder.closeGate()
-            let accepted = (0..<64).map { _ in Task { try await backend.fdatasync(fd) } }
-            while outstanding(backend) < 64 { try await Task.sleep(for: .milliseconds(1)) }
+            // 16 files, 4 requests each: 8 syncs in the system, 8 files waiting for a slot, and
+            // requests waiting for their descriptor's next sync.
+            let accepted = (0..<64).map { index in Task { try await backend.fdatasync(files[index % 16]) } }
+            try await waitUntil { outstanding(backend) == 64 }
             let shutdown = Task { await backend.shutdown() }
-            while isAcceptingRequests(backend) { try await Task.sleep(for: .milliseconds(1)) }
-            let refused = await caughtError { try await backend.fsync(fd) } as? AsyncSyncError
+            try await waitUntil { !isAcceptingRequests(backend) }
+            let refused = await caughtError { try await backend.fsync(files[0]) } as? AsyncSyncError
             #expect(refused?.code == .shutDown)
             #expect(refused?.errno == nil)
             recorder.openGate()
             for task in accepted { try await task.value }  // every accepted request succeeded
             await shutdown.value
             await backend.shutdown()  // harmless
-            #expect(recorder.submitted == 64)
-            let late = await caughtError { try await backend.fsync(fd) } as? AsyncSyncError
+            #expect(recorder.submitted >= 16 && recorder.submitted <= 64)
+            let late = await caughtError { try await backend.fsync(files[0]) } as? AsyncSyncError
             #expect(late?.code == .shutDown)
         }
 
@@ -231,7 +233,7 @@ extension AsyncFsyncTests {
             try await backend.fdatasync(fd)
             #expect(recorder.submitted == 3)
             // Endless EINTR is reported after the retry limit instead of spinning forever.
-            let limit = Int(AIOEngine<LibaioDriver>.maximumInterruptedRetries)
+            let limit = Int(EngineState.maximumInterruptedRetries)
             recorder.injectAtCompletion(Array(repeating: .interrupted, count: limit + 1))
             let failure = await caughtError { try await backend.fdatasync(fd) } as? AsyncSyncError
             #expect(failure?.errno == .interrupted)
@@ -243,16 +245,19 @@ extension AsyncFsyncTests {
         func eagainAtSubmitWaits(kind: BackendKind) async throws {
             let directory = try ScratchDirectory.onTmpfs()
             let fd = try directory.file("data")
-            defer { try? fd.close() }
+            let other = try directory.file("other")
+            defer { try? fd.close(); try? other.close() }
             let recorder = SyscallRecorder()
             let backend = try makeBackend(kind, system: recorder.system)
             recorder.closeGate()
             let first = Task { try await backend.fsync(fd) }
-            while recorder.submitted < 1 { try await Task.sleep(for: .milliseconds(1)) }
+            try await waitUntil { recorder.submitted == 1 }
             recorder.injectAtSubmit([.resourceTemporarilyUnavailable])
-            let second = Task { try await backend.fsync(fd) }
-            while recorder.submitCalls < 2 { try await Task.sleep(for: .milliseconds(1)) }
+            let second = Task { try await backend.fsync(other) }
+            try await waitUntil { recorder.submitCalls == 2 }
+            try await Task.sleep(for: .milliseconds(20))
             #expect(outstanding(backend) == 2, "the refused request waits in the queue")
+            #expect(recorder.submitCalls == 2, "and is not submitted again until a completion frees resources")
             recorder.openGate()
             try await first.value
             try await second.value

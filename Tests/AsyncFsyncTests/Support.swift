@@ -164,6 +164,15 @@ func outstanding(_ backend: any AsyncSyncBackend) -> Int {
     }
 }
 
+/// Requests waiting for their descriptor's next sync or for a slot.
+func waiting(_ backend: any AsyncSyncBackend) -> Int {
+    switch backend {
+    case let backend as LibaioBackend: backend.engine.waitingCount
+    case let backend as PosixAIOBackend: backend.engine.waitingCount
+    default: -1
+    }
+}
+
 func isAcceptingRequests(_ backend: any AsyncSyncBackend) -> Bool {
     switch backend {
     case let backend as LibaioBackend: backend.engine.isAcceptingRequests
@@ -260,30 +269,34 @@ final class SyscallRecorder: Sendable {
     var system: SystemCalls {
         var system = SystemCalls.live
         system.ioSubmit = { [self] context, count, iocbs in
-            // The backend's own wake-up (shutdown) is not a request.
-            if count == 1, iocbs[0]?.pointee.aio_data == LibaioDriver.wakeTag {
-                return SystemCalls.live.ioSubmit(context, count, iocbs)
-            }
             state.withLock { $0.submitCalls += 1; $0.ioSubmitCalls += 1 }
             if let errno = takeSubmitErrno() { return .failure(errno) }
             let result = SystemCalls.live.ioSubmit(context, count, iocbs)
             if case .success(let accepted) = result {
-                let requests = (0..<accepted).compactMap { iocbs[$0] }.filter { $0.pointee.aio_data != LibaioDriver.wakeTag }
+                let requests = (0..<accepted).compactMap { iocbs[$0] }
                 noteSubmitted(requests.count, modes: requests.map { Int($0.pointee.aio_lio_opcode) == IOCB_CMD_FDSYNC ? .fdatasync : .fsync })
             }
             return result
         }
+        // The probe waits with io_getevents(2) on its own context.
         system.ioGetevents = { [self] context, minimum, maximum, events, timeout in
             let result = SystemCalls.live.ioGetevents(context, minimum, maximum, events, timeout)
-            waitAtGate()  // hold back what completed, not the wait itself
-            if case .success(let count) = result {
-                var real = 0
-                for index in 0..<count where events[index].data != LibaioDriver.wakeTag {
-                    real += 1
-                    if let errno = replaceCompletion() { events[index].res = -Int64(errno.rawValue) }
-                }
-                noteCompleted(real)
+            guard case .success(let count) = result, count > 0 else { return result }
+            waitAtGate()
+            for index in 0..<count {
+                if let errno = replaceCompletion() { events[index].res = -Int64(errno.rawValue) }
             }
+            noteCompleted(count)
+            return result
+        }
+        system.reapCompletions = { [self] context, events, maximum in
+            let result = SystemCalls.live.reapCompletions(context, events, maximum)
+            guard case .success(let count) = result, count > 0 else { return result }
+            waitAtGate()  // hold back what completed, not the look for it
+            for index in 0..<count {
+                if let errno = replaceCompletion() { events[index].res = -Int64(errno.rawValue) }
+            }
+            noteCompleted(count)
             return result
         }
         system.aioFsync = { [self] mode, control in

@@ -33,46 +33,65 @@ enum FileSystemType {
     }
 }
 
-/// The inline path: a sync of a descriptor on a memory file system (tmpfs, ramfs) is a direct
-/// `fsync(2)` / `fdatasync(2)` on the caller's thread.
+/// The inline path: a sync of a regular file or directory on a memory file system (tmpfs, ramfs)
+/// is a direct `fsync(2)` / `fdatasync(2)` on the caller's thread.
 ///
 /// Such a file system has no backing store: its fsync returns 0 at once (~0.2 µs here), while a
-/// round trip through kernel AIO or glibc costs 7–18 µs. The check is one `fstatfs(2)` per request
-/// (~0.4–0.5 µs, measured in docs/selection.md), never cached by descriptor number: a number can
+/// round trip through kernel AIO or glibc costs 7–18 µs. Device nodes do not qualify although
+/// devtmpfs reports the tmpfs magic: the fsync of `/dev/loop0` flushes a whole device and must not
+/// block a thread of the cooperative pool. The check is one `fstatfs(2)` per request (~0.5 µs), and
+/// one `statx(2)` more on a memory file system, never cached by descriptor number: a number can
 /// be closed and reused for a disk file, and the inline path must never block a thread on a disk
 /// file system's sync.
 struct InlineSync: Sendable {
     let system: SystemCalls
+    let ledger: FailureLedger
 
-    /// Whether `fd` is on a memory file system. A descriptor `fstatfs(2)` refuses (EBADF) is not:
-    /// it takes the asynchronous path, which reports the error the same way as before.
+    /// Whether `fd` is a regular file or directory on a memory file system. A descriptor the
+    /// checks refuse (EBADF) is not: it takes the asynchronous path, which reports the error.
     @inline(__always)
     func applies(to fd: FileDescriptor) -> Bool {
-        guard case .success(let magic) = system.fileSystemType(fd.rawValue) else { return false }
-        return FileSystemType.isMemoryFileSystem(magic)
+        guard case .success(let magic) = system.fileSystemType(fd.rawValue),
+              FileSystemType.isMemoryFileSystem(magic) else { return false }
+        return Self.isFileOrDirectory(fd, system: system)
     }
 
-    /// Syncs `fd` on the calling thread, after the same checks a queued request gets: cancellation
-    /// (nothing reaches the system) and shutdown.
+    static func isFileOrDirectory(_ fd: FileDescriptor, system: SystemCalls) -> Bool {
+        guard case .success(let status) = system.fileStatus(fd.rawValue) else { return false }
+        return status.isFileOrDirectory
+    }
+
+    /// Syncs `fd` on the calling thread, after the same checks a queued request gets: the sticky
+    /// rule, cancellation (nothing reaches the system) and shutdown; and with the in-flight rule
+    /// applied to its result.
     func sync(
         _ fd: FileDescriptor, mode: SyncMode, backend: BackendKind, isAcceptingRequests: Bool
     ) throws {
+        if let errno = ledger.refusal(for: fd) {
+            throw AsyncSyncError.earlierFailure(mode, errno: errno, backend: backend, descriptor: fd)
+        }
         try Task.checkCancellation()
         guard isAcceptingRequests else {
             throw AsyncSyncError.shutDown(mode, backend: backend, descriptor: fd)
         }
-        try Self.blockingSync(fd, mode: mode, backend: backend, system: system)
+        try Self.blockingSync(fd, mode: mode, backend: backend, system: system, ledger: ledger)
     }
 
     /// `fsync(2)` / `fdatasync(2)` now; an errno becomes the usual ``AsyncSyncError`` (code
-    /// `.system`, step `.completion`, the C function as `systemCall`).
+    /// `.system`, step `.completion`, the C function as `systemCall`), recorded in `ledger` when
+    /// it is a durability failure; a success is checked against the failures recorded meanwhile.
     static func blockingSync(
-        _ fd: FileDescriptor, mode: SyncMode, backend: BackendKind, system: SystemCalls
+        _ fd: FileDescriptor, mode: SyncMode, backend: BackendKind, system: SystemCalls, ledger: FailureLedger
     ) throws(AsyncSyncError) {
+        let arrival = ledger.stamp()
         if case .failure(let errno) = system.syncNow(mode, fd.rawValue) {
+            if AsyncSyncError.isDurabilityErrno(errno) { ledger.record(fd, errno: errno) }
             throw AsyncSyncError.sync(
                 mode, errno: errno, step: .completion, backend: backend, descriptor: fd,
                 systemCall: mode == .fsync ? "fsync" : "fdatasync")
+        }
+        if let errno = ledger.verdict(arrival: arrival, descriptor: fd) {
+            throw AsyncSyncError.concurrentFailure(mode, errno: errno, backend: backend, descriptor: fd)
         }
     }
 }

@@ -1,3 +1,4 @@
+import CAsyncFsync
 import SystemPackage
 
 /// The result of one request, as a driver reports it.
@@ -13,43 +14,46 @@ struct SubmitOutcome {
     var error: Errno?
 }
 
-/// What a driver's wait for completions ended with.
-enum WaitOutcome {
-    /// Zero or more completions were appended; wait again.
+/// What a driver's look for completions ended with.
+enum ReapOutcome {
+    /// Zero or more completions were appended.
     case progressed
-    /// The completion source is broken (for example `io_getevents(2)` answered EINVAL): every
-    /// request in flight fails with this errno and the backend shuts down.
+    /// The completion source is broken (`io_getevents(2)` answered EINVAL, …): every request in
+    /// flight fails with this errno and the engine shuts down.
     case broken(Errno)
 }
 
 /// The backend-specific part below an ``AIOEngine``: control blocks in stable memory, how they are
-/// handed to the system, and how their completions are found.
+/// handed to the system and how their completions are found. Waiting for completions is the
+/// ``CompletionHub``'s job.
 ///
-/// The engine guarantees: ``prepare(slot:descriptor:mode:)`` is called under the engine's lock for
-/// a slot that is not in flight; ``submit(_:)`` for prepared slots, possibly from two threads at
-/// once with disjoint slots; ``waitForCompletions(active:into:)`` and ``release()`` only from the
-/// completion thread; ``wake()`` from any thread.
+/// The engine guarantees: ``prepare(slot:descriptor:mode:)`` runs under the engine's lock for a
+/// slot that is not in flight; ``submit(_:)`` for prepared slots, possibly from two threads at once
+/// with disjoint slots; ``reap(active:into:)``, ``controlBlock(_:)`` and ``release(then:)`` on the
+/// hub's thread only, and ``release(then:)`` once, when nothing is in flight.
 protocol AIODriver: AnyObject, Sendable {
     static var kind: BackendKind { get }
     /// The C function that hands a request to the system, for error reports.
     static var submitCall: String { get }
     /// The C function that reports a request's result, for error reports.
     static var completionCall: String { get }
-    /// Whether ``waitForCompletions(active:into:)`` needs the list of requests in flight, and so
-    /// must be woken when a request is submitted while it sleeps.
+    /// Whether completions are found by looking at each submitted control block (POSIX aio), so
+    /// the hub must be told when the set of submitted slots changes.
     static var waitsOnList: Bool { get }
 
     /// The number of requests the driver can have in flight at once.
     var slotCount: Int { get }
 
-    func prepare(slot: Int32, descriptor: FileDescriptor, mode: SyncMode)
+    /// Called once, before any request: the hub whose thread will reap this driver.
+    func attach(to hub: CompletionHub)
+    func prepare(slot: Int32, descriptor: CInt, mode: SyncMode)
     func submit(_ slots: UnsafeBufferPointer<Int32>) -> SubmitOutcome
-    /// Blocks until at least one request completes, ``wake()`` is called, or a safety timeout
-    /// passes; appends what completed. `active` lists the submitted, not yet completed slots when
-    /// ``waitsOnList`` is true, and is empty otherwise.
-    func waitForCompletions(active: [Int32], blocking: Bool, into completions: inout [Completion]) -> WaitOutcome
-    /// Makes a sleeping ``waitForCompletions(active:into:)`` return soon.
-    func wake()
-    /// Frees every resource; nothing is in flight any more.
-    func release()
+    /// Appends the completions the system has posted, without waiting. `active` lists the
+    /// submitted slots when ``waitsOnList`` is true, and is empty otherwise.
+    func reap(active: [Int32], into completions: inout [Completion]) -> ReapOutcome
+    /// The control block of a slot, for `aio_suspend(3)` (POSIX aio only).
+    func controlBlock(_ slot: Int32) -> UnsafePointer<aiocb>?
+    /// Frees every resource, then calls `done` (possibly on another thread: `io_destroy(2)` waits
+    /// for an RCU grace period, which must not hold up the hub).
+    func release(then done: @escaping @Sendable () -> Void)
 }

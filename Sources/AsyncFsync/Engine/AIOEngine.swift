@@ -1,165 +1,183 @@
+import CAsyncFsync
 import Synchronization
 import SystemPackage
 
 /// The machinery both backends share: every request completes exactly once.
 ///
-/// A request enters ``sync(_:mode:)``, waits in a FIFO queue when every slot is taken
-/// (backpressure), is prepared in a free slot and handed to the driver, and is resumed by the
-/// completion thread with the driver's result. Submission uses flat combining: the task that finds
-/// nobody submitting drains the queue, so requests that arrive meanwhile go to the system in one
-/// batch. Cancellation removes a request only while it is queued; once submitted, the system's
-/// result is delivered, because a durability result is never thrown away.
-final class AIOEngine<Driver: AIODriver>: TaskExecutor, Sendable {
-    /// Consecutive `EINTR` results of one request before the `EINTR` is reported.
-    static var maximumInterruptedRetries: UInt8 { 16 }
-
-    private struct State {
-        var requests: [PendingSync?]
-        var interruptedRetries: [UInt8]
-        var submitted: [Bool]
-        var freeSlots: [Int32]
-        var queue = RequestQueue()
-        /// Requests holding a slot (prepared, submitted or being retried).
-        var inFlight = 0
-        /// A thread holds the submitter role (and `submitBuffer`).
-        var submitting = false
-        /// The completion thread is about to wait or waiting.
-        var parked = false
-        var wakeRequested = false
-        var shuttingDown = false
-        /// The completion thread released the driver and is ending.
-        var finished = false
+/// A request enters ``sync(_:mode:)``, joins its descriptor's next batch (``EngineState``), and is
+/// resumed with the result of the one sync that serves the batch. Submission uses flat combining:
+/// the thread that finds nobody submitting takes the submitter role and moves ready batches into
+/// free slots, so requests that arrive meanwhile reach the system in one call. Completions are
+/// reaped by the ``CompletionHub`` of the engine's kind, which also runs the tasks that prefer it
+/// as their executor; their syncs are submitted together after they ran.
+///
+/// The engine's state is one ``EngineState`` under one lock. Each method here takes the lock,
+/// lets the state machine decide, drops the lock, and then does what it said: resume
+/// continuations, prepare and submit control blocks, hand the driver to the hub for release.
+final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
+    private struct Shared {
+        var machine: EngineState
         var shutdownWaiters: [UnsafeContinuation<Void, Never>] = []
-        /// Set when the completion source broke; every later request fails with it.
-        var brokenErrno: Errno?
-        /// Files whose sync failed with a durability error, and that errno (sticky failures).
-        var failedFiles: [FileIdentity: Errno] = [:]
-        /// Jobs of tasks that prefer this engine as their task executor, to run on the completion
-        /// thread (see ``enqueue(_:)``).
-        var jobs: [UnownedJob] = []
-        /// The completion thread has ended: jobs go to the global concurrent executor.
-        var executorClosed = false
+        var releasedDriver = false
     }
 
     let driver: Driver
     let system: SystemCalls
-    /// Whether a durability failure makes later syncs of the same file fail (see
-    /// ``AsyncSyncError/Code/earlierFailure``).
-    let stickyFailures: Bool
-    private let state: Locked<State>
+    let ledger: FailureLedger
+    /// Set once in `init`, before any request.
+    private(set) var hub: CompletionHub!
+    private let shared: Locked<Shared>
     private let nextID = Atomic<UInt64>(1)
-    /// `state.failedFiles.count`, readable without the lock: the hot path looks up the file only
-    /// when some file has failed.
-    private let failedFileCount = Atomic<Int>(0)
-    /// Slot numbers of the batch being submitted; used only by the holder of the submitter role.
-    private nonisolated(unsafe) let submitBuffer: UnsafeMutableBufferPointer<Int32>
+
+    /// Used by the holder of the submitter role only.
+    private var submitScratch: [EngineState.Prepared] = []
+    private var submitSlots: [Int32] = []
+    private var mismatchScratch: [Waiter] = []
+    /// Used by the hub's thread only.
+    private var completions: [Completion] = []
+    private var finished: [(range: Range<Int>, result: Result<Void, Errno>)] = []
+    private var done: [Waiter] = []
+    private var retries: [Int32] = []
+    private var active: [Int32] = []
 
     var kind: BackendKind { Driver.kind }
 
-    /// Starts the completion thread.
-    init(driver: Driver, system: SystemCalls, stickyFailures: Bool) throws(AsyncSyncError) {
+    /// Registers with the hub of the driver's kind (starting its thread if this is the first
+    /// engine). If that fails, the driver is released here and the error thrown: nothing is freed
+    /// twice, whatever runs `deinit` afterwards.
+    init(driver: Driver, system: SystemCalls, ledger: FailureLedger) throws(AsyncSyncError) {
         self.driver = driver
         self.system = system
-        self.stickyFailures = stickyFailures
+        self.ledger = ledger
         let slots = driver.slotCount
-        self.state = Locked(
-            State(
-                requests: Array(repeating: nil, count: slots),
-                interruptedRetries: Array(repeating: 0, count: slots),
-                submitted: Array(repeating: false, count: slots),
-                freeSlots: (0..<Int32(slots)).reversed()))
-        self.submitBuffer = .allocate(capacity: slots)
-        let name = "asyncfsync-\(Driver.kind.rawValue)"
-        if case .failure(let errno) = system_start_thread(name: name, { [self] in self.runCompletionLoop() }) {
-            driver.release()
-            submitBuffer.deallocate()
-            throw .setup(backend: Driver.kind, errno: errno, systemCall: "pthread_create",
-                         message: "cannot start the completion thread")
+        shared = Locked(Shared(machine: EngineState(slotCount: slots)))
+        submitScratch.reserveCapacity(slots)
+        submitSlots.reserveCapacity(slots)
+        completions.reserveCapacity(slots)
+        finished.reserveCapacity(slots)
+        done.reserveCapacity(slots)
+        retries.reserveCapacity(slots)
+        active.reserveCapacity(Driver.waitsOnList ? slots : 0)
+        do {
+            let hub = try CompletionHub.register(self, kind: Driver.kind, system: system)
+            driver.attach(to: hub)
+            self.hub = hub
+        } catch {
+            shared.withLock { $0.releasedDriver = true }
+            driver.release(then: {})
+            throw error
         }
-    }
-
-    deinit {
-        submitBuffer.deallocate()
     }
 
     // MARK: Requests
 
     func sync(_ descriptor: FileDescriptor, mode: SyncMode) async throws {
+        if let errno = ledger.refusal(for: descriptor) {
+            throw AsyncSyncError.earlierFailure(mode, errno: errno, backend: Driver.kind, descriptor: descriptor)
+        }
         try Task.checkCancellation()
         let id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
+        let arrival = ledger.stamp()
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
-                enqueue(PendingSync(id: id, descriptor: descriptor, mode: mode, continuation: continuation))
+                arrive(Waiter(id: id, descriptor: descriptor, mode: mode, continuation: continuation,
+                              arrival: arrival, identity: nil, identityTaken: false))
             }
         } onCancel: {
-            let cancelled = state.withLock { $0.queue.remove(id: id) }
-            cancelled?.continuation.resume(throwing: CancellationError())
+            cancel(id: id, descriptor: descriptor)
         }
     }
 
-    private enum JobAction {
-        case queued, wake, forward
-    }
-
-    private enum EnqueueAction {
-        case refuse(any Error)
-        case queued
-        case drain
-    }
-
-    private func enqueue(_ request: PendingSync) {
-        // Only after some file failed: which file is this? (A descriptor that statx refuses
-        // goes on and gets its own error from the system.)
-        let identity = failedFileCount.load(ordering: .acquiring) > 0
-            ? try? system.fileIdentity(request.descriptor.rawValue).get() : nil
-        let action = state.withLock { state -> EnqueueAction in
-            if let identity, let errno = state.failedFiles[identity] {
-                return .refuse(AsyncSyncError.earlierFailure(
-                    request.mode, errno: errno, backend: Driver.kind, descriptor: request.descriptor))
-            }
-            if let errno = state.brokenErrno {
-                return .refuse(AsyncSyncError.sync(
-                    request.mode, errno: errno, step: .completion, backend: Driver.kind,
-                    descriptor: request.descriptor, systemCall: Driver.completionCall))
-            }
-            if state.shuttingDown {
-                return .refuse(AsyncSyncError.shutDown(request.mode, backend: Driver.kind, descriptor: request.descriptor))
-            }
-            // The cancellation handler may have run before the request was queued.
-            if Task.isCancelled { return .refuse(CancellationError()) }
-            state.queue.append(request)
-            if state.submitting { return .queued }
-            state.submitting = true
-            return .drain
+    private func arrive(_ request: Waiter) {
+        var waiter = request
+        let onHub = hub.isCurrent
+        // The cancellation handler may have run before the request was queued: checked under the lock.
+        var arrival = shared.withLock { $0.machine.arrive(waiter, isCancelled: Task.isCancelled, onCompletionThread: onHub) }
+        if case .needsIdentity = arrival {
+            // It will wait: take the file's identity, compared before its sync is submitted.
+            waiter.identity = try? system.fileIdentity(waiter.descriptor.rawValue).get()
+            waiter.identityTaken = true
+            arrival = shared.withLock { $0.machine.arrive(waiter, isCancelled: Task.isCancelled, onCompletionThread: onHub) }
         }
-        switch action {
-        case .refuse(let error): request.continuation.resume(throwing: error)
-        case .queued: break
-        case .drain: drainQueue()
+        switch arrival {
+        case .refused(let refusal):
+            waiter.continuation.resume(throwing: error(for: refusal, waiter))
+        case .queued:
+            if onHub { hub.deferSubmission(self) }
+        case .submit:
+            submitLoop()
+        case .needsIdentity:
+            preconditionFailure("identity asked for twice")
         }
     }
 
-    /// Moves queued requests into free slots and submits them, until the queue is empty or every
-    /// slot is taken. The caller holds the submitter role; this gives it up.
-    private func drainQueue() {
+    private func error(for refusal: EngineState.ArrivalRefusal, _ waiter: Waiter) -> any Error {
+        switch refusal {
+        case .cancelled: CancellationError()
+        case .shutDown: AsyncSyncError.shutDown(waiter.mode, backend: Driver.kind, descriptor: waiter.descriptor)
+        case .broken(let errno):
+            AsyncSyncError.sync(waiter.mode, errno: errno, step: .completion, backend: Driver.kind,
+                                descriptor: waiter.descriptor, systemCall: Driver.completionCall)
+        }
+    }
+
+    private func cancel(id: UInt64, descriptor: FileDescriptor) {
+        let (waiter, release) = shared.withLock { $0.machine.cancel(id: id, descriptor: descriptor.rawValue) }
+        waiter?.continuation.resume(throwing: CancellationError())
+        if release == .release { hub.requestRelease(self) }
+    }
+
+    // MARK: Submission
+
+    /// Submits what is ready if nobody else holds the submitter role (the hub's thread after its
+    /// jobs and completions).
+    func submitReady() {
+        if shared.withLock({ $0.machine.takeSubmitterRole() }) { submitLoop() }
+    }
+
+    /// Moves ready batches into slots and submits them until nothing is ready or no slot is free;
+    /// the caller holds the submitter role and gives it up here.
+    private func submitLoop() {
         while true {
-            let count = state.withLock { state -> Int in
-                var count = 0
-                while !state.freeSlots.isEmpty, let request = state.queue.popFirst() {
-                    let slot = state.freeSlots.removeLast()
-                    state.requests[Int(slot)] = request
-                    state.interruptedRetries[Int(slot)] = 0
-                    state.inFlight += 1
-                    driver.prepare(slot: slot, descriptor: request.descriptor, mode: request.mode)
-                    submitBuffer[count] = slot
-                    count += 1
+            // The scratch buffers belong to the role: once it is given up (nothing taken), another
+            // thread may hold it and use them, so they are not looked at again here.
+            let (taken, release) = shared.withLock { shared -> (Bool, EngineState.Release) in
+                submitScratch.removeAll(keepingCapacity: true)
+                let release = shared.machine.takeBatches(into: &submitScratch)
+                for prepared in submitScratch {
+                    driver.prepare(slot: prepared.slot, descriptor: prepared.descriptor, mode: prepared.mode)
                 }
-                if count == 0 { state.submitting = false }
-                return count
+                return (!submitScratch.isEmpty, release)
             }
-            if count == 0 { return }
-            submit(UnsafeBufferPointer(rebasing: submitBuffer[..<count]))
+            guard taken else {
+                if release == .release { hub.requestRelease(self) }
+                return
+            }
+            submitSlots.removeAll(keepingCapacity: true)
+            for prepared in submitScratch {
+                if prepared.needsIdentityCheck, !checkIdentity(prepared) { continue }
+                submitSlots.append(prepared.slot)
+            }
+            submitSlots.withUnsafeBufferPointer { submit($0) }
         }
+    }
+
+    /// A descriptor closed and reused while its requests waited names another file now: those
+    /// requests fail with `EBADF` instead of being served by a sync of the other file. Returns
+    /// whether the slot still has waiters to submit for.
+    private func checkIdentity(_ prepared: EngineState.Prepared) -> Bool {
+        let current = try? system.fileIdentity(prepared.descriptor).get()
+        mismatchScratch.removeAll(keepingCapacity: true)
+        let emptied = shared.withLock {
+            $0.machine.dropMismatched(slot: prepared.slot, current: current, into: &mismatchScratch)
+        }
+        for waiter in mismatchScratch {
+            waiter.continuation.resume(throwing: AsyncSyncError(
+                code: .system, errno: .badFileDescriptor, operation: .sync(waiter.mode), step: .submit,
+                backend: Driver.kind, descriptor: waiter.descriptor, systemCall: "statx",
+                message: "the descriptor was closed and now names another file; keep it open until the sync returns"))
+        }
+        return !emptied
     }
 
     /// Hands prepared slots to the driver, handling short counts and refusals.
@@ -168,290 +186,197 @@ final class AIOEngine<Driver: AIODriver>: TaskExecutor, Sendable {
         while start < slots.count {
             let rest = UnsafeBufferPointer(rebasing: slots[start...])
             let outcome = driver.submit(rest)
-            if outcome.accepted > 0 {
-                markSubmitted(UnsafeBufferPointer(rebasing: rest[..<outcome.accepted]))
+            if Driver.waitsOnList, outcome.accepted > 0 {
+                let accepted = UnsafeBufferPointer(rebasing: rest[..<outcome.accepted])
+                shared.withLock { $0.machine.submitted(accepted) }
+                hub.listChanged()
             }
             start += outcome.accepted
             guard let errno = outcome.error, start < slots.count else { return }
+            var failed: [Waiter] = []
             if errno == .resourceTemporarilyUnavailable {
-                requeue(UnsafeBufferPointer(rebasing: slots[start...]), errno: errno)
+                // Back to the queue until a completion frees resources (or fail: none in flight).
+                let refused = UnsafeBufferPointer(rebasing: slots[start...])
+                shared.withLock { $0.machine.exhausted(refused, into: &failed) }
+                failAtSubmit(failed, errno: errno)
                 return
             }
             // The system refused this request (EBADF, EINVAL, …): its own error, at submit.
-            complete(slot: slots[start], with: .failure(errno), step: .submit, call: Driver.submitCall)
+            let slot = slots[start]
+            shared.withLock { $0.machine.refused(slot: slot, into: &failed) }
+            failAtSubmit(failed, errno: errno)
             start += 1
         }
     }
 
-    private func markSubmitted(_ slots: UnsafeBufferPointer<Int32>) {
-        guard Driver.waitsOnList else { return }
-        let wake = state.withLock { state -> Bool in
-            for slot in slots { state.submitted[Int(slot)] = true }
-            guard state.parked, !state.wakeRequested else { return false }
-            state.wakeRequested = true
-            return true
+    /// Nothing reached the disk: never a durability failure, never recorded.
+    private func failAtSubmit(_ waiters: [Waiter], errno: Errno) {
+        for waiter in waiters {
+            waiter.continuation.resume(throwing: AsyncSyncError.sync(
+                waiter.mode, errno: errno, step: .submit, backend: Driver.kind,
+                descriptor: waiter.descriptor, systemCall: Driver.submitCall))
         }
-        if wake { driver.wake() }
     }
 
-    /// The system is out of resources (EAGAIN): the requests wait at the front of the queue for a
-    /// completion to free resources. With nothing in flight no completion will come, so they fail
-    /// with EAGAIN rather than wait forever.
-    private func requeue(_ slots: UnsafeBufferPointer<Int32>, errno: Errno) {
-        let failed = state.withLock { state -> [PendingSync] in
-            var requests: [PendingSync] = []
-            for slot in slots {
-                if let request = state.requests[Int(slot)] { requests.append(request) }
-                release(slot: slot, in: &state)
+    // MARK: Completion (the hub's thread)
+
+    func reapCompletions() -> Bool {
+        if Driver.waitsOnList {
+            active.removeAll(keepingCapacity: true)
+            shared.withLock { $0.machine.submittedSlots(into: &active) }
+            if active.isEmpty { return false }
+        }
+        completions.removeAll(keepingCapacity: true)
+        let outcome = driver.reap(active: active, into: &completions)
+        if completions.isEmpty, case .progressed = outcome { return false }
+
+        done.removeAll(keepingCapacity: true)
+        finished.removeAll(keepingCapacity: true)
+        retries.removeAll(keepingCapacity: true)
+        let release = shared.withLock { shared -> EngineState.Release in
+            for completion in completions {
+                let start = done.count
+                switch shared.machine.completed(slot: completion.slot, result: completion.result, into: &done) {
+                case .finished: finished.append((start..<done.count, completion.result))
+                case .retry: retries.append(completion.slot)
+                case .unknown: break
+                }
             }
-            if state.inFlight > 0 {
-                state.queue.prepend(requests)
-                return []
+            if case .broken(let errno) = outcome {
+                let start = done.count
+                let release = shared.machine.broken(errno, into: &done)
+                finished.append((start..<done.count, .failure(errno)))
+                return release
             }
-            return requests
+            return shared.machine.afterCompletions()
         }
-        for request in failed {
-            request.continuation.resume(throwing: AsyncSyncError.sync(
-                request.mode, errno: errno, step: .submit, backend: Driver.kind,
-                descriptor: request.descriptor, systemCall: Driver.submitCall))
+
+        // Every durability failure of this round is recorded before anyone of it is resumed, so a
+        // success reaped together with a failure of its file is not acknowledged.
+        for (range, result) in finished where !range.isEmpty {
+            if case .failure(let errno) = result, Self.isDurabilityErrno(errno) {
+                ledger.record(done[range.lowerBound].descriptor, errno: errno)
+            }
         }
+        for (range, result) in finished where !range.isEmpty {
+            resume(done[range], with: result)
+        }
+        if !retries.isEmpty {
+            retries.withUnsafeBufferPointer { submit($0) }
+        }
+        if release == .release { hub.requestRelease(self) }
+        return true
     }
 
-    private func release(slot: Int32, in state: inout State) {
-        state.requests[Int(slot)] = nil
-        state.submitted[Int(slot)] = false
-        state.freeSlots.append(slot)
-        state.inFlight -= 1
-    }
-
-    private func complete(slot: Int32, with result: Result<Void, Errno>, step: AsyncSyncError.Step, call: String) {
-        let request = state.withLock { state -> PendingSync? in
-            let request = state.requests[Int(slot)]
-            release(slot: slot, in: &state)
-            return request
-        }
-        guard let request else { return }
-        resume(request, with: result, step: step, call: call)
-    }
-
-    private func resume(_ request: PendingSync, with result: Result<Void, Errno>, step: AsyncSyncError.Step, call: String) {
+    /// Resumes the waiters of one batch (one descriptor) with its sync's result.
+    private func resume(_ waiters: ArraySlice<Waiter>, with result: Result<Void, Errno>) {
         switch result {
-        case .success:
-            request.continuation.resume()
         case .failure(let errno):
-            let error = AsyncSyncError.sync(
-                request.mode, errno: errno, step: step, backend: Driver.kind,
-                descriptor: request.descriptor, systemCall: call)
-            // Recorded before the caller hears of it, so every sync it makes afterwards is refused.
-            if stickyFailures, error.isDurabilityFailure { recordFailure(of: request.descriptor, errno: errno) }
-            request.continuation.resume(throwing: error)
+            for waiter in waiters {
+                waiter.continuation.resume(throwing: AsyncSyncError.sync(
+                    waiter.mode, errno: errno, step: .completion, backend: Driver.kind,
+                    descriptor: waiter.descriptor, systemCall: Driver.completionCall))
+            }
+        case .success:
+            // The in-flight rule: the file is identified once per batch, only if a failure was
+            // recorded while one of them was in flight.
+            var identity: FileIdentity?? = nil
+            for waiter in waiters {
+                guard ledger.moved(since: waiter.arrival) else {
+                    waiter.continuation.resume()
+                    continue
+                }
+                if identity == nil { identity = .some(FailureLedger.identify(waiter.descriptor, system: system)) }
+                if let errno = ledger.verdict(arrival: waiter.arrival, identity: identity!) {
+                    waiter.continuation.resume(throwing: AsyncSyncError.concurrentFailure(
+                        waiter.mode, errno: errno, backend: Driver.kind, descriptor: waiter.descriptor))
+                } else {
+                    waiter.continuation.resume()
+                }
+            }
         }
+    }
+
+    /// Whether an errno a sync completed with may mean lost data (see
+    /// ``AsyncSyncError/isDurabilityFailure``).
+    static func isDurabilityErrno(_ errno: Errno) -> Bool {
+        AsyncSyncError.isDurabilityErrno(errno)
+    }
+
+    func appendWatched(to list: inout [UnsafePointer<aiocb>?]) {
+        shared.withLock { shared in
+            active.removeAll(keepingCapacity: true)
+            shared.machine.submittedSlots(into: &active)
+        }
+        for slot in active { list.append(driver.controlBlock(slot)) }
+    }
+
+    func releaseDriver(then done: @escaping @Sendable ([UnsafeContinuation<Void, Never>]) -> Void) {
+        let waiters = shared.withLock { shared -> [UnsafeContinuation<Void, Never>]? in
+            guard !shared.releasedDriver else { return nil }
+            shared.releasedDriver = true
+            shared.machine.released()
+            defer { shared.shutdownWaiters = [] }
+            return shared.shutdownWaiters
+        }
+        guard let waiters else { return done([]) }
+        let owned = Unchecked(waiters)
+        driver.release(then: { done(owned.value) })
     }
 
     // MARK: Sticky failures
 
-    private func recordFailure(of descriptor: FileDescriptor, errno: Errno) {
-        // The descriptor is still open: its caller is waiting for this very result.
-        guard case .success(let identity) = system.fileIdentity(descriptor.rawValue) else { return }
-        state.withLock { state in
-            if state.failedFiles[identity] == nil { state.failedFiles[identity] = errno }
-            failedFileCount.store(state.failedFiles.count, ordering: .releasing)
-        }
-    }
-
     /// Forgets the failure of the file `descriptor` refers to; returns whether there was one.
     func clearFailure(of descriptor: FileDescriptor) throws(AsyncSyncError) -> Bool {
-        let identity: FileIdentity
-        switch system.fileIdentity(descriptor.rawValue) {
-        case .success(let value): identity = value
-        case .failure(let errno):
+        do {
+            return try ledger.clear(descriptor)
+        } catch {
             throw AsyncSyncError(
-                code: .system, errno: errno, operation: .setup, step: .request, backend: Driver.kind,
+                code: .system, errno: error, operation: .setup, step: .request, backend: Driver.kind,
                 descriptor: descriptor, systemCall: "statx", message: "cannot identify the file")
-        }
-        return state.withLock { state in
-            defer { failedFileCount.store(state.failedFiles.count, ordering: .releasing) }
-            return state.failedFiles.removeValue(forKey: identity) != nil
-        }
-    }
-
-    // MARK: Completion thread
-
-    private func runCompletionLoop() {
-        var completions: [Completion] = []
-        var ready: [(PendingSync, Result<Void, Errno>)] = []
-        var retry: [Int32] = []
-        var active: [Int32] = []
-        let slots = driver.slotCount
-        completions.reserveCapacity(slots)
-        ready.reserveCapacity(slots)
-        retry.reserveCapacity(slots)
-        active.reserveCapacity(Driver.waitsOnList ? slots : 0)
-
-        var jobs: [UnownedJob] = []
-        let executor = asUnownedTaskExecutor()
-
-        while true {
-            var holdsSubmitterRole = false
-            let keepRunning = state.withLock { state -> Bool in
-                if state.shuttingDown, state.inFlight == 0, state.queue.isEmpty, !state.submitting {
-                    // Jobs still queued (tasks that keep running on this executor) go elsewhere.
-                    state.executorClosed = true
-                    swap(&jobs, &state.jobs)
-                    return false
-                }
-                if Driver.waitsOnList {
-                    active.removeAll(keepingCapacity: true)
-                    for slot in 0..<slots where state.submitted[slot] { active.append(Int32(slot)) }
-                }
-                swap(&jobs, &state.jobs)
-                // With jobs to run, look for completions without waiting; else park.
-                state.parked = jobs.isEmpty
-                state.wakeRequested = false
-                // While the jobs run, this thread holds the submitter role: the requests they make
-                // are queued and go to the system together afterwards, in one batch.
-                if !jobs.isEmpty, !state.submitting {
-                    state.submitting = true
-                    holdsSubmitterRole = true
-                }
-                return true
-            }
-            guard keepRunning else {
-                for job in jobs { globalConcurrentExecutor.enqueue(ExecutorJob(job)) }
-                break
-            }
-
-            // Tasks that prefer this engine as their executor run here, like on an event loop: a
-            // task resumed by a completion goes on without waking another thread.
-            let blocking = jobs.isEmpty
-            for job in jobs { job.runSynchronously(on: executor) }
-            jobs.removeAll(keepingCapacity: true)
-            if holdsSubmitterRole { drainQueue() }
-
-            completions.removeAll(keepingCapacity: true)
-            let outcome = driver.waitForCompletions(active: active, blocking: blocking, into: &completions)
-
-            var drain = false
-            let broken = state.withLock { state -> [PendingSync] in
-                state.parked = false
-                for completion in completions {
-                    let slot = Int(completion.slot)
-                    guard let request = state.requests[slot] else { continue }
-                    if case .failure(.interrupted) = completion.result,
-                        state.interruptedRetries[slot] < Self.maximumInterruptedRetries
-                    {
-                        // EINTR at completion: the sync did not run to its end; run it again.
-                        state.interruptedRetries[slot] += 1
-                        state.submitted[slot] = false
-                        retry.append(completion.slot)
-                        continue
-                    }
-                    release(slot: completion.slot, in: &state)
-                    ready.append((request, completion.result))
-                }
-                var broken: [PendingSync] = []
-                if case .broken(let errno) = outcome {
-                    // Nothing will complete any more: fail everything, accept nothing new.
-                    state.brokenErrno = errno
-                    state.shuttingDown = true
-                    for slot in 0..<slots {
-                        if let request = state.requests[slot] {
-                            broken.append(request)
-                            release(slot: Int32(slot), in: &state)
-                        }
-                    }
-                    broken.append(contentsOf: state.queue.removeAll())
-                }
-                if !state.queue.isEmpty, !state.submitting, !state.freeSlots.isEmpty {
-                    state.submitting = true
-                    drain = true
-                }
-                return broken
-            }
-
-            for (request, result) in ready {
-                resume(request, with: result, step: .completion, call: Driver.completionCall)
-            }
-            ready.removeAll(keepingCapacity: true)
-            if case .broken(let errno) = outcome {
-                for request in broken {
-                    resume(request, with: .failure(errno), step: .completion, call: Driver.completionCall)
-                }
-            }
-            if !retry.isEmpty {
-                retry.withUnsafeBufferPointer { submit($0) }
-                retry.removeAll(keepingCapacity: true)
-            }
-            if drain { drainQueue() }
-        }
-
-        driver.release()
-        let waiters = state.withLock { state -> [UnsafeContinuation<Void, Never>] in
-            state.finished = true
-            defer { state.shutdownWaiters = [] }
-            return state.shutdownWaiters
-        }
-        for waiter in waiters { waiter.resume() }
-    }
-
-    // MARK: Task executor
-
-    /// Runs `job` on the completion thread: tasks that prefer this engine as their task executor
-    /// (`withTaskExecutorPreference`) go on there when a sync completes, without a hop to another
-    /// thread. Once the completion thread has ended, jobs go to the global concurrent executor, so
-    /// none is ever dropped.
-    func enqueue(_ job: consuming ExecutorJob) {
-        let unowned = UnownedJob(job)
-        let action = state.withLock { state -> JobAction in
-            if state.executorClosed { return .forward }
-            state.jobs.append(unowned)
-            guard state.parked, !state.wakeRequested else { return .queued }
-            state.wakeRequested = true
-            return .wake
-        }
-        switch action {
-        case .queued: break
-        case .wake: driver.wake()
-        case .forward: globalConcurrentExecutor.enqueue(ExecutorJob(unowned))
         }
     }
 
     // MARK: Shutdown
 
     /// Refuses new requests, lets the accepted ones complete, then releases the driver's
-    /// resources and ends the completion thread; returns when all of that is done.
+    /// resources; returns when all of that is done.
     func shutdown() async {
         await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
             if !beginShutdown(waiter: continuation) { continuation.resume() }
         }
     }
 
-    /// Starts the shutdown without waiting for it (used by `deinit` of the backends).
+    /// Starts the shutdown without waiting for it (`deinit` of the backends).
     func beginShutdown() {
         _ = beginShutdown(waiter: nil)
     }
 
-    /// Returns false when the shutdown has already finished (the waiter is not kept).
+    /// Returns false when the driver has already been released (the waiter is not kept).
     private func beginShutdown(waiter: UnsafeContinuation<Void, Never>?) -> Bool {
-        let (running, first) = state.withLock { state -> (Bool, Bool) in
-            if state.finished { return (false, false) }
-            if let waiter { state.shutdownWaiters.append(waiter) }
-            defer { state.shuttingDown = true }
-            return (true, !state.shuttingDown)
+        let (kept, release) = shared.withLock { shared -> (Bool, EngineState.Release) in
+            if shared.releasedDriver { return (false, .none) }
+            if let waiter { shared.shutdownWaiters.append(waiter) }
+            return (true, shared.machine.beginShutdown())
         }
-        if first { driver.wake() }
-        return running
+        if release == .release { hub.requestRelease(self) }
+        return kept
     }
 
     // MARK: Introspection for tests
 
     /// Whether new requests are accepted (no shutdown has begun).
     var isAcceptingRequests: Bool {
-        state.withLock { !$0.shuttingDown }
+        shared.withLock { $0.machine.lifecycle == .accepting }
     }
 
-    /// Requests that hold a slot or wait in the queue.
+    /// Requests waiting or in a slot.
     var outstandingCount: Int {
-        state.withLock { $0.inFlight + $0.queue.count }
+        shared.withLock { $0.machine.outstanding }
+    }
+
+    /// Requests waiting for their descriptor's next sync or for a slot.
+    var waitingCount: Int {
+        shared.withLock { $0.machine.waitingCount }
     }
 }

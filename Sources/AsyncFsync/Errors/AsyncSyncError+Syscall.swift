@@ -31,6 +31,18 @@ extension AsyncSyncError {
             location: location)
     }
 
+    /// A sync the system reported successful while a durability failure of its file was recorded.
+    static func concurrentFailure(
+        _ mode: SyncMode, errno: Errno, backend: BackendKind, descriptor: FileDescriptor,
+        location: SourceLocation = .here()
+    ) -> AsyncSyncError {
+        AsyncSyncError(
+            code: .concurrentFailure, errno: errno, operation: .sync(mode), step: .completion, backend: backend,
+            descriptor: descriptor,
+            message: "the kernel reports a lost writeback to one sync only; data written before this sync may be lost",
+            location: location)
+    }
+
     /// A request arrived after ``AsyncSyncBackend/shutdown()``.
     static func shutDown(
         _ mode: SyncMode, backend: BackendKind, descriptor: FileDescriptor,

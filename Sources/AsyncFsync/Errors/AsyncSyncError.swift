@@ -66,20 +66,32 @@ public struct AsyncSyncError: Error, Sendable, Hashable {
 
     /// Whether the failure may mean that written data is lost.
     ///
-    /// `true` for an errno reported by a sync other than the ones that only say the request
-    /// could not be made (`EBADF`, `EINVAL`, `EAGAIN`, `ENOSYS`, `EINTR`, `ECANCELED`,
-    /// `EOPNOTSUPP`): `EIO`, `ENOSPC`, `EDQUOT`, `EROFS`, `ENOTCONN` and the rest. The classification
-    /// depends on the errno only, so it is the same on both backends, whichever step reported it.
-    /// Data covered by such a failure must be treated as lost: the kernel reports a failed
-    /// writeback once and a later sync of the same file may succeed although the data is gone.
+    /// `true` for an errno with which a sync *completed* (step ``Step/completion``), other than the
+    /// ones that only say the request could not be made (`EBADF`, `EINVAL`, `EAGAIN`, `ENOSYS`,
+    /// `EINTR`, `ECANCELED`, `EOPNOTSUPP`): `EIO`, `ENOSPC`, `EDQUOT`, `EROFS`, `ENOTCONN` and the
+    /// rest; and always for ``Code/earlierFailure`` and ``Code/concurrentFailure``. A failure at
+    /// submission (``Step/submit``: `io_submit(2)` or `aio_fsync(3)` refused the request, for example
+    /// `EPERM` under seccomp or `ENOMEM`) never is: nothing reached the file system. Data covered by
+    /// a durability failure must be treated as lost: the kernel reports a failed writeback once and
+    /// a later sync of the same file may succeed although the data is gone.
     public var isDurabilityFailure: Bool {
-        guard code == .system || code == .earlierFailure, let errno, operation.isSync else { return false }
+        guard let errno, operation.isSync else { return false }
+        switch code {
+        case .earlierFailure, .concurrentFailure: return true
+        case .system: return step == .completion && Self.isDurabilityErrno(errno)
+        default: return false
+        }
+    }
+
+    /// Whether a sync that completed with `errno` may have lost data (the errno part of
+    /// ``isDurabilityFailure``).
+    static func isDurabilityErrno(_ errno: Errno) -> Bool {
         switch errno {
         case .badFileDescriptor, .invalidArgument, .resourceTemporarilyUnavailable,
             .noFunction, .interrupted, .canceled, .notSupported:
-            return false
+            false
         default:
-            return true
+            true
         }
     }
 }
@@ -90,7 +102,7 @@ extension AsyncSyncError {
     /// New codes may be added; switch over it with a `default` case.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Base: Hashable, Sendable {
-            case system, earlierFailure, backendUnavailable, invalidConfiguration, shutDown
+            case system, earlierFailure, concurrentFailure, backendUnavailable, invalidConfiguration, shutDown
         }
         private var base: Base
         private init(_ base: Base) { self.base = base }
@@ -103,6 +115,11 @@ extension AsyncSyncError {
         /// hide the loss. ``AsyncSyncError/errno`` is the earlier errno. Clear it with
         /// ``AsyncSyncBackend/clearFailure(of:)`` once the data has been rewritten.
         public static let earlierFailure = Code(.earlierFailure)
+        /// The system reported this sync successful, but a durability failure of the same file was
+        /// recorded while it was in flight (another sync of the file, through any descriptor, got
+        /// `EIO`, `ENOSPC`, …). The kernel reports a failed writeback once per open file, so the
+        /// success may cover lost data. ``AsyncSyncError/errno`` is the other sync's errno.
+        public static let concurrentFailure = Code(.concurrentFailure)
         /// The backend cannot work on this host (setup failed, the probe failed, or the kind
         /// was forced but is not usable).
         public static let backendUnavailable = Code(.backendUnavailable)
@@ -115,6 +132,7 @@ extension AsyncSyncError {
             switch base {
             case .system: "system"
             case .earlierFailure: "earlier failure"
+            case .concurrentFailure: "concurrent failure"
             case .backendUnavailable: "backend unavailable"
             case .invalidConfiguration: "invalid configuration"
             case .shutDown: "shut down"
@@ -204,6 +222,8 @@ extension AsyncSyncError: CustomStringConvertible, CustomDebugStringConvertible 
             text = "\(backendPhrase)backend unavailable"
         case .earlierFailure:
             text = "\(operation)\(descriptorPhrase) refused on the \(backendPhrase)backend: an earlier sync of this file failed"
+        case .concurrentFailure:
+            text = "\(operation)\(descriptorPhrase) failed on the \(backendPhrase)backend: a sync of this file in flight at the same time failed"
         default:
             text = "\(operation)\(descriptorPhrase) failed\(backend.map { " on the \($0) backend" } ?? "")"
         }

@@ -192,7 +192,7 @@ struct Prober: Sendable {
                            verdict: Self.verdict(setupErrno: errno))
         }
         let control = UnsafeMutablePointer<iocb>.allocate(capacity: 1)
-        casyncfsync_prep_sync(control, fd.rawValue, 1, 1)
+        casyncfsync_prep_sync(control, fd.rawValue, 1, 1, -1)
         var pointer: UnsafeMutablePointer<iocb>? = control
         let owned = Unchecked(control)
         let cleanUp: @Sendable () -> Void = { [system, context] in

@@ -1,4 +1,5 @@
 import CAsyncFsync
+import Synchronization
 import SystemPackage
 
 #if canImport(Glibc)
@@ -65,6 +66,18 @@ func system_io_getevents(
     valueOrNegatedErrno(casyncfsync_io_getevents(context, minCount, maxCount, events, timeout))
 }
 
+/// Takes the completions the kernel has posted to the context's ring, without waiting: from the
+/// ring in user space when its layout is known (no system call), else `io_getevents(2)` with
+/// `min_nr` 0 and a zero timeout.
+func system_reap_completions(
+    _ context: aio_context_t, _ events: UnsafeMutablePointer<io_event>, _ maxCount: Int
+) -> Result<Int, Errno> {
+    let reaped = casyncfsync_ring_reap(context, events, maxCount)
+    if reaped >= 0 { return .success(reaped) }
+    var zero = timespec(tv_sec: 0, tv_nsec: 0)
+    return system_io_getevents(context, 0, maxCount, events, &zero)
+}
+
 // MARK: glibc POSIX aio
 
 func system_aio_fsync(_ mode: SyncMode, _ control: UnsafeMutablePointer<aiocb>) -> Result<Void, Errno> {
@@ -104,6 +117,12 @@ func system_eventfd() -> Result<CInt, Errno> {
     valueOrErrno(casyncfsync_eventfd())
 }
 
+/// `read(2)` of an eventfd: blocks until its counter is non-zero, returns and resets it.
+func system_eventfd_read(_ fd: CInt) -> Result<UInt64, Errno> {
+    var value: UInt64 = 0
+    return valueOrErrno(casyncfsync_eventfd_read(fd, &value)).map { _ in value }
+}
+
 /// `memfd_create(name, MFD_CLOEXEC)`.
 func system_memfd_create(_ name: String) -> Result<CInt, Errno> {
     valueOrErrno(casyncfsync_memfd(name))
@@ -123,45 +142,66 @@ func system_close(_ fd: CInt) -> Result<Void, Errno> {
 ///
 /// ``live`` calls the `system_<cname>` wrappers above. Tests build a table that wraps ``live`` to
 /// count calls or to answer with an injected errno at a chosen step.
+///
+/// ``id`` is 0 for ``live`` and changes whenever an entry is replaced: backends on the live table
+/// share one ``CompletionHub`` per kind, a backend on a test's table gets one of its own.
 struct SystemCalls: Sendable {
-    var ioSetup: @Sendable (CUnsignedInt, UnsafeMutablePointer<aio_context_t>) -> Result<Void, Errno>
-    var ioDestroy: @Sendable (aio_context_t) -> Result<Void, Errno>
-    var ioSubmit: @Sendable (aio_context_t, Int, UnsafeMutablePointer<UnsafeMutablePointer<iocb>?>) -> Result<Int, Errno>
-    var ioGetevents: @Sendable (aio_context_t, Int, Int, UnsafeMutablePointer<io_event>, UnsafeMutablePointer<timespec>?) -> Result<Int, Errno>
-    var aioFsync: @Sendable (SyncMode, UnsafeMutablePointer<aiocb>) -> Result<Void, Errno>
-    var aioRead: @Sendable (UnsafeMutablePointer<aiocb>) -> Result<Void, Errno>
-    var aioError: @Sendable (UnsafePointer<aiocb>) -> AIOStatus
-    var aioReturn: @Sendable (UnsafeMutablePointer<aiocb>) -> Result<Int, Errno>
-    var aioSuspend: @Sendable (UnsafePointer<UnsafePointer<aiocb>?>, CInt, UnsafePointer<timespec>?) -> Result<Void, Errno>
-    var eventfd: @Sendable () -> Result<CInt, Errno>
-    var memfdCreate: @Sendable (String) -> Result<CInt, Errno>
-    var write: @Sendable (CInt, UnsafeRawPointer, Int) -> Result<Int, Errno>
-    var close: @Sendable (CInt) -> Result<Void, Errno>
-    var fileIdentity: @Sendable (CInt) -> Result<FileIdentity, Errno>
+    /// 0 for ``live``; a new number for every table changed since.
+    private(set) var id: UInt64 = 0
+
+    private static let ids = Atomic<UInt64>(1)
+
+    private mutating func renew() {
+        id = Self.ids.wrappingAdd(1, ordering: .relaxed).oldValue
+    }
+
+    var ioSetup: @Sendable (CUnsignedInt, UnsafeMutablePointer<aio_context_t>) -> Result<Void, Errno> { didSet { renew() } }
+    var ioDestroy: @Sendable (aio_context_t) -> Result<Void, Errno> { didSet { renew() } }
+    var ioSubmit: @Sendable (aio_context_t, Int, UnsafeMutablePointer<UnsafeMutablePointer<iocb>?>) -> Result<Int, Errno> { didSet { renew() } }
+    var ioGetevents: @Sendable (aio_context_t, Int, Int, UnsafeMutablePointer<io_event>, UnsafeMutablePointer<timespec>?) -> Result<Int, Errno> { didSet { renew() } }
+    /// The completions posted so far, without waiting (``system_reap_completions(_:_:_:)``).
+    var reapCompletions: @Sendable (aio_context_t, UnsafeMutablePointer<io_event>, Int) -> Result<Int, Errno> { didSet { renew() } }
+    var aioFsync: @Sendable (SyncMode, UnsafeMutablePointer<aiocb>) -> Result<Void, Errno> { didSet { renew() } }
+    var aioRead: @Sendable (UnsafeMutablePointer<aiocb>) -> Result<Void, Errno> { didSet { renew() } }
+    var aioError: @Sendable (UnsafePointer<aiocb>) -> AIOStatus { didSet { renew() } }
+    var aioReturn: @Sendable (UnsafeMutablePointer<aiocb>) -> Result<Int, Errno> { didSet { renew() } }
+    var aioSuspend: @Sendable (UnsafePointer<UnsafePointer<aiocb>?>, CInt, UnsafePointer<timespec>?) -> Result<Void, Errno> { didSet { renew() } }
+    var eventfd: @Sendable () -> Result<CInt, Errno> { didSet { renew() } }
+    var eventfdRead: @Sendable (CInt) -> Result<UInt64, Errno> { didSet { renew() } }
+    var memfdCreate: @Sendable (String) -> Result<CInt, Errno> { didSet { renew() } }
+    var write: @Sendable (CInt, UnsafeRawPointer, Int) -> Result<Int, Errno> { didSet { renew() } }
+    var close: @Sendable (CInt) -> Result<Void, Errno> { didSet { renew() } }
+    var fileIdentity: @Sendable (CInt) -> Result<FileIdentity, Errno> { didSet { renew() } }
+    /// Starts a detached thread with every signal blocked (``system_start_thread(name:_:)``).
+    var startThread: @Sendable (String, @escaping @Sendable () -> Void) -> Result<Void, Errno> { didSet { renew() } }
     /// `fstatfs(2)`'s `f_type` (the file system's magic number): the inline path for memory file
     /// systems and the probe cache.
-    var fileSystemType: @Sendable (CInt) -> Result<Int, Errno>
-    /// `statx(2)` of the inode and type only: device, inode and whether it is a regular file.
-    var fileStatus: @Sendable (CInt) -> Result<FileStatus, Errno>
+    var fileSystemType: @Sendable (CInt) -> Result<Int, Errno> { didSet { renew() } }
+    /// `statx(2)` of the inode and type only: device, inode and the kind of file.
+    var fileStatus: @Sendable (CInt) -> Result<FileStatus, Errno> { didSet { renew() } }
     /// A blocking `fsync(2)` or `fdatasync(2)`: the inline path for memory file systems.
-    var syncNow: @Sendable (SyncMode, CInt) -> Result<Void, Errno>
+    var syncNow: @Sendable (SyncMode, CInt) -> Result<Void, Errno> { didSet { renew() } }
 
     /// The real system.
     static let live = SystemCalls(
+        id: 0,
         ioSetup: system_io_setup,
         ioDestroy: system_io_destroy,
         ioSubmit: system_io_submit,
         ioGetevents: system_io_getevents,
+        reapCompletions: system_reap_completions,
         aioFsync: system_aio_fsync,
         aioRead: system_aio_read,
         aioError: system_aio_error,
         aioReturn: system_aio_return,
         aioSuspend: system_aio_suspend,
         eventfd: system_eventfd,
+        eventfdRead: system_eventfd_read,
         memfdCreate: system_memfd_create,
         write: system_write,
         close: system_close,
         fileIdentity: system_fstat_identity,
+        startThread: { name, body in system_start_thread(name: name, body) },
         fileSystemType: system_fstatfs_type,
         fileStatus: system_fstat_status,
         syncNow: system_sync_now
@@ -249,21 +289,47 @@ func system_fstatfs_type(_ fd: CInt) -> Result<Int, Errno> {
 
 /// What `statx(2)` says of a descriptor (device, inode, type), asked without the timestamps.
 struct FileStatus: Hashable, Sendable {
+    /// The `S_IFMT` bits of `st_mode`.
+    enum FileType: Hashable, Sendable {
+        case regular, directory, other
+    }
     var device: UInt64
     var inode: UInt64
-    var isRegularFile: Bool
+    var type: FileType
+
+    var identity: FileIdentity { FileIdentity(device: device, inode: inode) }
+    var isRegularFile: Bool { type == .regular }
+    /// A regular file or a directory: the kinds of file whose fsync makes data durable.
+    var isFileOrDirectory: Bool { type != .other }
 }
 
 func system_fstat_status(_ fd: CInt) -> Result<FileStatus, Errno> {
     var device: UInt64 = 0
     var inode: UInt64 = 0
-    var isRegular: CInt = 0
-    return valueOrErrno(casyncfsync_file_identity(fd, &device, &inode, &isRegular)).map { _ in
-        FileStatus(device: device, inode: inode, isRegularFile: isRegular != 0)
+    var mode: CUnsignedInt = 0
+    return valueOrErrno(casyncfsync_file_status(fd, &device, &inode, &mode)).map { _ in
+        let type: FileStatus.FileType = switch mode {
+        case 0o100000: .regular  // S_IFREG
+        case 0o040000: .directory  // S_IFDIR
+        default: .other
+        }
+        return FileStatus(device: device, inode: inode, type: type)
     }
 }
 
 /// `fsync(2)` or `fdatasync(2)`, blocking the calling thread.
 func system_sync_now(_ mode: SyncMode, _ fd: CInt) -> Result<Void, Errno> {
     mode == .fsync ? system_fsync(fd) : system_fdatasync(fd)
+}
+
+// MARK: Sleeping and yielding (no table entry: nothing to inject)
+
+func system_sleep(_ duration: timespec) {
+    var request = duration
+    var left = timespec()
+    while nanosleep(&request, &left) != 0 && casyncfsync_errno() == EINTR { request = left }
+}
+
+func system_yield() {
+    sched_yield()
 }

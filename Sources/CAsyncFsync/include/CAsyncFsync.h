@@ -25,8 +25,15 @@ long casyncfsync_io_getevents(aio_context_t ctx, long min_nr, long nr,
                               struct io_event *events, struct timespec *timeout);
 
 /// Prepares `cb` like libaio's io_prep_fsync / io_prep_fdsync: IOCB_CMD_FSYNC when
-/// `datasync` is 0, IOCB_CMD_FDSYNC otherwise. Clears every other field.
-void casyncfsync_prep_sync(struct iocb *cb, int fd, int datasync, uint64_t data);
+/// `datasync` is 0, IOCB_CMD_FDSYNC otherwise. Clears every other field. With `resfd` >= 0 the
+/// kernel also adds 1 to that eventfd when the request completes (IOCB_FLAG_RESFD).
+void casyncfsync_prep_sync(struct iocb *cb, int fd, int datasync, uint64_t data, int resfd);
+
+/// Takes up to `max` completions from the context's ring in user space (the ring the kernel maps at
+/// the context's address), as io_getevents(2) would, without a system call. Returns the number
+/// taken, or -ENOSYS when the ring's header is not one this code knows (then use io_getevents).
+/// Only one thread may reap a context, and never together with io_getevents(2) on it.
+long casyncfsync_ring_reap(aio_context_t ctx, struct io_event *events, long max);
 
 // MARK: glibc POSIX aio (aio_fsync/aio_suspend: -1 + errno; aio_error: the errno itself)
 /// Clears `cb` and sets aio_fildes and SIGEV_NONE notification.
@@ -44,17 +51,23 @@ int casyncfsync_aio_cancel(int fd, struct aiocb *cb);
 // MARK: Descriptors and threads (glibc convention: -1 and errno)
 /// eventfd(initial 0, EFD_CLOEXEC), blocking reads.
 int casyncfsync_eventfd(void);
+/// read(2) of an eventfd's 8-byte counter into *value; 0 or -1 and errno.
+int casyncfsync_eventfd_read(int fd, uint64_t *value);
 /// memfd_create(name, MFD_CLOEXEC).
 int casyncfsync_memfd(const char *name);
 /// fstatfs(fd)->f_type into *type; 0 or -1 and errno.
 int casyncfsync_fstatfs_type(int fd, long *type);
 
-/// The file's device (st_dev encoding), inode and whether it is a regular file; 0 or -1 and errno.
-/// Asks statx(2) for the inode and type only: a stat(2) that reads the timestamps marks them as
-/// queried (multigrain timestamps, Linux 6.13+), so the next write dirties the inode and the next
-/// fdatasync commits the journal (+40-60 µs per sync on ext4, measured). Falls back to fstat(2)
-/// where statx is missing (ENOSYS).
-int casyncfsync_file_identity(int fd, uint64_t *device, uint64_t *inode, int *is_regular);
+/// The file's device (st_dev encoding), inode and type (the S_IFMT bits of st_mode); 0 or -1 and
+/// errno. Asks statx(2) for the inode and type only: a stat(2) that reads the timestamps marks them
+/// as queried (multigrain timestamps, Linux 6.13+), so the next write dirties the inode and the
+/// next fdatasync commits the journal (+40-60 µs per sync on ext4, measured). Falls back to
+/// fstat(2) where statx is missing (ENOSYS).
+int casyncfsync_file_status(int fd, uint64_t *device, uint64_t *inode, unsigned *type);
+
+/// The completion thread a thread is (or NULL): a thread-local marker its loop sets once.
+void casyncfsync_set_thread_marker(void *marker);
+void *casyncfsync_thread_marker(void);
 /// pthread_setname_np(pthread_self(), name); name is cut to 15 bytes.
 void casyncfsync_set_thread_name(const char *name);
 

@@ -8,8 +8,17 @@ import SystemPackage
 /// Linux 4.18; some file systems answer `EINVAL`. The library makes the system calls itself
 /// and does not need `libaio.so`.
 ///
-/// At most `capacity` requests are in the kernel at once; more wait in a queue, in order, until a
-/// request completes (backpressure); they never fail because the context is full.
+/// Requests of one descriptor share syncs: at most one sync per descriptor is in the kernel at a
+/// time, and a request that arrives while one runs waits for the next, which starts when the
+/// running one ends and serves every request that joined it. A request is never served by a sync
+/// that started before it arrived, and the kernel, which reports a failed writeback only once per
+/// open file, never sees two syncs of one open file at once.
+///
+/// At most `capacity` syncs are in the kernel at once; more wait in a queue, in order, until one
+/// completes (backpressure); they never fail because the context is full.
+///
+/// Every backend of the process made with the same kind shares one completion thread (see
+/// ``taskExecutor``); each has its own AIO context of `capacity` events.
 ///
 /// Two kinds of file are not synced through kernel AIO:
 /// - On a memory file system (tmpfs, ramfs) fsync does nothing but return 0, so by default the
@@ -26,6 +35,8 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
     let inline: InlineSync?
     /// POSIX aio for file systems without AIO fsync.
     let fallback: PosixFallback
+    /// The durability failures seen through any of the three paths.
+    let ledger: FailureLedger
     let capacity: Int
 
     /// Creates a backend with its own AIO context and completion thread.
@@ -35,7 +46,9 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
     ///   context, counted against `/proc/sys/fs/aio-max-nr`). The default is 256.
     ///   - stickyFailures: Whether a durability failure of a file makes every later sync of that
     ///     file through this backend fail at once with ``AsyncSyncError/Code/earlierFailure``,
-    ///     until ``clearFailure(of:)``. The default is `true`.
+    ///     until ``clearFailure(of:)``. The default is `true`. With `false`, only the in-flight
+    ///     rule remains: a sync of the file that was in flight when the failure was recorded still
+    ///     fails (``AsyncSyncError/Code/concurrentFailure``); later ones run.
     ///   - inlineMemoryFileSystems: Whether a descriptor on a memory file system (tmpfs, ramfs:
     ///     no backing store, fsync returns 0 at once) is synced with a direct `fsync(2)` /
     ///     `fdatasync(2)` on the caller's thread instead of a round trip through the kernel's
@@ -56,15 +69,17 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
     /// tests injecting faults on tmpfs files reach the kernel AIO path.
     init(capacity: Int, stickyFailures: Bool = true, inlineMemoryFileSystems: Bool = false,
          system: SystemCalls) throws(AsyncSyncError) {
-        engine = try AIOEngine(driver: LibaioDriver(slotCount: capacity, system: system), system: system,
-                               stickyFailures: stickyFailures)
-        inline = inlineMemoryFileSystems ? InlineSync(system: system) : nil
-        fallback = PosixFallback(system: system, capacity: capacity, stickyFailures: stickyFailures)
+        let ledger = FailureLedger(sticky: stickyFailures, system: system)
+        engine = try AIOEngine(driver: LibaioDriver(slotCount: capacity, system: system), system: system, ledger: ledger)
+        inline = inlineMemoryFileSystems ? InlineSync(system: system, ledger: ledger) : nil
+        fallback = PosixFallback(system: system, capacity: capacity, ledger: ledger)
+        self.ledger = ledger
         self.capacity = capacity
     }
 
     deinit {
         engine.beginShutdown()
+        fallback.beginShutdown()
     }
 
     /// Syncs `fd` through kernel AIO (or inline, or through POSIX aio; see the type's overview).
@@ -97,9 +112,7 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
 
     @discardableResult
     public func clearFailure(of fd: FileDescriptor) throws -> Bool {
-        let viaKernelAIO = try engine.clearFailure(of: fd)
-        let viaPosix = try fallback.clearFailure(of: fd)
-        return viaKernelAIO || viaPosix
+        try engine.clearFailure(of: fd)
     }
 
     public func shutdown() async {
@@ -107,19 +120,31 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
         await fallback.shutdown()
     }
 
-    /// A task executor that runs tasks on this backend's completion thread.
+    /// A task executor that runs tasks on the completion thread of kernel AIO backends.
     ///
     /// A task that prefers it — `withTaskExecutorPreference(backend.taskExecutor) { … }` or
     /// `Task(executorPreference: backend.taskExecutor) { … }` — goes on right there when its sync
     /// completes, instead of being handed to a thread of the cooperative pool: one thread wake-up
     /// per sync instead of two, which is most of the latency this library adds over a C loop
-    /// (docs/performance.md). Like an event loop it is a single thread: code running on it must not
-    /// block, or completions wait behind it. After ``shutdown()`` the tasks still preferring it
-    /// run on the global concurrent executor; no job is dropped.
-    public var taskExecutor: any TaskExecutor { engine }
+    /// (docs/performance.md). The syncs of every task resumed together are submitted together.
+    /// Like an event loop it is a single thread, shared by every `LibaioBackend` of the process:
+    /// code running on it must not block, or completions wait behind it. Once the last backend
+    /// of the kind is shut down, tasks still preferring it run on the global concurrent executor;
+    /// no job is dropped.
+    public var taskExecutor: any TaskExecutor { engine.hub }
 
     /// ``taskExecutor``.
-    public var preferredTaskExecutor: (any TaskExecutor)? { engine }
+    public var preferredTaskExecutor: (any TaskExecutor)? { engine.hub }
+
+    /// A serial executor on the same completion thread, for an actor that syncs through this
+    /// backend: with `nonisolated var unownedExecutor: UnownedSerialExecutor {
+    /// backend.serialExecutor.asUnownedSerialExecutor() }` the actor goes on after each sync right
+    /// where it completed, without a hop. The actor's code must not block. Once the last backend
+    /// of the kind is shut down, the actor's jobs run one at a time on a thread of their own.
+    public var serialExecutor: any SerialExecutor { engine.hub.serialExecutor }
+
+    /// ``serialExecutor``.
+    public var preferredSerialExecutor: (any SerialExecutor)? { engine.hub.serialExecutor }
 
     /// Whether descriptors on memory file systems are synced inline.
     public var inlinesMemoryFileSystems: Bool { inline != nil }

@@ -5,56 +5,42 @@ import SystemPackage
 import Glibc
 #endif
 
-/// Kernel AIO: one context, one `iocb` per slot, completions reaped by `io_getevents(2)`.
+/// Kernel AIO: one context per engine, one `iocb` per slot.
 ///
-/// The completion thread sleeps in `io_getevents(2)` on the whole context, so a request submitted
-/// while it sleeps needs no wake-up. To wake it for shutdown, ``wake()`` submits an
-/// `IOCB_CMD_FSYNC` of a private memfd (always supported, instant) tagged ``wakeTag``.
+/// Every iocb carries `IOCB_FLAG_RESFD` with the hub's eventfd, so the hub's one blocking `read(2)`
+/// waits for the completions of every context of the process. The hub then takes the completions
+/// from the context's ring in user space (``system_reap_completions(_:_:_:)``; `io_getevents(2)`
+/// with a zero timeout where the ring's layout is unknown).
 final class LibaioDriver: AIODriver, @unchecked Sendable {
     static var kind: BackendKind { .libaio }
     static var submitCall: String { "io_submit" }
     static var completionCall: String { "io_getevents" }
     static var waitsOnList: Bool { false }
 
-    /// `aio_data` of the wake-up request.
-    static var wakeTag: UInt64 { .max }
-    /// How long `io_getevents(2)` sleeps at most before the loop looks at its state again; a
-    /// safety net only (a wake-up normally comes from ``wake()``).
-    static var safetyTimeout: timespec { timespec(tv_sec: 1, tv_nsec: 0) }
-
     let slotCount: Int
     private let system: SystemCalls
     private let context: aio_context_t
-    /// `slotCount` iocbs, then the wake-up iocb; stable until ``release()``.
+    /// `slotCount` iocbs; stable until ``release(then:)``.
     private let controlBlocks: UnsafeMutablePointer<iocb>
+    /// Reaped events; the hub's thread only.
     private let events: UnsafeMutablePointer<io_event>
-    private let eventCapacity: Int
-    private let wakeDescriptor: CInt
+    /// The hub's eventfd, set by ``attach(to:)`` before any request.
+    private var completionDescriptor: CInt = -1
 
     init(slotCount: Int, system: SystemCalls) throws(AsyncSyncError) {
         precondition(slotCount > 0, "a backend needs at least one slot")
         self.slotCount = slotCount
         self.system = system
-
         var context = aio_context_t()
-        if case .failure(let errno) = system.ioSetup(CUnsignedInt(slotCount + 1), &context) {
+        if case .failure(let errno) = system.ioSetup(CUnsignedInt(slotCount), &context) {
             throw .setup(backend: .libaio, errno: errno, systemCall: "io_setup",
                          message: LibaioDriver.setupHint(errno))
         }
-        let wake: CInt
-        switch system.memfdCreate("asyncfsync-wake") {
-        case .success(let fd): wake = fd
-        case .failure(let errno):
-            _ = system.ioDestroy(context)
-            throw .setup(backend: .libaio, errno: errno, systemCall: "memfd_create")
-        }
         self.context = context
-        self.wakeDescriptor = wake
-        self.controlBlocks = .allocate(capacity: slotCount + 1)
-        self.controlBlocks.initialize(repeating: iocb(), count: slotCount + 1)
-        self.eventCapacity = slotCount + 1
-        self.events = .allocate(capacity: eventCapacity)
-        self.events.initialize(repeating: io_event(), count: eventCapacity)
+        controlBlocks = .allocate(capacity: slotCount)
+        controlBlocks.initialize(repeating: iocb(), count: slotCount)
+        events = .allocate(capacity: slotCount)
+        events.initialize(repeating: io_event(), count: slotCount)
     }
 
     /// The reason for an `io_setup(2)` errno, in words a person can act on (used by the backend's
@@ -68,8 +54,13 @@ final class LibaioDriver: AIODriver, @unchecked Sendable {
         }
     }
 
-    func prepare(slot: Int32, descriptor: FileDescriptor, mode: SyncMode) {
-        casyncfsync_prep_sync(controlBlocks + Int(slot), descriptor.rawValue, mode == .fdatasync ? 1 : 0, UInt64(slot))
+    func attach(to hub: CompletionHub) {
+        completionDescriptor = hub.completionDescriptor
+    }
+
+    func prepare(slot: Int32, descriptor: CInt, mode: SyncMode) {
+        casyncfsync_prep_sync(controlBlocks + Int(slot), descriptor, mode == .fdatasync ? 1 : 0, UInt64(slot),
+                              completionDescriptor)
     }
 
     func submit(_ slots: UnsafeBufferPointer<Int32>) -> SubmitOutcome {
@@ -89,14 +80,11 @@ final class LibaioDriver: AIODriver, @unchecked Sendable {
         }
     }
 
-    func waitForCompletions(active: [Int32], blocking: Bool, into completions: inout [Completion]) -> WaitOutcome {
-        // Not blocking: take what has completed (the completion thread has jobs to run).
-        var timeout = blocking ? Self.safetyTimeout : timespec(tv_sec: 0, tv_nsec: 0)
-        switch system.ioGetevents(context, blocking ? 1 : 0, eventCapacity, events, &timeout) {
+    func reap(active: [Int32], into completions: inout [Completion]) -> ReapOutcome {
+        switch system.reapCompletions(context, events, slotCount) {
         case .success(let count):
             for index in 0..<count {
                 let event = events[index]
-                guard event.data != Self.wakeTag else { continue }
                 completions.append(Completion(
                     slot: Int32(truncatingIfNeeded: event.data),
                     result: valueOrNegatedErrno(event.res).map { _ in }))
@@ -109,19 +97,18 @@ final class LibaioDriver: AIODriver, @unchecked Sendable {
         }
     }
 
-    func wake() {
-        let wakeBlock = controlBlocks + slotCount
-        casyncfsync_prep_sync(wakeBlock, wakeDescriptor, 0, Self.wakeTag)
-        var pointer: UnsafeMutablePointer<iocb>? = wakeBlock
-        // If this fails, the safety timeout of io_getevents ends the wait instead.
-        _ = system.ioSubmit(context, 1, &pointer)
-    }
+    func controlBlock(_ slot: Int32) -> UnsafePointer<aiocb>? { nil }
 
-    func release() {
-        // io_destroy waits for requests still in flight (at most the wake-up fsync).
-        _ = system.ioDestroy(context)
-        _ = system.close(wakeDescriptor)
-        controlBlocks.deallocate()
-        events.deallocate()
+    func release(then done: @escaping @Sendable () -> Void) {
+        // io_destroy(2) waits for an RCU grace period (~30 ms here): on a short-lived thread, so
+        // the hub goes on serving other engines meanwhile.
+        let owned = Unchecked((controlBlocks, events))
+        let cleanUp: @Sendable () -> Void = { [system, context] in
+            _ = system.ioDestroy(context)
+            owned.value.0.deallocate()
+            owned.value.1.deallocate()
+            done()
+        }
+        if case .failure = system.startThread("asyncfsync-free", cleanUp) { cleanUp() }
     }
 }

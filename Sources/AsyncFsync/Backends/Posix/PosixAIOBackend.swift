@@ -4,11 +4,15 @@ import SystemPackage
 /// one thread waiting in `aio_suspend(3)` and read with `aio_error(3)` / `aio_return(3)`.
 ///
 /// glibc runs each sync on one of its helper threads, so it works wherever glibc does, on every
-/// kernel and file system. glibc serves one descriptor number with one helper at a time, so syncs
-/// of the same descriptor run one after another. No thread is created per request and no signal
-/// is used.
+/// kernel and file system. No thread is created per request and no signal is used. Requests of
+/// one descriptor share syncs: at most one sync per descriptor is handed to glibc at a time (glibc
+/// would run them one after another anyway), and requests that arrive meanwhile are served
+/// together by the next one, which starts after each of them arrived.
 ///
-/// At most `capacity` requests are handed to glibc at once; more wait in a queue, in order.
+/// At most `capacity` syncs are handed to glibc at once; more wait in a queue, in order.
+///
+/// Every POSIX aio backend of the process shares one completion thread, which holds one of glibc's
+/// helper threads for its doorbell; so hundreds of backends work although glibc has 20 helpers.
 ///
 /// On a memory file system (tmpfs, ramfs) fsync does nothing but return 0, so by default the
 /// sync is a direct `fsync(2)` / `fdatasync(2)` on the caller's thread; see
@@ -18,6 +22,8 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
     let engine: AIOEngine<PosixAIODriver>
     /// The inline path for memory file systems, or nil when switched off.
     let inline: InlineSync?
+    /// The durability failures seen through either path.
+    let ledger: FailureLedger
     let capacity: Int
 
     /// Creates a backend with its own completion thread.
@@ -26,7 +32,9 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
     ///   - capacity: The number of requests handed to glibc at once. The default is 256.
     ///   - stickyFailures: Whether a durability failure of a file makes every later sync of that
     ///     file through this backend fail at once with ``AsyncSyncError/Code/earlierFailure``,
-    ///     until ``clearFailure(of:)``. The default is `true`.
+    ///     until ``clearFailure(of:)``. The default is `true`. With `false`, only the in-flight
+    ///     rule remains: a sync of the file that was in flight when the failure was recorded still
+    ///     fails (``AsyncSyncError/Code/concurrentFailure``); later ones run.
     ///   - inlineMemoryFileSystems: Whether a descriptor on a memory file system (tmpfs, ramfs:
     ///     no backing store, fsync returns 0 at once) is synced with a direct `fsync(2)` /
     ///     `fdatasync(2)` on the caller's thread instead of a round trip through glibc's helper
@@ -34,7 +42,7 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
     ///     docs/selection.md). The default is `true`; ``AsyncSync/makeBackend()`` passes `false`
     ///     when `ASYNC_FSYNC_INLINE=off`.
     /// - Throws: ``AsyncSyncError`` with code ``AsyncSyncError/Code/backendUnavailable`` when the
-    ///   eventfd, the doorbell request or the thread cannot be created.
+    ///   shared completion thread, its eventfd or its doorbell request cannot be created.
     public convenience init(capacity: Int = 256, stickyFailures: Bool = true, inlineMemoryFileSystems: Bool = true) throws {
         try self.init(capacity: capacity, stickyFailures: stickyFailures,
                       inlineMemoryFileSystems: inlineMemoryFileSystems, system: .live)
@@ -44,9 +52,10 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
     /// tests injecting faults on tmpfs files reach the POSIX aio path.
     init(capacity: Int, stickyFailures: Bool = true, inlineMemoryFileSystems: Bool = false,
          system: SystemCalls) throws(AsyncSyncError) {
-        engine = try AIOEngine(driver: PosixAIODriver(slotCount: capacity, system: system), system: system,
-                               stickyFailures: stickyFailures)
-        inline = inlineMemoryFileSystems ? InlineSync(system: system) : nil
+        let ledger = FailureLedger(sticky: stickyFailures, system: system)
+        engine = try AIOEngine(driver: PosixAIODriver(slotCount: capacity, system: system), system: system, ledger: ledger)
+        inline = inlineMemoryFileSystems ? InlineSync(system: system, ledger: ledger) : nil
+        self.ledger = ledger
         self.capacity = capacity
     }
 
@@ -81,19 +90,19 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
         await engine.shutdown()
     }
 
-    /// A task executor that runs tasks on this backend's completion thread.
-    ///
-    /// A task that prefers it — `withTaskExecutorPreference(backend.taskExecutor) { … }` or
-    /// `Task(executorPreference: backend.taskExecutor) { … }` — goes on right there when its sync
-    /// completes, instead of being handed to a thread of the cooperative pool: one thread wake-up
-    /// per sync instead of two, which is most of the latency this library adds over a C loop
-    /// (docs/performance.md). Like an event loop it is a single thread: code running on it must not
-    /// block, or completions wait behind it. After ``shutdown()`` the tasks still preferring it
-    /// run on the global concurrent executor; no job is dropped.
-    public var taskExecutor: any TaskExecutor { engine }
+    /// A task executor that runs tasks on the completion thread of POSIX aio backends; see
+    /// ``LibaioBackend/taskExecutor``.
+    public var taskExecutor: any TaskExecutor { engine.hub }
 
     /// ``taskExecutor``.
-    public var preferredTaskExecutor: (any TaskExecutor)? { engine }
+    public var preferredTaskExecutor: (any TaskExecutor)? { engine.hub }
+
+    /// A serial executor on the same completion thread, for an actor; see
+    /// ``LibaioBackend/serialExecutor``.
+    public var serialExecutor: any SerialExecutor { engine.hub.serialExecutor }
+
+    /// ``serialExecutor``.
+    public var preferredSerialExecutor: (any SerialExecutor)? { engine.hub.serialExecutor }
 
     /// Whether descriptors on memory file systems are synced inline.
     public var inlinesMemoryFileSystems: Bool { inline != nil }

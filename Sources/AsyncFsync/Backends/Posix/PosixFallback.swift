@@ -1,20 +1,23 @@
 import Synchronization
 import SystemPackage
 
-/// The file systems on which kernel AIO refused a sync of a regular file (`EINVAL` at
-/// `io_submit(2)`: a kernel older than 4.18, or a file system without AIO fsync), and the POSIX
-/// aio backend that serves them for a ``LibaioBackend``.
+/// The file systems on which kernel AIO refused a sync (`EINVAL` at `io_submit(2)` for a regular
+/// file or a directory: a kernel older than 4.18, or a file system without AIO fsync), and the
+/// POSIX aio engine that serves them for a ``LibaioBackend``.
 ///
 /// The first refused request of a file system is served through POSIX aio and its `st_dev` is
-/// remembered; later requests for that file system go to POSIX aio directly. Until a file system
-/// has been remembered the hot path pays one relaxed atomic load; afterwards one `statx(2)` per
-/// request. A pipe or socket also gets `EINVAL` from `io_submit(2)`, but it is not a regular file:
-/// its error is reported as it is, the same as POSIX aio reports it.
+/// remembered; later requests for that file system, files and directories alike, go to POSIX aio
+/// directly. Until a file system has been remembered the hot path pays one atomic load; afterwards
+/// one `statx(2)` per request. A pipe or socket also gets `EINVAL` from `io_submit(2)`, but it is
+/// neither a file nor a directory: its error is reported as it is, as POSIX aio reports it.
+///
+/// The POSIX engine shares the libaio backend's ``FailureLedger``: a failure through either path
+/// refuses later syncs of the file on both, and fails the other path's requests in flight.
 final class PosixFallback: Sendable {
     private struct State {
         var devices: Set<UInt64> = []
-        var backend: PosixAIOBackend?
-        /// The libaio backend is shutting down: no POSIX backend is made any more.
+        var engine: AIOEngine<PosixAIODriver>?
+        /// The libaio backend is shutting down: no POSIX engine is made any more.
         var closed = false
     }
 
@@ -23,12 +26,12 @@ final class PosixFallback: Sendable {
     private let deviceCount = Atomic<Int>(0)
     private let system: SystemCalls
     private let capacity: Int
-    private let stickyFailures: Bool
+    private let ledger: FailureLedger
 
-    init(system: SystemCalls, capacity: Int, stickyFailures: Bool) {
+    init(system: SystemCalls, capacity: Int, ledger: FailureLedger) {
         self.system = system
         self.capacity = capacity
-        self.stickyFailures = stickyFailures
+        self.ledger = ledger
     }
 
     /// Whether requests for `fd` go to POSIX aio because kernel AIO refused its file system.
@@ -40,10 +43,11 @@ final class PosixFallback: Sendable {
     }
 
     /// Whether `error`, thrown by kernel AIO for `fd`, means its file system has no AIO fsync:
-    /// `EINVAL` at submission for a regular file. Remembers the file system when it does.
+    /// `EINVAL` at submission for a regular file or a directory. Remembers the file system when it
+    /// does.
     func takesOver(after error: AsyncSyncError, for fd: FileDescriptor) -> Bool {
         guard error.code == .system, error.errno == .invalidArgument, error.step == .submit,
-              case .success(let status) = system.fileStatus(fd.rawValue), status.isRegularFile else { return false }
+              case .success(let status) = system.fileStatus(fd.rawValue), status.isFileOrDirectory else { return false }
         state.withLock { state in
             if state.devices.insert(status.device).inserted {
                 deviceCount.store(state.devices.count, ordering: .releasing)
@@ -55,58 +59,60 @@ final class PosixFallback: Sendable {
     /// Syncs `fd` through POSIX aio. `refused` is kernel AIO's answer when this request was first
     /// handed to kernel AIO (and so was accepted by the libaio backend before any shutdown).
     func sync(_ fd: FileDescriptor, mode: SyncMode, refused: AsyncSyncError?) async throws {
-        let backend: PosixAIOBackend?
-        switch posixBackend() {
-        case .success(let value): backend = value
+        let engine: AIOEngine<PosixAIODriver>?
+        switch posixEngine() {
+        case .success(let value): engine = value
         case .failure(let setupError):
             guard var refused else { throw setupError }
             refused.message += "; serving it through POSIX aio failed too: \(setupError)"
             throw refused
         }
-        guard let backend else {
+        guard let engine else {
             // The libaio backend is shutting down. A request it had already accepted still
             // completes: a blocking sync, once, on this thread.
             guard refused != nil else { throw AsyncSyncError.shutDown(mode, backend: .libaio, descriptor: fd) }
-            try InlineSync.blockingSync(fd, mode: mode, backend: .posix, system: system)
+            try InlineSync.blockingSync(fd, mode: mode, backend: .posix, system: system, ledger: ledger)
             return
         }
         do {
-            try await backend.engine.sync(fd, mode: mode)
+            try await engine.sync(fd, mode: mode)
         } catch let error as AsyncSyncError where error.code == .shutDown && refused != nil {
-            try InlineSync.blockingSync(fd, mode: mode, backend: .posix, system: system)
+            try InlineSync.blockingSync(fd, mode: mode, backend: .posix, system: system, ledger: ledger)
         }
     }
 
-    /// The POSIX backend, made at its first use; `nil` once closed.
-    private func posixBackend() -> Result<PosixAIOBackend?, AsyncSyncError> {
+    /// The POSIX engine, made at its first use; `nil` once closed.
+    private func posixEngine() -> Result<AIOEngine<PosixAIODriver>?, AsyncSyncError> {
         state.withLock { state in
             if state.closed { return .success(nil) }
-            if let backend = state.backend { return .success(backend) }
+            if let engine = state.engine { return .success(engine) }
             do throws(AsyncSyncError) {
-                let backend = try PosixAIOBackend(
-                    capacity: capacity, stickyFailures: stickyFailures, inlineMemoryFileSystems: false,
-                    system: system)
-                state.backend = backend
-                return .success(backend)
+                let engine = try AIOEngine(
+                    driver: PosixAIODriver(slotCount: capacity, system: system), system: system, ledger: ledger)
+                state.engine = engine
+                return .success(engine)
             } catch {
                 return .failure(error)
             }
         }
     }
 
-    /// Forgets a durability failure recorded by the POSIX backend.
-    func clearFailure(of fd: FileDescriptor) throws -> Bool {
-        let backend = state.withLock { $0.backend }
-        return try backend?.clearFailure(of: fd) ?? false
+    /// Makes no POSIX engine any more and shuts down the one made, if any.
+    func shutdown() async {
+        let engine = state.withLock { state -> AIOEngine<PosixAIODriver>? in
+            state.closed = true
+            return state.engine
+        }
+        await engine?.shutdown()
     }
 
-    /// Makes no POSIX backend any more and shuts down the one made, if any.
-    func shutdown() async {
-        let backend = state.withLock { state -> PosixAIOBackend? in
+    /// Starts the shutdown without waiting (`deinit` of the libaio backend).
+    func beginShutdown() {
+        let engine = state.withLock { state -> AIOEngine<PosixAIODriver>? in
             state.closed = true
-            return state.backend
+            return state.engine
         }
-        await backend?.shutdown()
+        engine?.beginShutdown()
     }
 
     /// The remembered file systems' `st_dev`, in order.

@@ -1,0 +1,538 @@
+import SystemPackage
+
+/// A request waiting in an engine: one `sync` call.
+struct Waiter {
+    var id: UInt64
+    var descriptor: FileDescriptor
+    var mode: SyncMode
+    var continuation: UnsafeContinuation<Void, any Error>
+    /// ``FailureLedger/stamp()`` at arrival (the in-flight rule).
+    var arrival: UInt64
+    /// The file's identity, taken when the request could not be handed to the system at once; it
+    /// is compared with the descriptor's file before the sync is submitted (a descriptor closed
+    /// and reused meanwhile names another file). `nil` when `statx(2)` failed: then the system
+    /// reports the descriptor's own error.
+    var identity: FileIdentity?
+    var identityTaken: Bool
+}
+
+/// The requests of one descriptor that one sync will serve.
+struct Batch {
+    var descriptor: CInt = -1
+    /// ``SyncMode/fsync`` if any waiter asked for it.
+    var mode: SyncMode = .fdatasync
+    var first: Int32 = -1
+    var last: Int32 = -1
+    var count = 0
+    /// The slot it holds, or -1 while it waits.
+    var slot: Int32 = -1
+    /// Handed to the system, so that its completion may be looked for (POSIX aio, whose control
+    /// blocks are only watched once `aio_fsync(3)` accepted them; kernel AIO reports completions
+    /// of any slot in use, possibly before the submitter has returned from `io_submit(2)`).
+    var submitted = false
+    var interruptedRetries: UInt8 = 0
+    /// Some waiter carries an identity to compare before submission.
+    var needsIdentityCheck = false
+}
+
+/// The state of one ``AIOEngine``: requests, per-descriptor batches, slots, the submitter role and
+/// the engine's life. A plain value: every event is a method that changes it and says what the
+/// caller must do next, outside the lock (resume continuations, submit, ask the completion thread
+/// to release the driver). It makes no system call and touches no other object.
+///
+/// **Per-descriptor batching.** At most one sync per descriptor is in the system at a time. A
+/// request for a descriptor whose sync is running joins the descriptor's *next* batch, which is
+/// submitted when the running one completes and serves every request that joined it. So:
+/// - a request is only ever served by a sync that started after it arrived;
+/// - two syncs of one open file description never run at once, so the kernel cannot report a
+///   writeback error to one of them and `0` to the other (it reports it once per open file);
+/// - N concurrent requests on one descriptor need far fewer than N syncs.
+///
+/// **Life.** `accepting` → (`beginShutdown`) `draining`: new requests are refused, accepted ones
+/// complete → `releasing`, once nothing is outstanding and nobody holds the submitter role: the
+/// action ``Release/release`` is returned exactly once, and the completion thread frees the
+/// driver → `released`.
+struct EngineState {
+    enum Lifecycle: Equatable {
+        case accepting, draining, releasing, released
+    }
+
+    /// Returned by the events that may end a drain.
+    enum Release: Equatable {
+        case none
+        /// Nothing is outstanding during a shutdown: the driver may be freed now (once).
+        case release
+    }
+
+    let slotCount: Int
+    private(set) var lifecycle = Lifecycle.accepting
+    /// The errno of a broken completion source; every later request fails with it.
+    private(set) var brokenErrno: Errno?
+
+    private var slotBatch: [Int32]
+    private var freeSlots: [Int32]
+    private var batches: [Batch] = []
+    private var freeBatches: [Int32] = []
+    private var waiters: [Waiter?] = []
+    private var nextWaiter: [Int32] = []
+    private var freeWaiters: [Int32] = []
+    /// Per descriptor: the batch in a slot and the batch that new requests join.
+    private var descriptors: [CInt: (running: Int32, next: Int32)] = [:]
+    /// Batches without a running sync of their descriptor, waiting for a slot, in arrival order.
+    private var ready = Int32Queue()
+
+    /// A thread holds the submitter role.
+    private(set) var submitting = false
+    /// `EAGAIN` at submission: nothing is submitted until a completion frees resources.
+    private(set) var blockedOnResources = false
+    /// Requests in the engine (waiting or in a slot).
+    private(set) var outstanding = 0
+    /// Slots taken.
+    private(set) var slotsInUse = 0
+
+    init(slotCount: Int) {
+        precondition(slotCount > 0)
+        self.slotCount = slotCount
+        slotBatch = Array(repeating: -1, count: slotCount)
+        freeSlots = (0..<Int32(slotCount)).reversed()
+        batches.reserveCapacity(slotCount)
+        waiters.reserveCapacity(slotCount)
+        nextWaiter.reserveCapacity(slotCount)
+        descriptors.reserveCapacity(slotCount)
+    }
+
+    // MARK: Arrival
+
+    enum ArrivalRefusal {
+        case shutDown
+        case broken(Errno)
+        case cancelled
+    }
+
+    enum Arrival {
+        case refused(ArrivalRefusal)
+        /// The request will wait (for its descriptor's running sync, or for a slot): take the
+        /// file's identity outside the lock and arrive again with it.
+        case needsIdentity
+        /// Joined a batch; someone else submits it.
+        case queued
+        /// Joined a batch that is ready, and the caller now holds the submitter role: call
+        /// ``takeBatches(into:)`` until it returns nothing.
+        case submit
+    }
+
+    /// A request arrives. `onCompletionThread`: the caller runs on this engine's completion
+    /// thread, which submits after its jobs (so the requests of every task it resumed go to the
+    /// system together): the caller never takes the submitter role.
+    mutating func arrive(_ waiter: Waiter, isCancelled: Bool, onCompletionThread: Bool) -> Arrival {
+        if let errno = brokenErrno { return .refused(.broken(errno)) }
+        guard lifecycle == .accepting else { return .refused(.shutDown) }
+        if isCancelled { return .refused(.cancelled) }
+        let fd = waiter.descriptor.rawValue
+        let entry = descriptors[fd] ?? (-1, -1)
+        let batch: Int32
+        if entry.next >= 0 {
+            guard waiter.identityTaken else { return .needsIdentity }
+            batch = entry.next
+        } else {
+            let waits = entry.running >= 0 || blockedOnResources || ready.count >= freeSlots.count
+            if waits, !waiter.identityTaken { return .needsIdentity }
+            batch = makeBatch(fd)
+            descriptors[fd] = (entry.running, batch)
+            if entry.running < 0 { ready.append(batch) }
+        }
+        append(waiter, to: batch)
+        outstanding += 1
+        guard entry.running < 0, !submitting, !onCompletionThread else { return .queued }
+        submitting = true
+        return .submit
+    }
+
+    /// Takes the submitter role if it is free and there is something to submit (the completion
+    /// thread after its jobs or a completion).
+    mutating func takeSubmitterRole() -> Bool {
+        guard !submitting, !blockedOnResources, !ready.isEmpty, !freeSlots.isEmpty else { return false }
+        submitting = true
+        return true
+    }
+
+    // MARK: Submission (holder of the submitter role)
+
+    struct Prepared {
+        var slot: Int32
+        var descriptor: CInt
+        var mode: SyncMode
+        var needsIdentityCheck: Bool
+    }
+
+    /// Moves ready batches into free slots and appends them to `prepared`; the caller prepares each
+    /// control block under the same lock and submits them after it. With nothing to take, gives up
+    /// the submitter role and returns what that means for a drain.
+    mutating func takeBatches(into prepared: inout [Prepared]) -> Release {
+        precondition(submitting)
+        while !blockedOnResources, let slot = freeSlots.last, let batch = ready.popFirst() {
+            freeSlots.removeLast()
+            let fd = batches[Int(batch)].descriptor
+            batches[Int(batch)].slot = slot
+            slotBatch[Int(slot)] = batch
+            slotsInUse += 1
+            descriptors[fd] = (batch, -1)
+            prepared.append(Prepared(slot: slot, descriptor: fd, mode: batches[Int(batch)].mode,
+                                     needsIdentityCheck: batches[Int(batch)].needsIdentityCheck))
+        }
+        guard prepared.isEmpty else { return .none }
+        submitting = false
+        return drainCheck()
+    }
+
+    /// Before submission: removes the waiters of `slot`'s batch whose file is not the one its
+    /// descriptor names now (`current`; nil when it could not be identified), appending them to
+    /// `mismatched` (they fail with `EBADF`). Returns whether the batch is now empty: then its
+    /// slot has been freed and it must not be submitted.
+    mutating func dropMismatched(slot: Int32, current: FileIdentity?, into mismatched: inout [Waiter]) -> Bool {
+        let batch = slotBatch[Int(slot)]
+        var previous: Int32 = -1
+        var index = batches[Int(batch)].first
+        while index >= 0 {
+            let next = nextWaiter[Int(index)]
+            if let identity = waiters[Int(index)]!.identity, identity != current {
+                mismatched.append(unlink(index, previous: previous, from: batch))
+            } else {
+                previous = index
+            }
+            index = next
+        }
+        guard batches[Int(batch)].count == 0 else {
+            batches[Int(batch)].mode = strongestMode(of: batch)
+            return false
+        }
+        finishSlot(slot)
+        return true
+    }
+
+    /// `slots` were handed to the system (only needed by a driver that watches submitted control
+    /// blocks: a slot is freed only by its completion, which such a driver sees only after this).
+    mutating func submitted(_ slots: UnsafeBufferPointer<Int32>) {
+        for slot in slots { batches[Int(slotBatch[Int(slot)])].submitted = true }
+    }
+
+    /// The system refused `slot`'s sync (EBADF, EINVAL, …): its waiters fail with that errno.
+    mutating func refused(slot: Int32, into failed: inout [Waiter]) {
+        takeWaiters(of: slotBatch[Int(slot)], into: &failed)
+        finishSlot(slot)
+    }
+
+    /// The system is out of resources (`EAGAIN`) for `slots`. With other syncs in flight, their
+    /// batches go back to the front of the ready queue and nothing is submitted until a
+    /// completion; with none in flight no completion would come, so their waiters fail (appended
+    /// to `failed`).
+    mutating func exhausted(_ slots: UnsafeBufferPointer<Int32>, into failed: inout [Waiter]) {
+        let othersInFlight = slotsInUse > slots.count
+        for slot in slots.reversed() {
+            let batch = slotBatch[Int(slot)]
+            if !othersInFlight {
+                takeWaiters(of: batch, into: &failed)
+                finishSlot(slot)
+                continue
+            }
+            let fd = batches[Int(batch)].descriptor
+            slotBatch[Int(slot)] = -1
+            freeSlots.append(slot)
+            slotsInUse -= 1
+            batches[Int(batch)].slot = -1
+            batches[Int(batch)].submitted = false
+            let entry = descriptors[fd]!
+            if entry.next >= 0 {
+                // Requests that arrived while it was being submitted: nothing was submitted, so one
+                // batch serves all of them, still only with a sync that starts after each arrived.
+                merge(entry.next, into: batch)
+            }
+            descriptors[fd] = (-1, batch)
+            ready.prepend(batch)
+        }
+        if othersInFlight { blockedOnResources = true }
+    }
+
+    // MARK: Completion (the completion thread)
+
+    enum Completed {
+        /// `EINTR`: the sync did not run to its end; submit the slot again.
+        case retry
+        /// The batch is done; its waiters were appended.
+        case finished
+        /// Not a slot in use (a stale or foreign event).
+        case unknown
+    }
+
+    static var maximumInterruptedRetries: UInt8 { 16 }
+
+    /// The system reported `slot`'s result. On `.finished` the batch's waiters are appended to
+    /// `done`, the slot is free and the descriptor's next batch (if any) is ready.
+    mutating func completed(slot: Int32, result: Result<Void, Errno>, into done: inout [Waiter]) -> Completed {
+        guard slot >= 0, Int(slot) < slotCount else { return .unknown }
+        let batch = slotBatch[Int(slot)]
+        guard batch >= 0 else { return .unknown }
+        if case .failure(.interrupted) = result,
+           batches[Int(batch)].interruptedRetries < Self.maximumInterruptedRetries {
+            batches[Int(batch)].interruptedRetries += 1
+            batches[Int(batch)].submitted = false
+            return .retry
+        }
+        takeWaiters(of: batch, into: &done)
+        finishSlot(slot)
+        blockedOnResources = false
+        return .finished
+    }
+
+    /// After a batch of completions: whether a drain has ended.
+    mutating func afterCompletions() -> Release {
+        drainCheck()
+    }
+
+    /// The completion source broke: every waiter fails with `errno`, later requests too, and the
+    /// engine drains.
+    mutating func broken(_ errno: Errno, into failed: inout [Waiter]) -> Release {
+        brokenErrno = errno
+        if lifecycle == .accepting { lifecycle = .draining }
+        for slot in 0..<Int32(slotCount) where slotBatch[Int(slot)] >= 0 {
+            takeWaiters(of: slotBatch[Int(slot)], into: &failed)
+            finishSlot(slot)
+        }
+        for (_, entry) in descriptors where entry.next >= 0 {
+            takeWaiters(of: entry.next, into: &failed)
+            freeBatch(entry.next)
+        }
+        descriptors.removeAll(keepingCapacity: true)
+        ready.removeAll()
+        blockedOnResources = false
+        return drainCheck()
+    }
+
+    /// The slots handed to the system whose completion is awaited (the POSIX driver watches them).
+    func submittedSlots(into list: inout [Int32]) {
+        for slot in 0..<Int32(slotCount) where slotBatch[Int(slot)] >= 0 && batches[Int(slotBatch[Int(slot)])].submitted {
+            list.append(slot)
+        }
+    }
+
+    // MARK: Cancellation
+
+    /// Removes the request `id` on `descriptor` if it still waits (its batch has no slot yet).
+    mutating func cancel(id: UInt64, descriptor: CInt) -> (Waiter?, Release) {
+        guard let entry = descriptors[descriptor], entry.next >= 0 else { return (nil, .none) }
+        let batch = entry.next
+        var previous: Int32 = -1
+        var index = batches[Int(batch)].first
+        while index >= 0, waiters[Int(index)]!.id != id {
+            previous = index
+            index = nextWaiter[Int(index)]
+        }
+        guard index >= 0 else { return (nil, .none) }
+        let waiter = unlink(index, previous: previous, from: batch)
+        if batches[Int(batch)].count == 0 {
+            if entry.running < 0 {
+                ready.remove(batch)
+                descriptors[descriptor] = nil
+            } else {
+                descriptors[descriptor] = (entry.running, -1)
+            }
+            freeBatch(batch)
+        } else {
+            batches[Int(batch)].mode = strongestMode(of: batch)
+        }
+        return (waiter, drainCheck())
+    }
+
+    // MARK: Shutdown
+
+    /// Refuses new requests from now on; `.release` when nothing is outstanding.
+    mutating func beginShutdown() -> Release {
+        if lifecycle == .accepting { lifecycle = .draining }
+        return drainCheck()
+    }
+
+    /// The completion thread freed the driver.
+    mutating func released() {
+        precondition(lifecycle == .releasing)
+        lifecycle = .released
+    }
+
+    // MARK: Introspection
+
+    /// Requests waiting for a batch of their descriptor or for a slot.
+    var waitingCount: Int {
+        var count = 0
+        for (_, entry) in descriptors where entry.next >= 0 { count += batches[Int(entry.next)].count }
+        return count
+    }
+
+    // MARK: Internals
+
+    private mutating func drainCheck() -> Release {
+        guard lifecycle == .draining, outstanding == 0, !submitting else { return .none }
+        precondition(slotsInUse == 0 && ready.isEmpty)
+        lifecycle = .releasing
+        return .release
+    }
+
+    /// Frees `slot` and its batch; makes the descriptor's next batch ready.
+    private mutating func finishSlot(_ slot: Int32) {
+        let batch = slotBatch[Int(slot)]
+        let fd = batches[Int(batch)].descriptor
+        slotBatch[Int(slot)] = -1
+        freeSlots.append(slot)
+        slotsInUse -= 1
+        freeBatch(batch)
+        let next = descriptors[fd]?.next ?? -1
+        if next >= 0 {
+            descriptors[fd] = (-1, next)
+            ready.append(next)
+        } else {
+            descriptors[fd] = nil
+        }
+    }
+
+    private mutating func makeBatch(_ fd: CInt) -> Int32 {
+        let index: Int32
+        if let free = freeBatches.popLast() {
+            index = free
+        } else {
+            index = Int32(batches.count)
+            batches.append(Batch())
+        }
+        batches[Int(index)] = Batch(descriptor: fd)
+        return index
+    }
+
+    private mutating func freeBatch(_ batch: Int32) {
+        batches[Int(batch)] = Batch()
+        freeBatches.append(batch)
+    }
+
+    private mutating func append(_ waiter: Waiter, to batch: Int32) {
+        let index: Int32
+        if let free = freeWaiters.popLast() {
+            index = free
+            waiters[Int(index)] = waiter
+            nextWaiter[Int(index)] = -1
+        } else {
+            index = Int32(waiters.count)
+            waiters.append(waiter)
+            nextWaiter.append(-1)
+        }
+        if batches[Int(batch)].last >= 0 {
+            nextWaiter[Int(batches[Int(batch)].last)] = index
+        } else {
+            batches[Int(batch)].first = index
+        }
+        batches[Int(batch)].last = index
+        batches[Int(batch)].count += 1
+        if waiter.mode == .fsync { batches[Int(batch)].mode = .fsync }
+        if waiter.identity != nil { batches[Int(batch)].needsIdentityCheck = true }
+    }
+
+    /// Removes waiter `index` (whose predecessor is `previous`) from `batch` and frees its node.
+    private mutating func unlink(_ index: Int32, previous: Int32, from batch: Int32) -> Waiter {
+        let next = nextWaiter[Int(index)]
+        if previous >= 0 { nextWaiter[Int(previous)] = next } else { batches[Int(batch)].first = next }
+        if batches[Int(batch)].last == index { batches[Int(batch)].last = previous }
+        batches[Int(batch)].count -= 1
+        outstanding -= 1
+        let waiter = waiters[Int(index)]!
+        waiters[Int(index)] = nil
+        freeWaiters.append(index)
+        return waiter
+    }
+
+    private mutating func takeWaiters(of batch: Int32, into list: inout [Waiter]) {
+        var index = batches[Int(batch)].first
+        while index >= 0 {
+            list.append(waiters[Int(index)]!)
+            waiters[Int(index)] = nil
+            freeWaiters.append(index)
+            outstanding -= 1
+            index = nextWaiter[Int(index)]
+        }
+        batches[Int(batch)].first = -1
+        batches[Int(batch)].last = -1
+        batches[Int(batch)].count = 0
+    }
+
+    /// Appends `source`'s waiters to `target` and frees `source`.
+    private mutating func merge(_ source: Int32, into target: Int32) {
+        var index = batches[Int(source)].first
+        while index >= 0 {
+            let next = nextWaiter[Int(index)]
+            nextWaiter[Int(index)] = -1
+            if batches[Int(target)].last >= 0 {
+                nextWaiter[Int(batches[Int(target)].last)] = index
+            } else {
+                batches[Int(target)].first = index
+            }
+            batches[Int(target)].last = index
+            batches[Int(target)].count += 1
+            index = next
+        }
+        if batches[Int(source)].mode == .fsync { batches[Int(target)].mode = .fsync }
+        if batches[Int(source)].needsIdentityCheck { batches[Int(target)].needsIdentityCheck = true }
+        freeBatch(source)
+    }
+
+    private func strongestMode(of batch: Int32) -> SyncMode {
+        var index = batches[Int(batch)].first
+        while index >= 0 {
+            if waiters[Int(index)]!.mode == .fsync { return .fsync }
+            index = nextWaiter[Int(index)]
+        }
+        return .fdatasync
+    }
+}
+
+/// A FIFO of batch indexes with removal from the middle (cancellation) and push to the front
+/// (EAGAIN). Reuses its storage: no allocation in steady state.
+struct Int32Queue {
+    private var storage: [Int32] = []
+    private var head = 0
+
+    var count: Int { storage.count - head }
+    var isEmpty: Bool { head == storage.count }
+
+    mutating func append(_ value: Int32) { storage.append(value) }
+
+    mutating func prepend(_ value: Int32) {
+        if head > 0 {
+            head -= 1
+            storage[head] = value
+        } else {
+            storage.insert(value, at: 0)
+        }
+    }
+
+    mutating func popFirst() -> Int32? {
+        guard head < storage.count else { return nil }
+        let value = storage[head]
+        head += 1
+        if head == storage.count {
+            storage.removeAll(keepingCapacity: true)
+            head = 0
+        } else if head >= 1024, head * 2 >= storage.count {
+            storage.removeFirst(head)
+            head = 0
+        }
+        return value
+    }
+
+    mutating func remove(_ value: Int32) {
+        guard let index = storage[head...].firstIndex(of: value) else { return }
+        storage.remove(at: index)
+        if head == storage.count {
+            storage.removeAll(keepingCapacity: true)
+            head = 0
+        }
+    }
+
+    mutating func removeAll() {
+        storage.removeAll(keepingCapacity: true)
+        head = 0
+    }
+}
