@@ -67,6 +67,16 @@ static void reset_state(void) {
     state.failed_writes = 0;
 }
 
+// With --writeback-cache the kernel reads pages of files opened write-only (to fill partial
+// pages) and applies O_APPEND itself, writing back at explicit offsets: open the backing file
+// read-write and without O_APPEND (as libfuse's passthrough example does), or those reads fail
+// with EBADF and the writebacks land at the end of the file.
+static int backing_flags(int flags) {
+    if (!writeback_cache) return flags;
+    if ((flags & O_ACCMODE) == O_WRONLY) flags = (flags & ~O_ACCMODE) | O_RDWR;
+    return flags & ~O_APPEND;
+}
+
 static void full_path(char out[PATH_MAX], const char *path) {
     snprintf(out, PATH_MAX, "%s%s", backing, path);
 }
@@ -202,7 +212,7 @@ static int fs_utimens(const char *path, const struct timespec tv[2], struct fuse
 
 static int fs_create(const char *path, mode_t mode, struct fuse_file_info *fi) {
     char real[PATH_MAX]; full_path(real, path);
-    int fd = open(real, fi->flags, mode);
+    int fd = open(real, backing_flags(fi->flags), mode);
     if (fd < 0) return -errno;
     fi->fh = (uint64_t)fd;
     return 0;
@@ -215,7 +225,7 @@ static int fs_open(const char *path, struct fuse_file_info *fi) {
         return 0;
     }
     char real[PATH_MAX]; full_path(real, path);
-    int fd = open(real, fi->flags);
+    int fd = open(real, backing_flags(fi->flags));
     if (fd < 0) return -errno;
     fi->fh = (uint64_t)fd;
     return 0;
