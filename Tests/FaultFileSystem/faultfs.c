@@ -29,6 +29,7 @@
 #include <fuse_lowlevel.h>  // fuse_parse_cmdline
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -958,6 +959,15 @@ static int run_loop(struct fuse *fuse, const struct fuse_cmdline_opts *options) 
 }
 
 int main(int argc, char *argv[]) {
+    // posix_spawn passes the parent thread's signal mask on, and Swift's concurrency threads
+    // block SIGTERM: unblock what libfuse's handlers end the loop on, or a daemon whose mount is
+    // still busy (a file left open) would ignore Process.terminate() forever.
+    sigset_t termination;
+    sigemptyset(&termination);
+    sigaddset(&termination, SIGTERM);
+    sigaddset(&termination, SIGINT);
+    sigaddset(&termination, SIGHUP);
+    pthread_sigmask(SIG_UNBLOCK, &termination, NULL);
     if (argc < 3) {
         fprintf(stderr, "usage: %s BACKING_DIR MOUNTPOINT [fuse options]\n", argv[0]);
         return 2;
