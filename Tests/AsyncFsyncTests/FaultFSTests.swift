@@ -7,6 +7,10 @@ import Testing
 
 /// A mounted instance of Tests/FaultFileSystem/faultfs: a passthrough FUSE file system whose
 /// fsync handler answers with an injected errno. Unmounted and removed when released.
+///
+/// In power-loss mode it also models what a power cut would leave (Tests/FaultFileSystem/README.md):
+/// file data is durable only through a successful fsync/fdatasync of the file, covering what
+/// reached the file system before the sync did; names only through fsync of their directory.
 final class FaultFS {
     let mountPoint: FilePath
     /// The directory the file system passes through to.
@@ -14,6 +18,7 @@ final class FaultFS {
     private let base: FilePath
     private let daemon: Process
     private var mounted = true
+    private var crashImages = 0
 
     static var canRun: Bool {
         getuid() == 0 && FileManager.default.fileExists(atPath: "/dev/fuse") && binary != nil
@@ -34,8 +39,9 @@ final class FaultFS {
     }()
 
     /// Mounts a new instance; `writebackCache` lets the kernel cache writes and send them to the
-    /// file system only at writeback (during fsync).
-    init(writebackCache: Bool = false) throws {
+    /// file system only at writeback (during fsync); `powerLoss` starts it in power-loss mode,
+    /// with the (empty) backing directory as the durable state.
+    init(writebackCache: Bool = false, powerLoss: Bool = false) throws {
         base = FilePath("/tmp").appending("asyncfsync-fuse-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         mountPoint = base.appending("mnt")
         backing = base.appending("backing")
@@ -45,6 +51,7 @@ final class FaultFS {
         daemon.executableURL = URL(fileURLWithPath: Self.binary!)
         daemon.arguments = [backing.string, mountPoint.string, "-f", "-o", "auto_unmount"]
             + (writebackCache ? ["--writeback-cache"] : [])
+            + (powerLoss ? ["--power-loss"] : [])
         daemon.standardOutput = FileHandle.nullDevice
         daemon.standardError = FileHandle.nullDevice
         try daemon.run()
@@ -73,7 +80,7 @@ final class FaultFS {
     func status() throws -> [String: String] {
         let fd = try FileDescriptor.open(mountPoint.appending(".faultfs"), .readOnly)
         defer { try? fd.close() }
-        var buffer = [UInt8](repeating: 0, count: 512)
+        var buffer = [UInt8](repeating: 0, count: 1024)
         let count = try buffer.withUnsafeMutableBytes { try fd.read(into: $0) }
         let line = String(decoding: buffer[..<count], as: UTF8.self)
         return Dictionary(uniqueKeysWithValues: line.split(whereSeparator: \.isWhitespace).compactMap { word in
@@ -83,6 +90,33 @@ final class FaultFS {
     }
 
     func counter(_ name: String) throws -> Int { Int(try status()[name] ?? "") ?? -1 }
+
+    /// Power-loss mode: writes what a power cut now would leave into a fresh directory and
+    /// returns it (removed with the file system). The mount keeps working; call it again later
+    /// for a later crash.
+    /// - Throws: `Errno.invalidArgument` when the mode is off.
+    func crashImage() throws -> FilePath {
+        crashImages += 1
+        let image = base.appending("crash-\(crashImages)")
+        try control("crash=\(image.string)")
+        return image
+    }
+
+    /// Power-loss mode: the durable content of the file now at `name` (relative to the mount),
+    /// whether or not its name is durable yet: what its last successful fsync/fdatasync covered,
+    /// empty if none since it was created. Sends no sync; cheap enough to check at every
+    /// acknowledgement of a small log.
+    func durableContents(of name: String) throws -> [UInt8] {
+        let fd = try FileDescriptor.open(mountPoint.appending(".faultfs-durable").appending(name), .readOnly)
+        defer { try? fd.close() }
+        var contents: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let count = try chunk.withUnsafeMutableBytes { try fd.read(into: $0) }
+            if count == 0 { return contents }
+            contents += chunk[..<count]
+        }
+    }
 
     /// Detaches the mount lazily (`umount -l`): open files keep working until they are closed.
     func unmountLazily() throws {
