@@ -213,12 +213,11 @@ struct AsyncFsyncBench: AsyncParsableCommand {
                     forReadingAndWritingAt: FilePath(path), options: .modifyFile(createIfNecessary: false)))
             }
         }
-        let cpuBefore = cpuSeconds()
+        // Only the request loop is timed (`Loop.window`): creating and shutting down a backend,
+        // io_setup and io_destroy (which waits for an RCU grace period: 28-43 ms here) are not part
+        // of a sync's cost, and the C floor is timed the same way.
         let clonesBefore = systemClones()
-        let switchesBefore = contextSwitches()
-        let start = DispatchTime.now().uptimeNanoseconds
-        var ops = 0
-        var latency = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
+        var loop = Loop()
         switch method {
         case .cBlocking, .cLibaio, .cPosix:
             let cMethod: Int32 = method == .cBlocking ? 0 : method == .cLibaio ? 1 : 2
@@ -229,13 +228,13 @@ struct AsyncFsyncBench: AsyncParsableCommand {
             let raw = files.descriptors.map(\.rawValue)
             let result = raw.withUnsafeBufferPointer {
                 cfloor_run(cMethod, mode == .fdatasync ? 1 : 0, cell.write4k ? 1 : 0, Int32(cell.depth),
-                           $0.baseAddress, Int32($0.count), seconds, samples, capacity, &recorded)
+                           $0.baseAddress, Int32($0.count), seconds, &loop.window, samples, capacity, &recorded)
             }
             guard result >= 0 else { throw Errno(rawValue: Int32(-result)) }
-            ops = result
-            for index in 0..<recorded { _ = latency.record(samples[index]) }
+            loop.ops = result
+            loop.samples = [Array(UnsafeBufferPointer(start: samples, count: recorded))]
         case .blocking:
-            (ops, latency) = runThreads(depth: cell.depth, cell: cell, files: files, mode: mode)
+            loop = runThreads(depth: cell.depth, cell: cell, files: files, mode: mode)
         case .libaio, .posix, .auto:
             let backend: any AsyncSyncBackend = switch method {
             // The mechanisms themselves, compared with their C floors; `auto` is what a user gets,
@@ -244,27 +243,27 @@ struct AsyncFsyncBench: AsyncParsableCommand {
             case .posix: try PosixAIOBackend(inlineMemoryFileSystems: false)
             default: try AsyncSync.makeBackend()
             }
-            (ops, latency) = try await runTasks(cell: cell, files: files) { fd in try await backend.sync(fd, mode: mode) }
+            loop = try await runTasks(cell: cell, files: files) { fd in try await backend.sync(fd, mode: mode) }
             await backend.shutdown()
         case .libaioExecutor, .posixExecutor:
             let libaio = method == .libaioExecutor ? try LibaioBackend(inlineMemoryFileSystems: false) : nil
             let posix = method == .posixExecutor ? try PosixAIOBackend(inlineMemoryFileSystems: false) : nil
             let backend: any AsyncSyncBackend = libaio ?? posix!
             let executor = libaio?.taskExecutor ?? posix!.taskExecutor
-            (ops, latency) = try await runTasks(cell: cell, files: files, executor: executor) { fd in
+            loop = try await runTasks(cell: cell, files: files, executor: executor) { fd in
                 try await backend.sync(fd, mode: mode)
             }
             await backend.shutdown()
         case .groupCommit:
             let counting = CountingBackend(try AsyncSync.makeBackend())
             let group = GroupCommit(wrapping: counting, delay: .microseconds(groupDelayUs))
-            (ops, latency) = try await runTasks(cell: cell, files: files) { fd in try await group.sync(fd, mode: mode) }
+            loop = try await runTasks(cell: cell, files: files) { fd in try await group.sync(fd, mode: mode) }
             await group.shutdown()
             m.syncs += counting.count.withLock { $0 }
         case .taskBlocking:
-            (ops, latency) = try await runTasks(cell: cell, files: files) { fd in try blockingSync(fd, mode) }
+            loop = try await runTasks(cell: cell, files: files) { fd in try blockingSync(fd, mode) }
         case .dispatch:
-            (ops, latency) = try await runTasks(cell: cell, files: files) { fd in
+            loop = try await runTasks(cell: cell, files: files) { fd in
                 try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
                     DispatchQueue.global().async {
                         continuation.resume(with: Result { try blockingSync(fd, mode) })
@@ -272,83 +271,113 @@ struct AsyncFsyncBench: AsyncParsableCommand {
                 }
             }
         case .nioThreadPool:
-            (ops, latency) = try await runTasks(cell: cell, files: files) { fd in
+            loop = try await runTasks(cell: cell, files: files) { fd in
                 try await NIOThreadPool.singleton.runIfActive { try blockingSync(fd, mode) }
             }
         case .nioFileSystem:
             let byDescriptor = Dictionary(uniqueKeysWithValues: zip(files.descriptors.map(\.rawValue), handles))
-            (ops, latency) = try await runTasks(cell: cell, files: files) { fd in
+            loop = try await runTasks(cell: cell, files: files) { fd in
                 // NIOFileSystem has fsync only (no fdatasync): both workloads use synchronize().
                 try await byDescriptor[fd.rawValue]!.synchronize()
             }
         }
-        m.seconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         for handle in handles { try? await handle.close() }
-        m.ops += ops
-        m.cpuSeconds += cpuSeconds() - cpuBefore
+        m.add(loop)
         m.clones += systemClones() - clonesBefore
-        m.contextSwitches += contextSwitches() - switchesBefore
-        m.latency.add(latency)
     }
 
     /// Keeps `cell.depth` requests in flight, one task per slot, until the deadline. Each task keeps
     /// its latencies in a plain array (one histogram per task would cost far more than a sync at
-    /// depth 256); they are recorded into one histogram afterwards.
+    /// depth 256); they are recorded into one histogram after the window closes.
     func runTasks(
         cell: Cell, files: Files, executor: (any TaskExecutor)? = nil,
         _ sync: @escaping @Sendable (FileDescriptor) async throws -> Void
-    ) async throws -> (Int, Histogram<UInt64>) {
-        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(seconds * 1e9)
+    ) async throws -> Loop {
+        var loop = Loop()
+        cfloor_take_snapshot(&loop.window.begin)
+        let deadline = loop.window.begin.ns + UInt64(seconds * 1e9)
         let write4k = cell.write4k
-        return try await withThrowingTaskGroup(of: [UInt64].self) { group in
+        loop.samples = try await withThrowingTaskGroup(of: [UInt64].self) { group in
             for slot in 0..<cell.depth {
                 let fd = files.descriptors[slot % files.descriptors.count]
                 group.addTask(executorPreference: executor) {
                     var samples: [UInt64] = []
                     samples.reserveCapacity(1024)
-                    while DispatchTime.now().uptimeNanoseconds < deadline {
-                        let begin = DispatchTime.now().uptimeNanoseconds
+                    while monotonicNanoseconds() < deadline {
+                        let begin = monotonicNanoseconds()
                         if write4k { try writeBlock(fd, sequence: samples.count * 64 + slot) }
                         try await sync(fd)
-                        samples.append(DispatchTime.now().uptimeNanoseconds - begin)
+                        samples.append(monotonicNanoseconds() - begin)
                     }
                     return samples
                 }
             }
-            var total = 0
-            var merged = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
-            for try await samples in group {
-                total += samples.count
-                for sample in samples { _ = merged.record(sample) }
-            }
-            return (total, merged)
+            var all: [[UInt64]] = []
+            for try await samples in group { all.append(samples) }
+            return all
         }
+        cfloor_take_snapshot(&loop.window.end)
+        loop.ops = loop.samples.reduce(0) { $0 + $1.count }
+        return loop
     }
 
     /// Keeps `depth` blocking syncs in flight, one dedicated thread per slot, until the deadline.
-    func runThreads(depth: Int, cell: Cell, files: Files, mode: SyncMode) -> (Int, Histogram<UInt64>) {
-        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(seconds * 1e9)
+    /// The threads are started before the window opens and wait for it.
+    func runThreads(depth: Int, cell: Cell, files: Files, mode: SyncMode) -> Loop {
         let results = ResultBox()
         let finished = DispatchSemaphore(value: 0)
+        let go = DispatchSemaphore(value: 0)
+        let deadline = Mutex<UInt64>(0)
+        let ready = DispatchSemaphore(value: 0)
         for slot in 0..<depth {
             let fd = files.descriptors[slot % files.descriptors.count]
             let write4k = cell.write4k
             let thread = Thread {
+                ready.signal()
+                go.wait()
+                let deadline = deadline.withLock { $0 }
                 var samples: [UInt64] = []
                 samples.reserveCapacity(1024)
-                while DispatchTime.now().uptimeNanoseconds < deadline {
-                    let begin = DispatchTime.now().uptimeNanoseconds
+                while monotonicNanoseconds() < deadline {
+                    let begin = monotonicNanoseconds()
                     if write4k { try? writeBlock(fd, sequence: samples.count * 64 + slot) }
                     try? blockingSync(fd, mode)
-                    samples.append(DispatchTime.now().uptimeNanoseconds - begin)
+                    samples.append(monotonicNanoseconds() - begin)
                 }
                 results.add(samples)
                 finished.signal()
             }
             thread.start()
         }
+        for _ in 0..<depth { ready.wait() }
+        var loop = Loop()
+        cfloor_take_snapshot(&loop.window.begin)
+        deadline.withLock { $0 = loop.window.begin.ns + UInt64(seconds * 1e9) }
+        for _ in 0..<depth { go.signal() }
         for _ in 0..<depth { finished.wait() }
-        return results.value
+        cfloor_take_snapshot(&loop.window.end)
+        loop.samples = results.value
+        loop.ops = loop.samples.reduce(0) { $0 + $1.count }
+        return loop
+    }
+}
+
+/// What a request loop did: its window (snapshots just before the first request and just after
+/// the last completion), the requests it completed and their latencies (nanoseconds).
+struct Loop {
+    var ops = 0
+    var window = cfloor_window()
+    var samples: [[UInt64]] = []
+}
+
+extension Measurement {
+    mutating func add(_ loop: Loop) {
+        let begin = loop.window.begin, end = loop.window.end
+        ops += loop.ops
+        seconds += Double(end.ns - begin.ns) / 1e9
+        cpuSeconds += Double(end.cpu_us - begin.cpu_us) / 1e6
+        contextSwitches += end.context_switches - begin.context_switches
+        for list in loop.samples { for sample in list { _ = latency.record(sample) } }
     }
 }
 
@@ -372,15 +401,9 @@ final class ResultBox: @unchecked Sendable {
         lock.lock(); defer { lock.unlock() }
         self.samples.append(samples)
     }
-    var value: (Int, Histogram<UInt64>) {
+    var value: [[UInt64]] {
         lock.lock(); defer { lock.unlock() }
-        var latency = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
-        var ops = 0
-        for list in samples {
-            ops += list.count
-            for sample in list { _ = latency.record(sample) }
-        }
-        return (ops, latency)
+        return samples
     }
 }
 
@@ -419,23 +442,17 @@ func blockingSync(_ fd: FileDescriptor, _ mode: SyncMode) throws {
     if result != 0 { throw Errno(rawValue: errno) }
 }
 
-func cpuSeconds() -> Double {
-    var usage = rusage()
-    getrusage(RUSAGE_SELF.rawValue, &usage)
-    return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec)
-        + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
-}
-
-/// Context switches of every thread of this process so far (voluntary + involuntary).
-func contextSwitches() -> Int {
-    var usage = rusage()
-    getrusage(RUSAGE_SELF.rawValue, &usage)
-    return usage.ru_nvcsw + usage.ru_nivcsw
-}
-
 /// Processes and threads created on the whole machine so far (`processes` in /proc/stat).
 func systemClones() -> Int {
     guard let text = try? String(contentsOfFile: "/proc/stat", encoding: .utf8),
           let line = text.split(separator: "\n").first(where: { $0.hasPrefix("processes ") }) else { return 0 }
     return Int(line.split(separator: " ")[1]) ?? 0
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `cfloor_take_snapshot` and of the C floor's latencies.
+@inline(__always)
+func monotonicNanoseconds() -> UInt64 {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
 }
