@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libaio.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -180,3 +181,93 @@ long cfloor_run(int method, int datasync, int write4k, int depth, const int *fds
     }
 }
 
+// MARK: The runtime floor's completion thread
+
+struct cfloor_completer {
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    long *queue;       // items waiting for the thread
+    long *batch;       // the thread's copy of them (same capacity)
+    long count, capacity;
+    int sleeping;      // the thread waits on `wake`
+    int signalled;     // a signal is on its way (no second one needed)
+    int stop;
+    int grow_batch;    // `batch` must grow to `capacity`
+    cfloor_resume_fn resume;
+    void *context;
+    pthread_t thread;
+};
+
+static void *completer_loop(void *argument) {
+    struct cfloor_completer *c = argument;
+    pthread_mutex_lock(&c->lock);
+    for (;;) {
+        while (c->count == 0 && !c->stop) {
+            c->sleeping = 1;
+            pthread_cond_wait(&c->wake, &c->lock);
+            c->sleeping = 0;
+            c->signalled = 0;
+        }
+        if (c->count == 0) break;  // stop, and nothing left
+        long n = c->count;
+        if (c->grow_batch) {
+            long *batch = realloc(c->batch, (size_t)c->capacity * sizeof *batch);
+            if (!batch) abort();
+            c->batch = batch;
+            c->grow_batch = 0;
+        }
+        memcpy(c->batch, c->queue, (size_t)n * sizeof *c->queue);
+        c->count = 0;
+        pthread_mutex_unlock(&c->lock);
+        for (long i = 0; i < n; i++) c->resume(c->context, c->batch[i]);
+        pthread_mutex_lock(&c->lock);
+    }
+    pthread_mutex_unlock(&c->lock);
+    return NULL;
+}
+
+struct cfloor_completer *cfloor_completer_start(long capacity, cfloor_resume_fn resume, void *context) {
+    struct cfloor_completer *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->queue = calloc((size_t)capacity, sizeof *c->queue);
+    c->batch = calloc((size_t)capacity, sizeof *c->batch);
+    c->capacity = capacity;
+    c->resume = resume;
+    c->context = context;
+    pthread_mutex_init(&c->lock, NULL);
+    pthread_cond_init(&c->wake, NULL);
+    if (!c->queue || !c->batch || pthread_create(&c->thread, NULL, completer_loop, c) != 0) {
+        free(c->queue); free(c->batch); free(c);
+        return NULL;
+    }
+    pthread_setname_np(c->thread, "cfloor-complete");
+    return c;
+}
+
+void cfloor_completer_submit(struct cfloor_completer *c, long item) {
+    pthread_mutex_lock(&c->lock);
+    if (c->count == c->capacity) {  // more items than expected (executor jobs): grow both arrays
+        long capacity = c->capacity * 2;
+        long *queue = realloc(c->queue, (size_t)capacity * sizeof *queue);
+        if (!queue) abort();
+        c->queue = queue;
+        c->capacity = capacity;
+        c->grow_batch = 1;
+    }
+    c->queue[c->count++] = item;
+    int signal = c->sleeping && !c->signalled;
+    if (signal) c->signalled = 1;
+    pthread_mutex_unlock(&c->lock);
+    if (signal) pthread_cond_signal(&c->wake);
+}
+
+void cfloor_completer_stop(struct cfloor_completer *c) {
+    pthread_mutex_lock(&c->lock);
+    c->stop = 1;
+    pthread_mutex_unlock(&c->lock);
+    pthread_cond_signal(&c->wake);
+    pthread_join(c->thread, NULL);
+    pthread_mutex_destroy(&c->lock);
+    pthread_cond_destroy(&c->wake);
+    free(c->queue); free(c->batch); free(c);
+}

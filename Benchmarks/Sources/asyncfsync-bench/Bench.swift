@@ -61,6 +61,7 @@ struct Measurement: Codable {
 
 enum Method: String, CaseIterable {
     case cBlocking = "c-blocking", cLibaio = "c-libaio", cPosix = "c-posix"
+    case runtimeFloor = "runtime-floor", runtimeFloorExecutor = "runtime-floor-executor"
     case blocking, libaio, posix, auto
     case libaioExecutor = "libaio-executor", posixExecutor = "posix-executor"
     case taskBlocking = "task-blocking", dispatch
@@ -83,6 +84,8 @@ enum Method: String, CaseIterable {
         case .nioThreadPool: "Swift today: SwiftNIO NIOThreadPool.singleton.runIfActive { fsync } (\(NIOSingletons.blockingPoolThreadCountSuggestion) threads)"
         case .nioFileSystem: "Swift today: SwiftNIO NIOFileSystem ReadWriteFileHandle.synchronize() (same pool)"
         case .groupCommit: "this library, GroupCommit over AsyncSync.makeBackend() (syncs shared per file; compare with auto)"
+        case .runtimeFloor: "Swift runtime floor: the same task loop, each request completed at once by a C thread (mutex + condvar, no syscall)"
+        case .runtimeFloorExecutor: "Swift runtime floor of the *-executor methods: the tasks prefer that C thread as their task executor"
         }
     }
 
@@ -93,6 +96,19 @@ enum Method: String, CaseIterable {
         case .blocking, .cBlocking, .taskBlocking, .dispatch, .nioThreadPool, .nioFileSystem: .cBlocking
         default: .cLibaio
         }
+    }
+
+    /// The methods whose cost is this library's: their overhead above the runtime floor is reported.
+    var isLibrary: Bool {
+        switch self {
+        case .libaio, .posix, .auto, .libaioExecutor, .posixExecutor, .groupCommit: true
+        default: false
+        }
+    }
+
+    /// The runtime floor this library method is compared with.
+    var runtimeFloor: Method {
+        self == .libaioExecutor || self == .posixExecutor ? .runtimeFloorExecutor : .runtimeFloor
     }
 }
 
@@ -243,27 +259,33 @@ struct AsyncFsyncBench: AsyncParsableCommand {
             case .posix: try PosixAIOBackend(inlineMemoryFileSystems: false)
             default: try AsyncSync.makeBackend()
             }
-            loop = try await runTasks(cell: cell, files: files) { fd in try await backend.sync(fd, mode: mode) }
+            loop = try await runTasks(cell: cell, files: files) { fd, _ in try await backend.sync(fd, mode: mode) }
             await backend.shutdown()
         case .libaioExecutor, .posixExecutor:
             let libaio = method == .libaioExecutor ? try LibaioBackend(inlineMemoryFileSystems: false) : nil
             let posix = method == .posixExecutor ? try PosixAIOBackend(inlineMemoryFileSystems: false) : nil
             let backend: any AsyncSyncBackend = libaio ?? posix!
             let executor = libaio?.taskExecutor ?? posix!.taskExecutor
-            loop = try await runTasks(cell: cell, files: files, executor: executor) { fd in
+            loop = try await runTasks(cell: cell, files: files, executor: executor) { fd, _ in
                 try await backend.sync(fd, mode: mode)
             }
             await backend.shutdown()
         case .groupCommit:
             let counting = CountingBackend(try AsyncSync.makeBackend())
             let group = GroupCommit(wrapping: counting, delay: .microseconds(groupDelayUs))
-            loop = try await runTasks(cell: cell, files: files) { fd in try await group.sync(fd, mode: mode) }
+            loop = try await runTasks(cell: cell, files: files) { fd, _ in try await group.sync(fd, mode: mode) }
             await group.shutdown()
             m.syncs += counting.count.withLock { $0 }
+        case .runtimeFloor, .runtimeFloorExecutor:
+            let floor = try RuntimeFloor(depth: cell.depth)
+            loop = try await runTasks(cell: cell, files: files, executor: method == .runtimeFloorExecutor ? floor : nil) { _, slot in
+                await floor.complete(slot: slot)
+            }
+            floor.stop()
         case .taskBlocking:
-            loop = try await runTasks(cell: cell, files: files) { fd in try blockingSync(fd, mode) }
+            loop = try await runTasks(cell: cell, files: files) { fd, _ in try blockingSync(fd, mode) }
         case .dispatch:
-            loop = try await runTasks(cell: cell, files: files) { fd in
+            loop = try await runTasks(cell: cell, files: files) { fd, _ in
                 try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
                     DispatchQueue.global().async {
                         continuation.resume(with: Result { try blockingSync(fd, mode) })
@@ -271,12 +293,12 @@ struct AsyncFsyncBench: AsyncParsableCommand {
                 }
             }
         case .nioThreadPool:
-            loop = try await runTasks(cell: cell, files: files) { fd in
+            loop = try await runTasks(cell: cell, files: files) { fd, _ in
                 try await NIOThreadPool.singleton.runIfActive { try blockingSync(fd, mode) }
             }
         case .nioFileSystem:
             let byDescriptor = Dictionary(uniqueKeysWithValues: zip(files.descriptors.map(\.rawValue), handles))
-            loop = try await runTasks(cell: cell, files: files) { fd in
+            loop = try await runTasks(cell: cell, files: files) { fd, _ in
                 // NIOFileSystem has fsync only (no fdatasync): both workloads use synchronize().
                 try await byDescriptor[fd.rawValue]!.synchronize()
             }
@@ -291,7 +313,7 @@ struct AsyncFsyncBench: AsyncParsableCommand {
     /// depth 256); they are recorded into one histogram after the window closes.
     func runTasks(
         cell: Cell, files: Files, executor: (any TaskExecutor)? = nil,
-        _ sync: @escaping @Sendable (FileDescriptor) async throws -> Void
+        _ sync: @escaping @Sendable (_ fd: FileDescriptor, _ slot: Int) async throws -> Void
     ) async throws -> Loop {
         var loop = Loop()
         cfloor_take_snapshot(&loop.window.begin)
@@ -306,7 +328,7 @@ struct AsyncFsyncBench: AsyncParsableCommand {
                     while monotonicNanoseconds() < deadline {
                         let begin = monotonicNanoseconds()
                         if write4k { try writeBlock(fd, sequence: samples.count * 64 + slot) }
-                        try await sync(fd)
+                        try await sync(fd, slot)
                         samples.append(monotonicNanoseconds() - begin)
                     }
                     return samples
@@ -378,6 +400,73 @@ extension Measurement {
         cpuSeconds += Double(end.cpu_us - begin.cpu_us) / 1e6
         contextSwitches += end.context_switches - begin.context_switches
         for list in loop.samples { for sample in list { _ = latency.record(sample) } }
+    }
+}
+
+/// The runtime floor: what Swift's runtime costs any completion-driven backend here, with no I/O.
+///
+/// A request stores its task's continuation in the slot of its task and hands the slot number to
+/// a dedicated pthread (C, `cfloor_completer_*`: a queue under a mutex, a condition variable
+/// signalled only when the thread sleeps); the thread takes everything queued and resumes each
+/// continuation (`handle`), which puts the task back on the cooperative pool. The same hand-offs
+/// as a backend's completion thread — suspend, cross-thread queue, wake-up, resume, hop to a pool
+/// thread — without a system call or any work of its own.
+///
+/// It is also a task executor on that thread (`runtime-floor-executor`, the floor of the
+/// `*-executor` methods): jobs go to the same queue, tagged, and the thread runs them, so a task
+/// resumed there goes on there.
+final class RuntimeFloor: TaskExecutor, @unchecked Sendable {
+    private typealias Slot = UnsafeContinuation<Void, Never>?
+    private let slots: UnsafeMutablePointer<Slot>
+    private var completer: OpaquePointer?
+
+    init(depth: Int) throws {
+        precondition(MemoryLayout<UnownedJob>.size == MemoryLayout<Int>.size)
+        slots = .allocate(capacity: depth)
+        slots.initialize(repeating: nil, count: depth)
+        let handle: @convention(c) (UnsafeMutableRawPointer?, Int) -> Void = { context, item in
+            Unmanaged<RuntimeFloor>.fromOpaque(context!).takeUnretainedValue().handle(item)
+        }
+        completer = cfloor_completer_start(depth, handle, Unmanaged.passUnretained(self).toOpaque())
+        guard completer != nil else {
+            slots.deallocate()
+            throw Errno(rawValue: ENOMEM)
+        }
+    }
+
+    /// On the completer thread. Items: a slot number × 2 (resume that slot's task), or a job's
+    /// address + 1 (run it here; jobs are aligned).
+    private func handle(_ item: Int) {
+        if item & 1 == 1 {
+            unsafeBitCast(item & ~1, to: UnownedJob.self).runSynchronously(on: asUnownedTaskExecutor())
+        } else {
+            let slot = slots + item >> 1
+            let continuation = slot.pointee!
+            slot.pointee = nil
+            continuation.resume()
+        }
+    }
+
+    /// Suspends the task until the completer thread resumes it. The slot is the caller's own: one
+    /// request per slot at a time. (The mutex of the queue orders the store before the load.)
+    func complete(slot: Int) async {
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+            slots[slot] = continuation
+            cfloor_completer_submit(completer, slot << 1)
+        }
+    }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let address = unsafeBitCast(UnownedJob(job), to: Int.self)
+        precondition(address & 1 == 0)
+        cfloor_completer_submit(completer, address | 1)
+    }
+
+    /// Joins the thread; call once, when no request is in flight and no task prefers it.
+    func stop() {
+        cfloor_completer_stop(completer)
+        completer = nil
+        slots.deallocate()
     }
 }
 

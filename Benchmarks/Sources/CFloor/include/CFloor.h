@@ -31,4 +31,16 @@ void cfloor_take_snapshot(struct cfloor_snapshot *snapshot);
 long cfloor_run(int method, int datasync, int write4k, int depth, const int *fds, int nfds,
                 double seconds, struct cfloor_window *window, uint64_t *latencies, long capacity, long *recorded);
 
+/// The runtime floor's completion thread: a pthread that completes every request at once, with no
+/// system call. `cfloor_completer_submit` queues an item under a mutex and signals a condition
+/// variable when the thread sleeps; the thread takes everything queued and calls `resume(context,
+/// item)` for each, outside the lock; `resume` may submit more items (they go to the next batch).
+/// `capacity` is the initial size of the queue; it grows when needed.
+typedef void (*cfloor_resume_fn)(void *context, long item);
+struct cfloor_completer;
+struct cfloor_completer *cfloor_completer_start(long capacity, cfloor_resume_fn resume, void *context);
+void cfloor_completer_submit(struct cfloor_completer *completer, long item);
+/// Ends the thread after it has resumed everything queued, joins it and frees the completer.
+void cfloor_completer_stop(struct cfloor_completer *completer);
+
 #endif
