@@ -14,11 +14,14 @@ import SystemPackage
 struct Cell: Hashable, Codable, CustomStringConvertible {
     var mode: String          // "fsync" or "fdatasync"
     var write4k: Bool
-    var depth: Int
+    var depth: Int            // requests in flight; writer tasks in a wal-actor cell
     var ownFiles: Bool
+    /// The wal-actor workload: `depth` writers append to one log actor (see WAL.swift).
+    var wal = false
 
     var description: String {
-        "\(write4k ? "pwrite 4 KiB + " : "")\(mode) (clean file)".replacingOccurrences(of: " (clean file)", with: write4k ? "" : " clean")
+        if wal { return "wal-actor, \(depth) writer\(depth == 1 ? "" : "s")" }
+        return "\(write4k ? "pwrite 4 KiB + " : "")\(mode) (clean file)".replacingOccurrences(of: " (clean file)", with: write4k ? "" : " clean")
             + ", depth \(depth)" + (depth > 1 ? (ownFiles ? ", own files" : ", one file") : "")
     }
 }
@@ -67,6 +70,9 @@ enum Method: String, CaseIterable {
     case taskBlocking = "task-blocking", dispatch
     case nioThreadPool = "nio-threadpool", nioFileSystem = "nio-fs"
     case groupCommit = "group-commit"
+    // The wal-actor workload (WAL.swift): one actor owns the log; its append syncs with …
+    case walBlocking = "wal-blocking", walBackend = "wal-backend", walGroupCommit = "wal-group-commit"
+    // TODO(serial executor): `case walSerialExecutor = "wal-serial-executor"` (see WAL.swift).
 
     var summary: String {
         switch self {
@@ -85,6 +91,9 @@ enum Method: String, CaseIterable {
         case .nioFileSystem: "Swift today: SwiftNIO NIOFileSystem ReadWriteFileHandle.synchronize() (same pool)"
         case .groupCommit: "this library, GroupCommit over AsyncSync.makeBackend() (syncs shared per file; compare with auto)"
         case .runtimeFloor: "Swift runtime floor: the same task loop, each request completed at once by a C thread (mutex + condvar, no syscall)"
+        case .walBlocking: "wal-actor: the log actor calls fdatasync(2) itself (blocks its thread; no reentrancy)"
+        case .walBackend: "wal-actor: the log actor awaits backend.sync (AsyncSync.makeBackend())"
+        case .walGroupCommit: "wal-actor: the log actor awaits GroupCommit(wrapping: AsyncSync.makeBackend())"
         case .runtimeFloorExecutor: "Swift runtime floor of the *-executor methods: the tasks prefer that C thread as their task executor"
         }
     }
@@ -106,10 +115,22 @@ enum Method: String, CaseIterable {
         }
     }
 
+    /// A method of the wal-actor workload (its cells only).
+    var isWAL: Bool {
+        switch self {
+        case .walBlocking, .walBackend, .walGroupCommit: true
+        default: false
+        }
+    }
+
     /// The runtime floor this library method is compared with.
     var runtimeFloor: Method {
         self == .libaioExecutor || self == .posixExecutor ? .runtimeFloorExecutor : .runtimeFloor
     }
+}
+
+enum Workload: String, ExpressibleByArgument, CaseIterable {
+    case sync, walActor = "wal-actor", all
 }
 
 @main
@@ -148,6 +169,12 @@ struct AsyncFsyncBench: AsyncParsableCommand {
     @Flag(help: "Every workload: fsync and fdatasync, each of a clean file and after a 4 KiB pwrite (default: fsync of a clean file, 4 KiB pwrite + fdatasync).")
     var allWorkloads = false
 
+    @Option(help: "Workloads: sync (the default: N tasks, each syncing in a loop), wal-actor (N writers appending to one log actor, each append a \(walRecordSize)-byte pwrite at the end + fdatasync) or all.")
+    var workload: Workload = .sync
+
+    @Option(parsing: .upToNextOption, help: "Writer tasks of the wal-actor workload.")
+    var writers: [Int] = [1, 16, 64]
+
     @Option(help: "Also write a plot of ops/s against depth per method as SVG to this file.")
     var svg: String?
 
@@ -159,7 +186,7 @@ struct AsyncFsyncBench: AsyncParsableCommand {
 
         var cells: [Cell] = []
         let wanted = self.cells?.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
-        let workloads = allWorkloads
+        let workloads = workload == .walActor ? [] : allWorkloads
             ? [("fsync", false), ("fdatasync", false), ("fsync", true), ("fdatasync", true)]
             : [("fsync", false), ("fdatasync", true)]
         for (mode, write) in workloads {
@@ -168,6 +195,9 @@ struct AsyncFsyncBench: AsyncParsableCommand {
                 if depth > 1 { cells.append(Cell(mode: mode, write4k: write, depth: depth, ownFiles: true)) }
             }
         }
+        if workload != .sync {
+            for count in writers { cells.append(Cell(mode: "fdatasync", write4k: false, depth: count, ownFiles: false, wal: true)) }
+        }
         if let wanted {
             cells = cells.filter { cell in wanted.allSatisfy { cell.description.contains($0) } }
             guard !cells.isEmpty else { throw ValidationError("--cells \(self.cells ?? "") matches no cell") }
@@ -175,11 +205,11 @@ struct AsyncFsyncBench: AsyncParsableCommand {
         let probes = AsyncSync.probe(directory: FilePath(directory))
         let isTerminal = isatty(STDERR_FILENO) != 0
         var results: [String: Measurement] = [:]
-        let total = rounds * cells.count * methods.count
+        let total = rounds * cells.reduce(0) { count, cell in count + methods.filter { applies($0, to: cell) }.count }
         var done = 0
         for round in 1...rounds {
             for cell in cells {
-                let files = try Files(directory: directory, count: cell.ownFiles ? cell.depth : 1)
+                let files = try Files(directory: directory, count: cell.wal ? 0 : cell.ownFiles ? cell.depth : 1)
                 defer { files.close() }
                 for method in methods where applies(method, to: cell) {
                     done += 1
@@ -187,7 +217,11 @@ struct AsyncFsyncBench: AsyncParsableCommand {
                     FileHandle.standardError.write(Data((isTerminal ? "\r\u{1B}[K" + line : line + "\n").utf8))
                     let key = "\(method.rawValue)|\(cell)"
                     var measurement = results[key] ?? Measurement(method: method.rawValue, cell: cell)
-                    try await measure(method, cell: cell, files: files, into: &measurement)
+                    if cell.wal {
+                        try await measureWAL(method, cell: cell, directory: directory, into: &measurement)
+                    } else {
+                        try await measure(method, cell: cell, files: files, into: &measurement)
+                    }
                     results[key] = measurement
                 }
             }
@@ -195,7 +229,9 @@ struct AsyncFsyncBench: AsyncParsableCommand {
         if isTerminal { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
         report(results, cells: cells, methods: methods, directory: directory, probes: probes)
         if let json { try writeJSON(results, probes: probes, to: json) }
-        if let svg { try writeSVG(results, cells: cells, methods: methods, directory: directory, to: svg) }
+        if let svg, cells.contains(where: { !$0.wal }) {
+            try writeSVG(results, cells: cells.filter { !$0.wal }, methods: methods.filter { !$0.isWAL }, directory: directory, to: svg)
+        }
     }
 
     func selectedMethods() throws -> [Method] {
@@ -209,7 +245,8 @@ struct AsyncFsyncBench: AsyncParsableCommand {
     }
 
     func applies(_ method: Method, to cell: Cell) -> Bool {
-        method != .cBlocking || cell.depth == 1
+        if cell.wal || method.isWAL { return cell.wal && method.isWAL }
+        return method != .cBlocking || cell.depth == 1
     }
 
     func scratchDirectory() throws -> (String, Bool) {
@@ -302,33 +339,48 @@ struct AsyncFsyncBench: AsyncParsableCommand {
                 // NIOFileSystem has fsync only (no fdatasync): both workloads use synchronize().
                 try await byDescriptor[fd.rawValue]!.synchronize()
             }
+        case .walBlocking, .walBackend, .walGroupCommit:
+            preconditionFailure("\(method) runs in wal-actor cells only (measureWAL)")
         }
         for handle in handles { try? await handle.close() }
         m.add(loop)
         m.clones += systemClones() - clonesBefore
     }
 
-    /// Keeps `cell.depth` requests in flight, one task per slot, until the deadline. Each task keeps
-    /// its latencies in a plain array (one histogram per task would cost far more than a sync at
-    /// depth 256); they are recorded into one histogram after the window closes.
+    /// Keeps `cell.depth` requests in flight, one task per slot, until the deadline: each request is
+    /// the 4 KiB write of write cells, then `sync(fd, slot)`.
     func runTasks(
         cell: Cell, files: Files, executor: (any TaskExecutor)? = nil,
         _ sync: @escaping @Sendable (_ fd: FileDescriptor, _ slot: Int) async throws -> Void
     ) async throws -> Loop {
+        let write4k = cell.write4k
+        let descriptors = files.descriptors
+        return try await runSlots(cell.depth, executor: executor) { slot, sequence in
+            let fd = descriptors[slot % descriptors.count]
+            if write4k { try writeBlock(fd, sequence: sequence * 64 + slot) }
+            try await sync(fd, slot)
+        }
+    }
+
+    /// Runs `slots` tasks on the cooperative pool (or preferring `executor`), each calling
+    /// `request(slot, its sequence number)` in a loop until the deadline and timing each call. Each
+    /// task keeps its latencies in a plain array (one histogram per task would cost far more than a
+    /// sync at depth 256); they are recorded into one histogram after the window closes.
+    func runSlots(
+        _ slots: Int, executor: (any TaskExecutor)? = nil,
+        _ request: @escaping @Sendable (_ slot: Int, _ sequence: Int) async throws -> Void
+    ) async throws -> Loop {
         var loop = Loop()
         cfloor_take_snapshot(&loop.window.begin)
         let deadline = loop.window.begin.ns + UInt64(seconds * 1e9)
-        let write4k = cell.write4k
         loop.samples = try await withThrowingTaskGroup(of: [UInt64].self) { group in
-            for slot in 0..<cell.depth {
-                let fd = files.descriptors[slot % files.descriptors.count]
+            for slot in 0..<slots {
                 group.addTask(executorPreference: executor) {
                     var samples: [UInt64] = []
                     samples.reserveCapacity(1024)
                     while monotonicNanoseconds() < deadline {
                         let begin = monotonicNanoseconds()
-                        if write4k { try writeBlock(fd, sequence: samples.count * 64 + slot) }
-                        try await sync(fd, slot)
+                        try await request(slot, samples.count)
                         samples.append(monotonicNanoseconds() - begin)
                     }
                     return samples

@@ -17,9 +17,17 @@ extension AsyncFsyncBench {
         print("+CPU, +mean = this library's methods over their runtime floor (runtime-floor; runtime-floor-executor for *-executor): the same task")
         print("  loop with each request completed at once by a C thread, no I/O. CPU µs per op minus the floor's; mean latency µs minus the floor's")
         print("  (it includes the I/O itself: compare with the C floor's mean).")
+        if cells.contains(where: \.wal) {
+            print("wal-actor cells: appends/s; latency µs of an append (its pwrite + its sync); CPU µs per append; csw per append;")
+            print("  ×blocking = appends/s ÷ wal-blocking's; syncs/append = syncs that reached the kernel per append (GroupCommit shares them).")
+        }
         for cell in cells {
             print("")
             print("## \(cell)")
+            if cell.wal {
+                reportWAL(results, cell: cell, methods: methods)
+                continue
+            }
             print("method".padding(toLength: 23, withPad: " ", startingAt: 0)
                   + ["ops/s", "mean", "p50", "p99", "p99.9", "CPU/op", "clones/op", "csw/op", "×C", "+CPU", "+mean", "×QD1", "syncs/op"].map { $0.leftPad(9) }.joined())
             let qd1 = results["c-blocking|\(Cell(mode: cell.mode, write4k: cell.write4k, depth: 1, ownFiles: false))"]?.opsPerSecond ?? 0
@@ -48,6 +56,27 @@ extension AsyncFsyncBench {
         }
     }
 
+    func reportWAL(_ results: [String: Measurement], cell: Cell, methods: [Method]) {
+        print("method".padding(toLength: 23, withPad: " ", startingAt: 0)
+              + ["appends/s", "mean", "p50", "p99", "p99.9", "CPU/op", "csw/op", "×blocking", "syncs/op"].map { $0.leftPad(10) }.joined())
+        let blocking = results["\(Method.walBlocking.rawValue)|\(cell)"]?.opsPerSecond ?? 0
+        for method in methods {
+            guard let m = results["\(method.rawValue)|\(cell)"] else { continue }
+            let columns = [
+                String(format: "%.0f", m.opsPerSecond),
+                String(format: "%.1f", m.meanMicros),
+                String(format: "%.1f", m.percentile(50)),
+                String(format: "%.1f", m.percentile(99)),
+                String(format: "%.1f", m.percentile(99.9)),
+                String(format: "%.1f", m.cpuMicrosPerOp),
+                String(format: "%.2f", m.contextSwitchesPerOp),
+                blocking > 0 ? String(format: "%.2f", m.opsPerSecond / blocking) : "–",
+                String(format: "%.3f", m.syncsPerOp),
+            ]
+            print(method.rawValue.padding(toLength: 23, withPad: " ", startingAt: 0) + columns.map { $0.leftPad(10) }.joined())
+        }
+    }
+
     func fileSystem(of path: String) -> String {
         var best = ("", "?")
         let mounts = (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? ""
@@ -67,7 +96,7 @@ extension AsyncFsyncBench {
         var rows: [[String: Any]] = []
         for m in results.values.sorted(by: { ($0.cell.description, $0.method) < ($1.cell.description, $1.method) }) {
             var row: [String: Any] = [
-                "method": m.method, "mode": m.cell.mode, "write4k": m.cell.write4k, "depth": m.cell.depth,
+                "method": m.method, "workload": m.cell.wal ? "wal-actor" : "sync", "mode": m.cell.mode, "write4k": m.cell.write4k, "depth": m.cell.depth,
                 "ownFiles": m.cell.ownFiles, "ops": m.ops, "seconds": m.seconds, "opsPerSecond": m.opsPerSecond,
                 "meanMicros": m.meanMicros, "p50Micros": m.percentile(50), "p99Micros": m.percentile(99),
                 "p999Micros": m.percentile(99.9), "cpuMicrosPerOp": m.cpuMicrosPerOp, "clonesPerOp": m.clonesPerOp, "contextSwitchesPerOp": m.contextSwitchesPerOp, "syncsPerOp": m.syncsPerOp,
