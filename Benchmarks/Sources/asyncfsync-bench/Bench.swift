@@ -157,6 +157,12 @@ struct AsyncFsyncBench: AsyncParsableCommand {
     @Option(help: "Comma-separated parts of cell names to run (default: all), e.g. \"depth 16,own files\"; a cell runs when its name contains every one of them.")
     var cells: String?
 
+    @Option(help: "A cell by its exact name as the report prints it, e.g. \"fsync clean, depth 16, own files\" (repeatable; applies together with --cells).")
+    var cell: [String] = []
+
+    @Flag(help: "Print the names of the cells the other options select, one per line, and exit.")
+    var listCells = false
+
     @Flag(help: "A short run (under a minute): depths 1, 16 and 256, 0.3 s, one round.")
     var quick = false
 
@@ -181,8 +187,6 @@ struct AsyncFsyncBench: AsyncParsableCommand {
     mutating func run() async throws {
         if quick { depths = [1, 16, 256]; seconds = 0.3; rounds = 1 }
         let methods = try selectedMethods()
-        let (directory, remove) = try scratchDirectory()
-        defer { if remove { try? FileManager.default.removeItem(atPath: directory) } }
 
         var cells: [Cell] = []
         let wanted = self.cells?.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
@@ -202,6 +206,18 @@ struct AsyncFsyncBench: AsyncParsableCommand {
             cells = cells.filter { cell in wanted.allSatisfy { cell.description.contains($0) } }
             guard !cells.isEmpty else { throw ValidationError("--cells \(self.cells ?? "") matches no cell") }
         }
+        if !cell.isEmpty {
+            for name in cell where !cells.contains(where: { $0.description == name }) {
+                throw ValidationError("--cell \(name) is no cell of this run; --list-cells prints them")
+            }
+            cells = cells.filter { cell.contains($0.description) }
+        }
+        if listCells {
+            for cell in cells { print(cell) }
+            return
+        }
+        let (directory, remove) = try scratchDirectory()
+        defer { if remove { try? FileManager.default.removeItem(atPath: directory) } }
         let probes = AsyncSync.probe(directory: FilePath(directory))
         let isTerminal = isatty(STDERR_FILENO) != 0
         var results: [String: Measurement] = [:]
