@@ -36,6 +36,7 @@ extension AsyncFsyncBench {
                 var floor = results["\(method.floor.rawValue)|\(cell)"]?.opsPerSecond ?? 0
                 let runtimeFloor = results["\(method.runtimeFloor.rawValue)|\(cell)"]
                 if method.floor == .cBlocking && cell.depth > 1 { floor = 0 }
+                if method == .runtimeFloor || method == .runtimeFloorExecutor { floor = 0 }  // no I/O: no C floor
                 let columns = [
                     String(format: "%.0f", m.opsPerSecond),
                     String(format: "%.1f", m.meanMicros),
