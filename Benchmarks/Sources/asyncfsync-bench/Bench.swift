@@ -14,11 +14,14 @@ import SystemPackage
 struct Cell: Hashable, Codable, CustomStringConvertible {
     var mode: String          // "fsync" or "fdatasync"
     var write4k: Bool
-    var depth: Int
+    var depth: Int            // requests in flight; writer tasks in a wal-actor cell
     var ownFiles: Bool
+    /// The wal-actor workload: `depth` writers append to one log actor (see WAL.swift).
+    var wal = false
 
     var description: String {
-        "\(write4k ? "pwrite 4 KiB + " : "")\(mode) (clean file)".replacingOccurrences(of: " (clean file)", with: write4k ? "" : " clean")
+        if wal { return "wal-actor, \(depth) writer\(depth == 1 ? "" : "s")" }
+        return "\(write4k ? "pwrite 4 KiB + " : "")\(mode) (clean file)".replacingOccurrences(of: " (clean file)", with: write4k ? "" : " clean")
             + ", depth \(depth)" + (depth > 1 ? (ownFiles ? ", own files" : ", one file") : "")
     }
 }
@@ -61,11 +64,15 @@ struct Measurement: Codable {
 
 enum Method: String, CaseIterable {
     case cBlocking = "c-blocking", cLibaio = "c-libaio", cPosix = "c-posix"
+    case runtimeFloor = "runtime-floor", runtimeFloorExecutor = "runtime-floor-executor"
     case blocking, libaio, posix, auto
     case libaioExecutor = "libaio-executor", posixExecutor = "posix-executor"
     case taskBlocking = "task-blocking", dispatch
     case nioThreadPool = "nio-threadpool", nioFileSystem = "nio-fs"
     case groupCommit = "group-commit"
+    // The wal-actor workload (WAL.swift): one actor owns the log; its append syncs with …
+    case walBlocking = "wal-blocking", walBackend = "wal-backend", walGroupCommit = "wal-group-commit"
+    // TODO(serial executor): `case walSerialExecutor = "wal-serial-executor"` (see WAL.swift).
 
     var summary: String {
         switch self {
@@ -83,6 +90,11 @@ enum Method: String, CaseIterable {
         case .nioThreadPool: "Swift today: SwiftNIO NIOThreadPool.singleton.runIfActive { fsync } (\(NIOSingletons.blockingPoolThreadCountSuggestion) threads)"
         case .nioFileSystem: "Swift today: SwiftNIO NIOFileSystem ReadWriteFileHandle.synchronize() (same pool)"
         case .groupCommit: "this library, GroupCommit over AsyncSync.makeBackend() (syncs shared per file; compare with auto)"
+        case .runtimeFloor: "Swift runtime floor: the same task loop, each request completed at once by a C thread (mutex + condvar, no syscall)"
+        case .walBlocking: "wal-actor: the log actor calls fdatasync(2) itself (blocks its thread; no reentrancy)"
+        case .walBackend: "wal-actor: the log actor awaits backend.sync (AsyncSync.makeBackend())"
+        case .walGroupCommit: "wal-actor: the log actor awaits GroupCommit(wrapping: AsyncSync.makeBackend())"
+        case .runtimeFloorExecutor: "Swift runtime floor of the *-executor methods: the tasks prefer that C thread as their task executor"
         }
     }
 
@@ -94,6 +106,31 @@ enum Method: String, CaseIterable {
         default: .cLibaio
         }
     }
+
+    /// The methods whose cost is this library's: their overhead above the runtime floor is reported.
+    var isLibrary: Bool {
+        switch self {
+        case .libaio, .posix, .auto, .libaioExecutor, .posixExecutor, .groupCommit: true
+        default: false
+        }
+    }
+
+    /// A method of the wal-actor workload (its cells only).
+    var isWAL: Bool {
+        switch self {
+        case .walBlocking, .walBackend, .walGroupCommit: true
+        default: false
+        }
+    }
+
+    /// The runtime floor this library method is compared with.
+    var runtimeFloor: Method {
+        self == .libaioExecutor || self == .posixExecutor ? .runtimeFloorExecutor : .runtimeFloor
+    }
+}
+
+enum Workload: String, ExpressibleByArgument, CaseIterable {
+    case sync, walActor = "wal-actor", all
 }
 
 @main
@@ -120,6 +157,12 @@ struct AsyncFsyncBench: AsyncParsableCommand {
     @Option(help: "Comma-separated parts of cell names to run (default: all), e.g. \"depth 16,own files\"; a cell runs when its name contains every one of them.")
     var cells: String?
 
+    @Option(help: "A cell by its exact name as the report prints it, e.g. \"fsync clean, depth 16, own files\" (repeatable; applies together with --cells).")
+    var cell: [String] = []
+
+    @Flag(help: "Print the names of the cells the other options select, one per line, and exit.")
+    var listCells = false
+
     @Flag(help: "A short run (under a minute): depths 1, 16 and 256, 0.3 s, one round.")
     var quick = false
 
@@ -132,18 +175,22 @@ struct AsyncFsyncBench: AsyncParsableCommand {
     @Flag(help: "Every workload: fsync and fdatasync, each of a clean file and after a 4 KiB pwrite (default: fsync of a clean file, 4 KiB pwrite + fdatasync).")
     var allWorkloads = false
 
+    @Option(help: "Workloads: sync (the default: N tasks, each syncing in a loop), wal-actor (N writers appending to one log actor, each append a \(walRecordSize)-byte pwrite at the end + fdatasync) or all.")
+    var workload: Workload = .sync
+
+    @Option(parsing: .upToNextOption, help: "Writer tasks of the wal-actor workload.")
+    var writers: [Int] = [1, 16, 64]
+
     @Option(help: "Also write a plot of ops/s against depth per method as SVG to this file.")
     var svg: String?
 
     mutating func run() async throws {
         if quick { depths = [1, 16, 256]; seconds = 0.3; rounds = 1 }
         let methods = try selectedMethods()
-        let (directory, remove) = try scratchDirectory()
-        defer { if remove { try? FileManager.default.removeItem(atPath: directory) } }
 
         var cells: [Cell] = []
         let wanted = self.cells?.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
-        let workloads = allWorkloads
+        let workloads = workload == .walActor ? [] : allWorkloads
             ? [("fsync", false), ("fdatasync", false), ("fsync", true), ("fdatasync", true)]
             : [("fsync", false), ("fdatasync", true)]
         for (mode, write) in workloads {
@@ -152,18 +199,33 @@ struct AsyncFsyncBench: AsyncParsableCommand {
                 if depth > 1 { cells.append(Cell(mode: mode, write4k: write, depth: depth, ownFiles: true)) }
             }
         }
+        if workload != .sync {
+            for count in writers { cells.append(Cell(mode: "fdatasync", write4k: false, depth: count, ownFiles: false, wal: true)) }
+        }
         if let wanted {
             cells = cells.filter { cell in wanted.allSatisfy { cell.description.contains($0) } }
             guard !cells.isEmpty else { throw ValidationError("--cells \(self.cells ?? "") matches no cell") }
         }
+        if !cell.isEmpty {
+            for name in cell where !cells.contains(where: { $0.description == name }) {
+                throw ValidationError("--cell \(name) is no cell of this run; --list-cells prints them")
+            }
+            cells = cells.filter { cell.contains($0.description) }
+        }
+        if listCells {
+            for cell in cells { print(cell) }
+            return
+        }
+        let (directory, remove) = try scratchDirectory()
+        defer { if remove { try? FileManager.default.removeItem(atPath: directory) } }
         let probes = AsyncSync.probe(directory: FilePath(directory))
         let isTerminal = isatty(STDERR_FILENO) != 0
         var results: [String: Measurement] = [:]
-        let total = rounds * cells.count * methods.count
+        let total = rounds * cells.reduce(0) { count, cell in count + methods.filter { applies($0, to: cell) }.count }
         var done = 0
         for round in 1...rounds {
             for cell in cells {
-                let files = try Files(directory: directory, count: cell.ownFiles ? cell.depth : 1)
+                let files = try Files(directory: directory, count: cell.wal ? 0 : cell.ownFiles ? cell.depth : 1)
                 defer { files.close() }
                 for method in methods where applies(method, to: cell) {
                     done += 1
@@ -171,7 +233,11 @@ struct AsyncFsyncBench: AsyncParsableCommand {
                     FileHandle.standardError.write(Data((isTerminal ? "\r\u{1B}[K" + line : line + "\n").utf8))
                     let key = "\(method.rawValue)|\(cell)"
                     var measurement = results[key] ?? Measurement(method: method.rawValue, cell: cell)
-                    try await measure(method, cell: cell, files: files, into: &measurement)
+                    if cell.wal {
+                        try await measureWAL(method, cell: cell, directory: directory, into: &measurement)
+                    } else {
+                        try await measure(method, cell: cell, files: files, into: &measurement)
+                    }
                     results[key] = measurement
                 }
             }
@@ -179,7 +245,9 @@ struct AsyncFsyncBench: AsyncParsableCommand {
         if isTerminal { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
         report(results, cells: cells, methods: methods, directory: directory, probes: probes)
         if let json { try writeJSON(results, probes: probes, to: json) }
-        if let svg { try writeSVG(results, cells: cells, methods: methods, directory: directory, to: svg) }
+        if let svg, cells.contains(where: { !$0.wal }) {
+            try writeSVG(results, cells: cells.filter { !$0.wal }, methods: methods.filter { !$0.isWAL }, directory: directory, to: svg)
+        }
     }
 
     func selectedMethods() throws -> [Method] {
@@ -193,7 +261,8 @@ struct AsyncFsyncBench: AsyncParsableCommand {
     }
 
     func applies(_ method: Method, to cell: Cell) -> Bool {
-        method != .cBlocking || cell.depth == 1
+        if cell.wal || method.isWAL { return cell.wal && method.isWAL }
+        return method != .cBlocking || cell.depth == 1
     }
 
     func scratchDirectory() throws -> (String, Bool) {
@@ -213,12 +282,11 @@ struct AsyncFsyncBench: AsyncParsableCommand {
                     forReadingAndWritingAt: FilePath(path), options: .modifyFile(createIfNecessary: false)))
             }
         }
-        let cpuBefore = cpuSeconds()
+        // Only the request loop is timed (`Loop.window`): creating and shutting down a backend,
+        // io_setup and io_destroy (which waits for an RCU grace period: 28-43 ms here) are not part
+        // of a sync's cost, and the C floor is timed the same way.
         let clonesBefore = systemClones()
-        let switchesBefore = contextSwitches()
-        let start = DispatchTime.now().uptimeNanoseconds
-        var ops = 0
-        var latency = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
+        var loop = Loop()
         switch method {
         case .cBlocking, .cLibaio, .cPosix:
             let cMethod: Int32 = method == .cBlocking ? 0 : method == .cLibaio ? 1 : 2
@@ -229,13 +297,13 @@ struct AsyncFsyncBench: AsyncParsableCommand {
             let raw = files.descriptors.map(\.rawValue)
             let result = raw.withUnsafeBufferPointer {
                 cfloor_run(cMethod, mode == .fdatasync ? 1 : 0, cell.write4k ? 1 : 0, Int32(cell.depth),
-                           $0.baseAddress, Int32($0.count), seconds, samples, capacity, &recorded)
+                           $0.baseAddress, Int32($0.count), seconds, &loop.window, samples, capacity, &recorded)
             }
             guard result >= 0 else { throw Errno(rawValue: Int32(-result)) }
-            ops = result
-            for index in 0..<recorded { _ = latency.record(samples[index]) }
+            loop.ops = result
+            loop.samples = [Array(UnsafeBufferPointer(start: samples, count: recorded))]
         case .blocking:
-            (ops, latency) = runThreads(depth: cell.depth, cell: cell, files: files, mode: mode)
+            loop = runThreads(depth: cell.depth, cell: cell, files: files, mode: mode)
         case .libaio, .posix, .auto:
             let backend: any AsyncSyncBackend = switch method {
             // The mechanisms themselves, compared with their C floors; `auto` is what a user gets,
@@ -244,27 +312,33 @@ struct AsyncFsyncBench: AsyncParsableCommand {
             case .posix: try PosixAIOBackend(inlineMemoryFileSystems: false)
             default: try AsyncSync.makeBackend()
             }
-            (ops, latency) = try await runTasks(cell: cell, files: files) { fd in try await backend.sync(fd, mode: mode) }
+            loop = try await runTasks(cell: cell, files: files) { fd, _ in try await backend.sync(fd, mode: mode) }
             await backend.shutdown()
         case .libaioExecutor, .posixExecutor:
             let libaio = method == .libaioExecutor ? try LibaioBackend(inlineMemoryFileSystems: false) : nil
             let posix = method == .posixExecutor ? try PosixAIOBackend(inlineMemoryFileSystems: false) : nil
             let backend: any AsyncSyncBackend = libaio ?? posix!
             let executor = libaio?.taskExecutor ?? posix!.taskExecutor
-            (ops, latency) = try await runTasks(cell: cell, files: files, executor: executor) { fd in
+            loop = try await runTasks(cell: cell, files: files, executor: executor) { fd, _ in
                 try await backend.sync(fd, mode: mode)
             }
             await backend.shutdown()
         case .groupCommit:
             let counting = CountingBackend(try AsyncSync.makeBackend())
             let group = GroupCommit(wrapping: counting, delay: .microseconds(groupDelayUs))
-            (ops, latency) = try await runTasks(cell: cell, files: files) { fd in try await group.sync(fd, mode: mode) }
+            loop = try await runTasks(cell: cell, files: files) { fd, _ in try await group.sync(fd, mode: mode) }
             await group.shutdown()
             m.syncs += counting.count.withLock { $0 }
+        case .runtimeFloor, .runtimeFloorExecutor:
+            let floor = try RuntimeFloor(depth: cell.depth)
+            loop = try await runTasks(cell: cell, files: files, executor: method == .runtimeFloorExecutor ? floor : nil) { _, slot in
+                await floor.complete(slot: slot)
+            }
+            floor.stop()
         case .taskBlocking:
-            (ops, latency) = try await runTasks(cell: cell, files: files) { fd in try blockingSync(fd, mode) }
+            loop = try await runTasks(cell: cell, files: files) { fd, _ in try blockingSync(fd, mode) }
         case .dispatch:
-            (ops, latency) = try await runTasks(cell: cell, files: files) { fd in
+            loop = try await runTasks(cell: cell, files: files) { fd, _ in
                 try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
                     DispatchQueue.global().async {
                         continuation.resume(with: Result { try blockingSync(fd, mode) })
@@ -272,83 +346,195 @@ struct AsyncFsyncBench: AsyncParsableCommand {
                 }
             }
         case .nioThreadPool:
-            (ops, latency) = try await runTasks(cell: cell, files: files) { fd in
+            loop = try await runTasks(cell: cell, files: files) { fd, _ in
                 try await NIOThreadPool.singleton.runIfActive { try blockingSync(fd, mode) }
             }
         case .nioFileSystem:
             let byDescriptor = Dictionary(uniqueKeysWithValues: zip(files.descriptors.map(\.rawValue), handles))
-            (ops, latency) = try await runTasks(cell: cell, files: files) { fd in
+            loop = try await runTasks(cell: cell, files: files) { fd, _ in
                 // NIOFileSystem has fsync only (no fdatasync): both workloads use synchronize().
                 try await byDescriptor[fd.rawValue]!.synchronize()
             }
+        case .walBlocking, .walBackend, .walGroupCommit:
+            preconditionFailure("\(method) runs in wal-actor cells only (measureWAL)")
         }
-        m.seconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         for handle in handles { try? await handle.close() }
-        m.ops += ops
-        m.cpuSeconds += cpuSeconds() - cpuBefore
+        m.add(loop)
         m.clones += systemClones() - clonesBefore
-        m.contextSwitches += contextSwitches() - switchesBefore
-        m.latency.add(latency)
     }
 
-    /// Keeps `cell.depth` requests in flight, one task per slot, until the deadline. Each task keeps
-    /// its latencies in a plain array (one histogram per task would cost far more than a sync at
-    /// depth 256); they are recorded into one histogram afterwards.
+    /// Keeps `cell.depth` requests in flight, one task per slot, until the deadline: each request is
+    /// the 4 KiB write of write cells, then `sync(fd, slot)`.
     func runTasks(
         cell: Cell, files: Files, executor: (any TaskExecutor)? = nil,
-        _ sync: @escaping @Sendable (FileDescriptor) async throws -> Void
-    ) async throws -> (Int, Histogram<UInt64>) {
-        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(seconds * 1e9)
+        _ sync: @escaping @Sendable (_ fd: FileDescriptor, _ slot: Int) async throws -> Void
+    ) async throws -> Loop {
         let write4k = cell.write4k
-        return try await withThrowingTaskGroup(of: [UInt64].self) { group in
-            for slot in 0..<cell.depth {
-                let fd = files.descriptors[slot % files.descriptors.count]
+        let descriptors = files.descriptors
+        return try await runSlots(cell.depth, executor: executor) { slot, sequence in
+            let fd = descriptors[slot % descriptors.count]
+            if write4k { try writeBlock(fd, sequence: sequence * 64 + slot) }
+            try await sync(fd, slot)
+        }
+    }
+
+    /// Runs `slots` tasks on the cooperative pool (or preferring `executor`), each calling
+    /// `request(slot, its sequence number)` in a loop until the deadline and timing each call. Each
+    /// task keeps its latencies in a plain array (one histogram per task would cost far more than a
+    /// sync at depth 256); they are recorded into one histogram after the window closes.
+    func runSlots(
+        _ slots: Int, executor: (any TaskExecutor)? = nil,
+        _ request: @escaping @Sendable (_ slot: Int, _ sequence: Int) async throws -> Void
+    ) async throws -> Loop {
+        var loop = Loop()
+        cfloor_take_snapshot(&loop.window.begin)
+        let deadline = loop.window.begin.ns + UInt64(seconds * 1e9)
+        loop.samples = try await withThrowingTaskGroup(of: [UInt64].self) { group in
+            for slot in 0..<slots {
                 group.addTask(executorPreference: executor) {
                     var samples: [UInt64] = []
                     samples.reserveCapacity(1024)
-                    while DispatchTime.now().uptimeNanoseconds < deadline {
-                        let begin = DispatchTime.now().uptimeNanoseconds
-                        if write4k { try writeBlock(fd, sequence: samples.count * 64 + slot) }
-                        try await sync(fd)
-                        samples.append(DispatchTime.now().uptimeNanoseconds - begin)
+                    while monotonicNanoseconds() < deadline {
+                        let begin = monotonicNanoseconds()
+                        try await request(slot, samples.count)
+                        samples.append(monotonicNanoseconds() - begin)
                     }
                     return samples
                 }
             }
-            var total = 0
-            var merged = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
-            for try await samples in group {
-                total += samples.count
-                for sample in samples { _ = merged.record(sample) }
-            }
-            return (total, merged)
+            var all: [[UInt64]] = []
+            for try await samples in group { all.append(samples) }
+            return all
         }
+        cfloor_take_snapshot(&loop.window.end)
+        loop.ops = loop.samples.reduce(0) { $0 + $1.count }
+        return loop
     }
 
     /// Keeps `depth` blocking syncs in flight, one dedicated thread per slot, until the deadline.
-    func runThreads(depth: Int, cell: Cell, files: Files, mode: SyncMode) -> (Int, Histogram<UInt64>) {
-        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(seconds * 1e9)
+    /// The threads are started before the window opens and wait for it.
+    func runThreads(depth: Int, cell: Cell, files: Files, mode: SyncMode) -> Loop {
         let results = ResultBox()
         let finished = DispatchSemaphore(value: 0)
+        let go = DispatchSemaphore(value: 0)
+        let deadline = Mutex<UInt64>(0)
+        let ready = DispatchSemaphore(value: 0)
         for slot in 0..<depth {
             let fd = files.descriptors[slot % files.descriptors.count]
             let write4k = cell.write4k
             let thread = Thread {
+                ready.signal()
+                go.wait()
+                let deadline = deadline.withLock { $0 }
                 var samples: [UInt64] = []
                 samples.reserveCapacity(1024)
-                while DispatchTime.now().uptimeNanoseconds < deadline {
-                    let begin = DispatchTime.now().uptimeNanoseconds
+                while monotonicNanoseconds() < deadline {
+                    let begin = monotonicNanoseconds()
                     if write4k { try? writeBlock(fd, sequence: samples.count * 64 + slot) }
                     try? blockingSync(fd, mode)
-                    samples.append(DispatchTime.now().uptimeNanoseconds - begin)
+                    samples.append(monotonicNanoseconds() - begin)
                 }
                 results.add(samples)
                 finished.signal()
             }
             thread.start()
         }
+        for _ in 0..<depth { ready.wait() }
+        var loop = Loop()
+        cfloor_take_snapshot(&loop.window.begin)
+        deadline.withLock { $0 = loop.window.begin.ns + UInt64(seconds * 1e9) }
+        for _ in 0..<depth { go.signal() }
         for _ in 0..<depth { finished.wait() }
-        return results.value
+        cfloor_take_snapshot(&loop.window.end)
+        loop.samples = results.value
+        loop.ops = loop.samples.reduce(0) { $0 + $1.count }
+        return loop
+    }
+}
+
+/// What a request loop did: its window (snapshots just before the first request and just after
+/// the last completion), the requests it completed and their latencies (nanoseconds).
+struct Loop {
+    var ops = 0
+    var window = cfloor_window()
+    var samples: [[UInt64]] = []
+}
+
+extension Measurement {
+    mutating func add(_ loop: Loop) {
+        let begin = loop.window.begin, end = loop.window.end
+        ops += loop.ops
+        seconds += Double(end.ns - begin.ns) / 1e9
+        cpuSeconds += Double(end.cpu_us - begin.cpu_us) / 1e6
+        contextSwitches += end.context_switches - begin.context_switches
+        for list in loop.samples { for sample in list { _ = latency.record(sample) } }
+    }
+}
+
+/// The runtime floor: what Swift's runtime costs any completion-driven backend here, with no I/O.
+///
+/// A request stores its task's continuation in the slot of its task and hands the slot number to
+/// a dedicated pthread (C, `cfloor_completer_*`: a queue under a mutex, a condition variable
+/// signalled only when the thread sleeps); the thread takes everything queued and resumes each
+/// continuation (`handle`), which puts the task back on the cooperative pool. The same hand-offs
+/// as a backend's completion thread — suspend, cross-thread queue, wake-up, resume, hop to a pool
+/// thread — without a system call or any work of its own.
+///
+/// It is also a task executor on that thread (`runtime-floor-executor`, the floor of the
+/// `*-executor` methods): jobs go to the same queue, tagged, and the thread runs them, so a task
+/// resumed there goes on there.
+final class RuntimeFloor: TaskExecutor, @unchecked Sendable {
+    private typealias Slot = UnsafeContinuation<Void, Never>?
+    private let slots: UnsafeMutablePointer<Slot>
+    private var completer: OpaquePointer?
+
+    init(depth: Int) throws {
+        precondition(MemoryLayout<UnownedJob>.size == MemoryLayout<Int>.size)
+        slots = .allocate(capacity: depth)
+        slots.initialize(repeating: nil, count: depth)
+        let handle: @convention(c) (UnsafeMutableRawPointer?, Int) -> Void = { context, item in
+            Unmanaged<RuntimeFloor>.fromOpaque(context!).takeUnretainedValue().handle(item)
+        }
+        completer = cfloor_completer_start(depth, handle, Unmanaged.passUnretained(self).toOpaque())
+        guard completer != nil else {
+            slots.deallocate()
+            throw Errno(rawValue: ENOMEM)
+        }
+    }
+
+    /// On the completer thread. Items: a slot number × 2 (resume that slot's task), or a job's
+    /// address + 1 (run it here; jobs are aligned).
+    private func handle(_ item: Int) {
+        if item & 1 == 1 {
+            unsafeBitCast(item & ~1, to: UnownedJob.self).runSynchronously(on: asUnownedTaskExecutor())
+        } else {
+            let slot = slots + item >> 1
+            let continuation = slot.pointee!
+            slot.pointee = nil
+            continuation.resume()
+        }
+    }
+
+    /// Suspends the task until the completer thread resumes it. The slot is the caller's own: one
+    /// request per slot at a time. (The mutex of the queue orders the store before the load.)
+    func complete(slot: Int) async {
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+            slots[slot] = continuation
+            cfloor_completer_submit(completer, slot << 1)
+        }
+    }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let address = unsafeBitCast(UnownedJob(job), to: Int.self)
+        precondition(address & 1 == 0)
+        cfloor_completer_submit(completer, address | 1)
+    }
+
+    /// Joins the thread; call once, when no request is in flight and no task prefers it.
+    func stop() {
+        cfloor_completer_stop(completer)
+        completer = nil
+        slots.deallocate()
     }
 }
 
@@ -372,15 +558,9 @@ final class ResultBox: @unchecked Sendable {
         lock.lock(); defer { lock.unlock() }
         self.samples.append(samples)
     }
-    var value: (Int, Histogram<UInt64>) {
+    var value: [[UInt64]] {
         lock.lock(); defer { lock.unlock() }
-        var latency = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
-        var ops = 0
-        for list in samples {
-            ops += list.count
-            for sample in list { _ = latency.record(sample) }
-        }
-        return (ops, latency)
+        return samples
     }
 }
 
@@ -419,23 +599,17 @@ func blockingSync(_ fd: FileDescriptor, _ mode: SyncMode) throws {
     if result != 0 { throw Errno(rawValue: errno) }
 }
 
-func cpuSeconds() -> Double {
-    var usage = rusage()
-    getrusage(RUSAGE_SELF.rawValue, &usage)
-    return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec)
-        + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
-}
-
-/// Context switches of every thread of this process so far (voluntary + involuntary).
-func contextSwitches() -> Int {
-    var usage = rusage()
-    getrusage(RUSAGE_SELF.rawValue, &usage)
-    return usage.ru_nvcsw + usage.ru_nivcsw
-}
-
 /// Processes and threads created on the whole machine so far (`processes` in /proc/stat).
 func systemClones() -> Int {
     guard let text = try? String(contentsOfFile: "/proc/stat", encoding: .utf8),
           let line = text.split(separator: "\n").first(where: { $0.hasPrefix("processes ") }) else { return 0 }
     return Int(line.split(separator: " ")[1]) ?? 0
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `cfloor_take_snapshot` and of the C floor's latencies.
+@inline(__always)
+func monotonicNanoseconds() -> UInt64 {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
 }

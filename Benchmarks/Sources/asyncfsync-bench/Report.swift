@@ -8,22 +8,35 @@ extension AsyncFsyncBench {
         for probe in probes { print("  probe \(probe)") }
         print("")
         print("Methods:")
-        for method in methods { print("  \(method.rawValue.padding(toLength: 14, withPad: " ", startingAt: 0)) \(method.summary)") }
+        for method in methods { print("  \(method.rawValue.padding(toLength: 23, withPad: " ", startingAt: 0)) \(method.summary)") }
         print("")
         print("Columns: ops/s; latency µs (mean, p50, p99, p99.9); CPU µs per op (process);")
         print("clones/op = threads or processes created on the whole machine per op (/proc/stat); csw/op = context switches of this process per op (getrusage);")
         print("syncs/op = syncs that reached the kernel per acknowledged request (group commit);")
         print("×C = ops/s ÷ the matching C floor (libaio→c-libaio, posix→c-posix, blocking kinds→c-blocking); ×QD1 = ÷ c-blocking at depth 1.")
+        print("+CPU, +mean = this library's methods over their runtime floor (runtime-floor; runtime-floor-executor for *-executor): the same task")
+        print("  loop with each request completed at once by a C thread, no I/O. CPU µs per op minus the floor's; mean latency µs minus the floor's")
+        print("  (it includes the I/O itself: compare with the C floor's mean).")
+        if cells.contains(where: \.wal) {
+            print("wal-actor cells: appends/s; latency µs of an append (its pwrite + its sync); CPU µs per append; csw per append;")
+            print("  ×blocking = appends/s ÷ wal-blocking's; syncs/append = syncs that reached the kernel per append (GroupCommit shares them).")
+        }
         for cell in cells {
             print("")
             print("## \(cell)")
-            print("method".padding(toLength: 15, withPad: " ", startingAt: 0)
-                  + ["ops/s", "mean", "p50", "p99", "p99.9", "CPU/op", "clones/op", "csw/op", "×C", "×QD1", "syncs/op"].map { $0.leftPad(10) }.joined())
+            if cell.wal {
+                reportWAL(results, cell: cell, methods: methods)
+                continue
+            }
+            print("method".padding(toLength: 23, withPad: " ", startingAt: 0)
+                  + ["ops/s", "mean", "p50", "p99", "p99.9", "CPU/op", "clones/op", "csw/op", "×C", "+CPU", "+mean", "×QD1", "syncs/op"].map { $0.leftPad(9) }.joined())
             let qd1 = results["c-blocking|\(Cell(mode: cell.mode, write4k: cell.write4k, depth: 1, ownFiles: false))"]?.opsPerSecond ?? 0
             for method in methods {
                 guard let m = results["\(method.rawValue)|\(cell)"] else { continue }
                 var floor = results["\(method.floor.rawValue)|\(cell)"]?.opsPerSecond ?? 0
+                let runtimeFloor = results["\(method.runtimeFloor.rawValue)|\(cell)"]
                 if method.floor == .cBlocking && cell.depth > 1 { floor = 0 }
+                if method == .runtimeFloor || method == .runtimeFloorExecutor { floor = 0 }  // no I/O: no C floor
                 let columns = [
                     String(format: "%.0f", m.opsPerSecond),
                     String(format: "%.1f", m.meanMicros),
@@ -34,11 +47,34 @@ extension AsyncFsyncBench {
                     String(format: "%.3f", m.clonesPerOp),
                     String(format: "%.2f", m.contextSwitchesPerOp),
                     floor > 0 ? String(format: "%.2f", m.opsPerSecond / floor) : "–",
+                    method.isLibrary && runtimeFloor != nil ? String(format: "%+.1f", m.cpuMicrosPerOp - runtimeFloor!.cpuMicrosPerOp) : "–",
+                    method.isLibrary && runtimeFloor != nil ? String(format: "%+.1f", m.meanMicros - runtimeFloor!.meanMicros) : "–",
                     qd1 > 0 ? String(format: "%.2f", m.opsPerSecond / qd1) : "–",
                     m.syncs > 0 ? String(format: "%.3f", m.syncsPerOp) : "–",
                 ]
-                print(method.rawValue.padding(toLength: 15, withPad: " ", startingAt: 0) + columns.map { $0.leftPad(10) }.joined())
+                print(method.rawValue.padding(toLength: 23, withPad: " ", startingAt: 0) + columns.map { $0.leftPad(9) }.joined())
             }
+        }
+    }
+
+    func reportWAL(_ results: [String: Measurement], cell: Cell, methods: [Method]) {
+        print("method".padding(toLength: 23, withPad: " ", startingAt: 0)
+              + ["appends/s", "mean", "p50", "p99", "p99.9", "CPU/op", "csw/op", "×blocking", "syncs/op"].map { $0.leftPad(10) }.joined())
+        let blocking = results["\(Method.walBlocking.rawValue)|\(cell)"]?.opsPerSecond ?? 0
+        for method in methods {
+            guard let m = results["\(method.rawValue)|\(cell)"] else { continue }
+            let columns = [
+                String(format: "%.0f", m.opsPerSecond),
+                String(format: "%.1f", m.meanMicros),
+                String(format: "%.1f", m.percentile(50)),
+                String(format: "%.1f", m.percentile(99)),
+                String(format: "%.1f", m.percentile(99.9)),
+                String(format: "%.1f", m.cpuMicrosPerOp),
+                String(format: "%.2f", m.contextSwitchesPerOp),
+                blocking > 0 ? String(format: "%.2f", m.opsPerSecond / blocking) : "–",
+                String(format: "%.3f", m.syncsPerOp),
+            ]
+            print(method.rawValue.padding(toLength: 23, withPad: " ", startingAt: 0) + columns.map { $0.leftPad(10) }.joined())
         }
     }
 
@@ -60,12 +96,29 @@ extension AsyncFsyncBench {
     func writeJSON(_ results: [String: Measurement], probes: [BackendProbe], to path: String) throws {
         var rows: [[String: Any]] = []
         for m in results.values.sorted(by: { ($0.cell.description, $0.method) < ($1.cell.description, $1.method) }) {
-            rows.append([
-                "method": m.method, "mode": m.cell.mode, "write4k": m.cell.write4k, "depth": m.cell.depth,
+            var row: [String: Any] = [
+                "method": m.method, "workload": m.cell.wal ? "wal-actor" : "sync", "mode": m.cell.mode, "write4k": m.cell.write4k, "depth": m.cell.depth,
                 "ownFiles": m.cell.ownFiles, "ops": m.ops, "seconds": m.seconds, "opsPerSecond": m.opsPerSecond,
                 "meanMicros": m.meanMicros, "p50Micros": m.percentile(50), "p99Micros": m.percentile(99),
                 "p999Micros": m.percentile(99.9), "cpuMicrosPerOp": m.cpuMicrosPerOp, "clonesPerOp": m.clonesPerOp, "contextSwitchesPerOp": m.contextSwitchesPerOp, "syncsPerOp": m.syncsPerOp,
-            ])
+            ]
+            // This library's methods: against the C floor and above the runtime floor (Report).
+            if let method = Method(rawValue: m.method), method.isLibrary {
+                if let floor = results["\(method.floor.rawValue)|\(m.cell)"], floor.opsPerSecond > 0 {
+                    row["cFloorMethod"] = floor.method
+                    row["ratioToCFloor"] = m.opsPerSecond / floor.opsPerSecond
+                    row["cFloorCpuMicrosPerOp"] = floor.cpuMicrosPerOp
+                    row["cFloorMeanMicros"] = floor.meanMicros
+                }
+                if let runtime = results["\(method.runtimeFloor.rawValue)|\(m.cell)"] {
+                    row["runtimeFloorMethod"] = runtime.method
+                    row["runtimeFloorCpuMicrosPerOp"] = runtime.cpuMicrosPerOp
+                    row["runtimeFloorMeanMicros"] = runtime.meanMicros
+                    row["cpuMicrosPerOpOverRuntimeFloor"] = m.cpuMicrosPerOp - runtime.cpuMicrosPerOp
+                    row["meanMicrosOverRuntimeFloor"] = m.meanMicros - runtime.meanMicros
+                }
+            }
+            rows.append(row)
         }
         let document: [String: Any] = [
             "probes": probes.map(\.description), "rounds": rounds, "secondsPerCell": seconds, "results": rows,
@@ -92,7 +145,7 @@ extension AsyncFsyncBench {
         }
         let depths = Array(Set(cells.map(\.depth))).sorted()
         let colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-                      "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39"]
+                      "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#e7ba52", "#ad494a", "#a55194"]
         let panelWidth = 520.0, panelHeight = 340.0, left = 70.0, top = 60.0, legendWidth = 330.0
         let plotWidth = panelWidth - left - 20, plotHeight = panelHeight - 70
         let width = Double(workloads.count) * panelWidth + legendWidth
