@@ -68,11 +68,35 @@ public protocol AsyncSyncBackend: Sendable {
     /// `withTaskExecutorPreference(backend.preferredTaskExecutor) { … }` — a `nil` preference
     /// changes nothing, so the same code works with any backend. Code running there must not block.
     var preferredTaskExecutor: (any TaskExecutor)? { get }
+
+    /// A serial executor on the same thread as ``preferredTaskExecutor``, for an actor that syncs
+    /// through this backend; `nil` when the backend has none.
+    ///
+    /// An actor whose `unownedExecutor` is this goes on right where its syncs complete:
+    ///
+    /// ```swift
+    /// actor WriteAheadLog {
+    ///     let backend: any AsyncSyncBackend
+    ///     let executor: any SerialExecutor
+    ///     nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
+    ///     init(backend: any AsyncSyncBackend) throws {
+    ///         self.backend = backend
+    ///         guard let executor = backend.preferredSerialExecutor else { throw … }
+    ///         self.executor = executor
+    ///     }
+    /// }
+    /// ```
+    ///
+    /// Code running there must not block.
+    var preferredSerialExecutor: (any SerialExecutor)? { get }
 }
 
 extension AsyncSyncBackend {
     /// The default: no executor of its own.
     public var preferredTaskExecutor: (any TaskExecutor)? { nil }
+
+    /// The default: no serial executor of its own.
+    public var preferredSerialExecutor: (any SerialExecutor)? { nil }
 
     /// The default for backends that keep no failures: there is nothing to forget.
     @discardableResult

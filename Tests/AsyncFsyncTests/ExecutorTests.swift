@@ -54,7 +54,7 @@ extension AsyncFsyncTests {
             let directory = try ScratchDirectory.onDisk()
             let fd = try directory.file("wal")
             defer { try? fd.close() }
-            let backend: any AsyncSyncBackend = try AsyncSync.makeBackend(environment: [AsyncSync.environmentVariable: kind.rawValue])
+            let backend: any AsyncSyncBackend = try await AsyncSync.makeBackend(environment: [AsyncSync.environmentVariable: kind.rawValue])
             let group = GroupCommit(wrapping: backend)
             #expect(group.preferredTaskExecutor != nil)
             try await withTaskExecutorPreference(group.preferredTaskExecutor) {

@@ -38,7 +38,7 @@ extension AsyncFsyncTests {
             for (value, expected) in [(nil, true), ("off", false)] as [(String?, Bool)] {
                 var environment = [AsyncSync.environmentVariable: kind.rawValue]
                 environment[AsyncSync.inlineEnvironmentVariable] = value
-                let backend = try AsyncSync.makeBackend(environment: environment)
+                let backend = try await AsyncSync.makeBackend(environment: environment)
                 let inlines = switch backend {
                 case let backend as LibaioBackend: backend.inlinesMemoryFileSystems
                 case let backend as PosixAIOBackend: backend.inlinesMemoryFileSystems
@@ -338,7 +338,7 @@ extension AsyncFsyncTests {
               arguments: probeFaults)
         func probeFaultTable(fault: ProbeFault) async throws {
             let threads = Resources.threadCount()
-            let probe = Prober(system: fault.system(), timeout: .milliseconds(50)).probe(fault.kind, in: "/tmp")
+            let probe = await Prober(system: fault.system(), timeout: .milliseconds(50)).probe(fault.kind, in: "/tmp")
             #expect(!probe.isUsable)
             #expect(probe.failedStep == fault.step)
             #expect(probe.errno == fault.errno)
@@ -359,7 +359,7 @@ extension AsyncFsyncTests {
             let recorder = SyscallRecorder()
             recorder.injectAtCompletion([.ioError])
             let prober = Prober(system: recorder.system)
-            let probe = prober.probe(.libaio, in: "/tmp")
+            let probe = await prober.probe(.libaio, in: "/tmp")
             #expect(!probe.isUsable && probe.isSupported)
             #expect(probe.failedStep == .completion)
             #expect(probe.errno == .ioError)

@@ -30,14 +30,14 @@ extension AsyncFsyncTests {
 
         @Test("a forced backend is that backend", arguments: BackendKind.allCases)
         func forced(kind: BackendKind) async throws {
-            let backend = try AsyncSync.makeBackend(environment: [AsyncSync.environmentVariable: kind.rawValue])
+            let backend = try await AsyncSync.makeBackend(environment: [AsyncSync.environmentVariable: kind.rawValue])
             #expect(backend.kind == kind)
             await backend.shutdown()
         }
 
         @Test("auto prefers libaio where it works")
         func autoPrefersLibaio() async throws {
-            let backend = try AsyncSync.makeBackend(environment: [:])
+            let backend = try await AsyncSync.makeBackend(environment: [:])
             #expect(backend.kind == .libaio)
             await backend.shutdown()
         }

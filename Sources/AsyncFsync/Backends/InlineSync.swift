@@ -51,13 +51,16 @@ struct InlineSync: Sendable {
     /// checks refuse (EBADF) is not: it takes the asynchronous path, which reports the error.
     @inline(__always)
     func applies(to fd: FileDescriptor) -> Bool {
-        guard case .success(let magic) = system.fileSystemType(fd.rawValue),
-              FileSystemType.isMemoryFileSystem(magic) else { return false }
-        return Self.isFileOrDirectory(fd, system: system)
+        Self.isOnMemoryFileSystem(fd, system: system)
     }
 
-    static func isFileOrDirectory(_ fd: FileDescriptor, system: SystemCalls) -> Bool {
-        guard case .success(let status) = system.fileStatus(fd.rawValue) else { return false }
+    /// Whether `fd` is a regular file or directory on tmpfs or ramfs (one `fstatfs(2)`, and one
+    /// `statx(2)` only on a memory file system).
+    @inline(__always)
+    static func isOnMemoryFileSystem(_ fd: FileDescriptor, system: SystemCalls) -> Bool {
+        guard case .success(let magic) = system.fileSystemType(fd.rawValue),
+              FileSystemType.isMemoryFileSystem(magic),
+              case .success(let status) = system.fileStatus(fd.rawValue) else { return false }
         return status.isFileOrDirectory
     }
 

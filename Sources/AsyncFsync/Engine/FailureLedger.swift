@@ -144,3 +144,9 @@ final class FailureLedger: Sendable {
     /// Files whose new requests are refused (tests).
     var refusedFiles: Int { refusingCount.load(ordering: .acquiring) }
 }
+
+/// A backend whose durability failures are kept in a ``FailureLedger``, so that a layer above it
+/// (``GroupCommit``) can apply the in-flight rule from its own requests' arrival.
+protocol FailureLedgerProviding {
+    var failureLedger: FailureLedger? { get }
+}

@@ -35,24 +35,27 @@ public final class GroupCommit: AsyncSyncBackend {
         case result(Result<Void, AsyncSyncError>)
         case other(any Error)
         /// Run the sync of this batch (the caller is its leader).
-        case lead([Waiter])
+        case lead([Member])
         /// The file went idle before the request could queue: start over as a new request.
         case retry
     }
 
-    private struct Waiter {
+    /// A request of a batch. The leader's own request has no continuation: it is the running task.
+    private struct Member {
         var id: UInt64
         var descriptor: FileDescriptor
         var mode: SyncMode
-        var continuation: UnsafeContinuation<Outcome, Never>
+        /// The wrapped backend's ledger stamp at arrival (the in-flight rule), if it has a ledger.
+        var arrival: UInt64?
+        var continuation: UnsafeContinuation<Outcome, Never>?
     }
 
     private struct FileState {
         /// Requests that arrived while a sync of the file runs; they form the next batch.
-        var next: [Waiter] = []
+        var next: [Member] = []
         /// While a batch's leader waits out ``GroupCommit/delay`` before its sync starts: the
         /// requests that join that batch (its sync has not started, so it may acknowledge them).
-        var gathering: [Waiter]?
+        var gathering: [Member]?
     }
 
     private struct State {
@@ -66,6 +69,8 @@ public final class GroupCommit: AsyncSyncBackend {
 
     private let state = Locked(State())
     private let system: SystemCalls
+    /// The wrapped backend's failure ledger, when it is one of this library's backends.
+    private let ledger: FailureLedger?
     /// How long each batch's leader waits before starting the shared sync, so that more requests
     /// can join (PostgreSQL's `commit_delay`). Zero (the default) starts at once.
     public let delay: Duration
@@ -85,22 +90,27 @@ public final class GroupCommit: AsyncSyncBackend {
         self.wrapped = backend
         self.delay = delay
         self.system = system
+        self.ledger = (backend as? any FailureLedgerProviding)?.failureLedger
     }
 
     /// Syncs `fd`, sharing the sync with concurrent requests of the same file.
     ///
-    /// On a memory file system (tmpfs, ramfs), whose fsync does nothing, nothing is shared: the
-    /// request goes straight to the wrapped backend.
+    /// On a memory file system (tmpfs, ramfs), whose fsync does nothing, nothing is shared: a
+    /// regular file or directory there goes straight to the wrapped backend. (Device nodes, whose
+    /// devtmpfs reports the same magic number, are shared like any file: their fsync flushes a
+    /// device.)
     ///
     /// - Parameters:
     ///   - fd: An open descriptor; it must stay open until this call returns.
     ///   - mode: ``SyncMode/fsync`` or ``SyncMode/fdatasync``.
-    /// - Throws: What the wrapped backend throws for the shared sync; ``AsyncSyncError/Code/shutDown``
-    ///   after ``shutdown()``; `CancellationError` when cancelled before its batch's sync started.
+    /// - Throws: What the wrapped backend throws for the shared sync; its descriptor's own errors
+    ///   (`EBADF`, `EINVAL`) only to the request whose descriptor it was;
+    ///   ``AsyncSyncError/Code/shutDown`` after ``shutdown()``; `CancellationError` when cancelled
+    ///   before its batch's sync started.
     public func sync(_ fd: FileDescriptor, mode: SyncMode) async throws {
         // tmpfs and ramfs: fsync does nothing there, so sharing it saves nothing and the waiting
         // would cost more than the sync. Each request gets its own, from the wrapped backend.
-        if case .success(let magic) = system.fileSystemType(fd.rawValue), FileSystemType.isMemoryFileSystem(magic) {
+        if InlineSync.isOnMemoryFileSystem(fd, system: system) {
             guard !isShuttingDown else { throw AsyncSyncError.shutDown(mode, backend: kind, descriptor: fd) }
             return try await wrapped.sync(fd, mode: mode)
         }
@@ -109,47 +119,50 @@ public final class GroupCommit: AsyncSyncBackend {
             return try await wrapped.sync(fd, mode: mode)
         }
         try Task.checkCancellation()
+        let arrival = ledger?.stamp()
 
-        enum Role { case leader, follower(UInt64), refused }
+        enum Role { case leader(UInt64), follower(UInt64), refused }
         let role = state.withLock { state -> Role in
             if state.shuttingDown { return .refused }
+            state.nextID += 1
             if state.running[file] == nil {
                 state.running[file] = FileState()
-                return .leader
+                return .leader(state.nextID)
             }
-            state.nextID += 1
             return .follower(state.nextID)
         }
         switch role {
         case .refused:
             throw AsyncSyncError.shutDown(mode, backend: kind, descriptor: fd)
-        case .leader:
-            if delay > .zero {
-                try await lead(file, fd, mode: mode, others: [])
-            } else {
-                // An idle file: this request's own sync, in its own task (its cancellation is its own).
-                let result = await runSync(fd, mode: mode)
-                handOff(file)
-                try deliver(result)
-            }
+        case .leader(let id):
+            let me = Member(id: id, descriptor: fd, mode: mode, arrival: arrival, continuation: nil)
+            try await lead(file, me, others: [], fresh: true)
         case .follower(let id):
             let outcome = await withTaskCancellationHandler {
                 await withUnsafeContinuation { (continuation: UnsafeContinuation<Outcome, Never>) in
-                    let queued = state.withLock { state -> Bool in
-                        guard state.running[file] != nil else { return false }
-                        let waiter = Waiter(id: id, descriptor: fd, mode: mode, continuation: continuation)
+                    enum Queued { case queued, retry, cancelled }
+                    let queued = state.withLock { state -> Queued in
+                        guard state.running[file] != nil else { return .retry }
+                        // The cancellation handler may have run before the request was queued
+                        // (it found nothing to remove): checked under the same lock.
+                        if Task.isCancelled { return .cancelled }
+                        let member = Member(id: id, descriptor: fd, mode: mode, arrival: arrival, continuation: continuation)
                         if state.running[file]!.gathering != nil {
-                            state.running[file]!.gathering!.append(waiter)
+                            state.running[file]!.gathering!.append(member)
                         } else {
-                            state.running[file]!.next.append(waiter)
+                            state.running[file]!.next.append(member)
                         }
-                        return true
+                        return .queued
                     }
+                    switch queued {
+                    case .queued: break
                     // The running sync ended between the two locks: start over.
-                    if !queued { continuation.resume(returning: .retry) }
+                    case .retry: continuation.resume(returning: .retry)
+                    case .cancelled: continuation.resume(returning: .other(CancellationError()))
+                    }
                 }
             } onCancel: {
-                let removed = state.withLock { state -> Waiter? in
+                let removed = state.withLock { state -> Member? in
                     if let index = state.running[file]?.next.firstIndex(where: { $0.id == id }) {
                         return state.running[file]!.next.remove(at: index)
                     }
@@ -158,41 +171,92 @@ public final class GroupCommit: AsyncSyncBackend {
                     }
                     return nil
                 }
-                removed?.continuation.resume(returning: .other(CancellationError()))
+                removed?.continuation?.resume(returning: .other(CancellationError()))
             }
             switch outcome {
             case .result(let result): try result.get()
             case .other(let error): throw error
             case .retry: return try await sync(fd, mode: mode)
             case .lead(let others):
-                try await lead(file, fd, mode: mode, others: others)
+                let me = Member(id: id, descriptor: fd, mode: mode, arrival: arrival, continuation: nil)
+                try await lead(file, me, others: others, fresh: false)
             }
         }
     }
 
     /// Runs the sync of a batch: waits out ``delay`` (requests arriving meanwhile join), syncs in
-    /// the strongest mode asked for, gives the result to every request of the batch, hands the
-    /// file to the next batch, and returns this request's own result.
-    private func lead(_ file: FileIdentity, _ fd: FileDescriptor, mode: SyncMode, others: [Waiter]) async throws {
-        var batch = others
+    /// the strongest mode asked for through a descriptor that still names the file, gives the
+    /// result to every request of the batch, hands the file to the next batch, and returns this
+    /// request's own result. `fresh`: `me` identified the file just now (an idle file's first
+    /// request), so its descriptor needs no second look.
+    private func lead(_ file: FileIdentity, _ me: Member, others: [Member], fresh: Bool) async throws {
+        var batch = [me] + others
         if delay > .zero {
             state.withLock { state in
                 if state.running[file]!.gathering == nil { state.running[file]!.gathering = [] }
             }
             try? await Task.sleep(for: delay)  // cancelled: start at once, the others still need the sync
-            batch += state.withLock { state -> [Waiter] in
+            batch += state.withLock { state -> [Member] in
                 defer { state.running[file]!.gathering = nil }
                 return state.running[file]!.gathering ?? []
             }
         }
-        let batchMode: SyncMode = (batch.contains { $0.mode == .fsync } || mode == .fsync) ? .fsync : .fdatasync
-        // With others in the batch, its sync must not be cancelled by this task: run it apart.
-        let result = batch.isEmpty
-            ? await runSync(fd, mode: batchMode)
-            : await Task { await self.runSync(fd, mode: batchMode) }.value
-        for waiter in batch { waiter.continuation.resume(returning: makeOutcome(result, for: waiter)) }
+        var mine: Result<Void, any Error>?
+        var checkLeader = !fresh
+        while let leader = batch.first {
+            // A descriptor closed and reused while its request waited names another file: syncing
+            // it would acknowledge the batch with another file's sync.
+            if checkLeader, (try? system.fileIdentity(leader.descriptor.rawValue).get()) != file {
+                let error = AsyncSyncError(
+                    code: .system, errno: .badFileDescriptor, operation: .sync(leader.mode), step: .submit,
+                    backend: kind, descriptor: leader.descriptor, systemCall: "statx",
+                    message: "the descriptor was closed and now names another file; keep it open until the sync returns")
+                deliver(.failure(error), to: leader, mine: &mine, file: file)
+                batch.removeFirst()
+                continue
+            }
+            checkLeader = true
+            let batchMode: SyncMode = batch.contains { $0.mode == .fsync } ? .fsync : .fdatasync
+            // With others in the batch, its sync must not be cancelled by this task: run it apart.
+            let result = batch.count == 1 && leader.continuation == nil
+                ? await runSync(leader.descriptor, mode: batchMode)
+                : await Task { await self.runSync(leader.descriptor, mode: batchMode) }.value
+            if case .failure(let error as AsyncSyncError) = result, Self.isDescriptorError(error) {
+                // The leader's descriptor cannot sync (an O_PATH descriptor: EBADF): that error is
+                // its own; the rest of the batch needs a sync through another descriptor.
+                deliver(result, to: leader, mine: &mine, file: file)
+                batch.removeFirst()
+                continue
+            }
+            for member in batch { deliver(result, to: member, mine: &mine, file: file) }
+            break
+        }
         handOff(file)
-        try deliver(result)
+        try mine?.get()
+    }
+
+    /// Gives `result` to `member` (the running task's own result goes to `mine`), after the
+    /// in-flight rule: a success fails if a durability failure of the file was recorded in the
+    /// wrapped backend since the member arrived.
+    private func deliver(_ result: Result<Void, any Error>, to member: Member, mine: inout Result<Void, any Error>?, file: FileIdentity) {
+        var result = result
+        if case .success = result, let ledger, let arrival = member.arrival,
+           let errno = ledger.verdict(arrival: arrival, identity: file) {
+            result = .failure(AsyncSyncError.concurrentFailure(member.mode, errno: errno, backend: kind, descriptor: member.descriptor))
+        }
+        guard let continuation = member.continuation else {
+            mine = result.map { _ in }.mapError { error in
+                (error as? AsyncSyncError)?.replacingDescriptor(member.descriptor) ?? error
+            }
+            return
+        }
+        continuation.resume(returning: makeOutcome(result, for: member))
+    }
+
+    /// Errors that belong to the descriptor that was synced, not to the file: `EBADF` (closed,
+    /// `O_PATH`, or opened without the access the sync needs) and `EINVAL`.
+    private static func isDescriptorError(_ error: AsyncSyncError) -> Bool {
+        error.code == .system && (error.errno == .badFileDescriptor || error.errno == .invalidArgument)
     }
 
     private func runSync(_ fd: FileDescriptor, mode: SyncMode) async -> Result<Void, any Error> {
@@ -204,23 +268,19 @@ public final class GroupCommit: AsyncSyncBackend {
         }
     }
 
-    private func makeOutcome(_ result: Result<Void, any Error>, for waiter: Waiter) -> Outcome {
+    private func makeOutcome(_ result: Result<Void, any Error>, for member: Member) -> Outcome {
         switch result {
         case .success: .result(.success(()))
-        case .failure(let error as AsyncSyncError): .result(.failure(error.replacingDescriptor(waiter.descriptor)))
+        case .failure(let error as AsyncSyncError): .result(.failure(error.replacingDescriptor(member.descriptor)))
         case .failure(let error): .other(error)
         }
-    }
-
-    private func deliver(_ result: Result<Void, any Error>) throws {
-        try result.get()
     }
 
     /// The sync of `file` ended: the requests queued meanwhile become the next batch, led by its
     /// first request; with none, the file is idle again. The last batch to end during a
     /// shutdown lets the `shutdown()` callers go on.
     private func handOff(_ file: FileIdentity) {
-        let (batch, waiters) = state.withLock { state -> ([Waiter], [UnsafeContinuation<Void, Never>]) in
+        let (batch, waiters) = state.withLock { state -> ([Member], [UnsafeContinuation<Void, Never>]) in
             let batch = state.running[file]?.next ?? []
             if batch.isEmpty {
                 state.running[file] = nil
@@ -232,7 +292,7 @@ public final class GroupCommit: AsyncSyncBackend {
             return (batch, state.shutdownWaiters)
         }
         if let leader = batch.first {
-            leader.continuation.resume(returning: .lead(Array(batch.dropFirst())))
+            leader.continuation?.resume(returning: .lead(Array(batch.dropFirst())))
         }
         for waiter in waiters { waiter.resume() }
     }
@@ -257,6 +317,9 @@ public final class GroupCommit: AsyncSyncBackend {
     /// The wrapped backend's executor: a batch's sync completes there, so its waiters go on there.
     public var preferredTaskExecutor: (any TaskExecutor)? { wrapped.preferredTaskExecutor }
 
+    /// The wrapped backend's serial executor, for an actor that syncs through this group.
+    public var preferredSerialExecutor: (any SerialExecutor)? { wrapped.preferredSerialExecutor }
+
     /// Refuses new requests, lets running batches finish, then shuts the wrapped backend down.
     /// Calling it again is harmless.
     public func shutdown() async {
@@ -276,6 +339,10 @@ public final class GroupCommit: AsyncSyncBackend {
         }
         await wrapped.shutdown()
     }
+}
+
+extension GroupCommit: FailureLedgerProviding {
+    var failureLedger: FailureLedger? { ledger }
 }
 
 extension AsyncSyncError {

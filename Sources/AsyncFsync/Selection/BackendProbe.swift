@@ -133,3 +133,21 @@ extension String {
         count >= width ? self : String(repeating: "0", count: width - count) + self
     }
 }
+
+extension BackendProbe {
+    /// A probe that failed before it could look at the file system (no thread to run on, no
+    /// answer in time).
+    static func unusable(
+        _ kind: BackendKind, in directory: FilePath, errno: Errno?, step: Step, call: String?, message: String
+    ) -> BackendProbe {
+        BackendProbe(
+            kind: kind,
+            failure: AsyncSyncError(
+                code: .backendUnavailable, errno: errno, operation: .probe,
+                step: step == .timeout ? .completion : AsyncSyncError.Step(rawValue: step.rawValue) ?? .setup,
+                backend: kind, systemCall: call, message: message),
+            failedStep: step, directory: directory, fileSystem: "unknown", isMemoryFileSystem: false,
+            inlineSync: false, duration: .zero, isCached: false, note: nil,
+            verdict: step == .timeout ? .syncFailed : .unavailable)
+    }
+}

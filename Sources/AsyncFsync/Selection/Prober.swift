@@ -7,13 +7,18 @@ import Glibc
 
 /// Runs one real sync through a backend's mechanism, with a timeout, and cleans up after it.
 ///
-/// Steps (libaio): scratch file, `io_setup(1)`, one `IOCB_CMD_FDSYNC` through `io_submit(2)`,
-/// `io_getevents(2)` with the timeout, `io_destroy(2)`, close. (posix): scratch file, one
-/// `aio_fsync(O_DSYNC)`, `aio_suspend(3)` until it completes or the timeout passes, `aio_return(3)`,
-/// close. The scratch file is unlinked right after it is created. A probe that times out returns at
-/// once; a detached thread waits for the stuck sync and then frees the context, the control block
-/// and the descriptor, because the kernel or glibc still owns them. `io_destroy(2)` always runs on
-/// such a thread: it waits for an RCU grace period (~30 ms here), ten times the probe itself.
+/// Steps (libaio): the directory's file system (`open`, `statx(2)`, `statfs(2)`), a scratch file,
+/// `io_setup(1)`, one `IOCB_CMD_FDSYNC` through `io_submit(2)`, `io_getevents(2)` with the timeout,
+/// `io_destroy(2)`, close. (posix): the same first two, one `aio_fsync(O_DSYNC)`, `aio_suspend(3)`
+/// until it completes or the timeout passes, `aio_return(3)`, close. The scratch file is unlinked
+/// right after it is created.
+///
+/// Every step is bounded: the probe runs on a thread of its own and the caller waits at most
+/// ``timeout`` plus ``fileSystemTimeout`` for it. A probe stuck in the kernel (a file system that
+/// does not answer `open(2)`) is reported at its step and left to finish on its thread, which then
+/// frees what it holds. The cleanup (`io_destroy(2)` waits for an RCU grace period, ~30 ms here,
+/// ten times the probe itself; freeing a stuck sync's resources waits for the sync) runs on the
+/// probe's thread after the caller has its answer, never on the caller's.
 struct Prober: Sendable {
     var system: SystemCalls
     var timeout: Duration
@@ -22,10 +27,14 @@ struct Prober: Sendable {
     /// Whether backends made with this selection sync memory file systems inline (for the report).
     var inlineMemoryFileSystems: Bool
 
-    init(system: SystemCalls = .live, timeout: Duration = .seconds(2), cache: ProbeCache? = nil,
-         inlineMemoryFileSystems: Bool = true) {
+    /// How long identifying the directory's file system and making the scratch file may take.
+    var fileSystemTimeout: Duration
+
+    init(system: SystemCalls = .live, timeout: Duration = .seconds(2), fileSystemTimeout: Duration = .seconds(1),
+         cache: ProbeCache? = nil, inlineMemoryFileSystems: Bool = true) {
         self.system = system
         self.timeout = timeout
+        self.fileSystemTimeout = fileSystemTimeout
         self.cache = cache
         self.inlineMemoryFileSystems = inlineMemoryFileSystems
     }
@@ -35,8 +44,76 @@ struct Prober: Sendable {
         Prober(system: .live, cache: .shared, inlineMemoryFileSystems: inlineMemoryFileSystems)
     }
 
+    // MARK: Bounded runs
+
+    /// What a probe's thread was doing, for a report when it does not finish in time.
+    final class Progress: @unchecked Sendable {
+        private let step = Locked("identifying the file system")
+        func enter(_ name: String) { step.withLock { $0 = name } }
+        var current: String { step.withLock { $0 } }
+    }
+
+    /// Probes `kind` on a thread of its own and waits at most ``timeout`` + ``fileSystemTimeout``,
+    /// blocking the caller (for `main()` and other synchronous code).
     func probe(_ kind: BackendKind, in directory: FilePath) -> BackendProbe {
+        let (result, progress, start) = startBounded(kind, in: directory)
+        guard let result else { return probeInline(kind, in: directory) }
+        return result.wait(timeout: timeout + fileSystemTimeout)
+            ?? stuck(kind, in: directory, progress: progress, since: start)
+    }
+
+    /// Probes `kind` on a thread of its own and waits at most ``timeout`` + ``fileSystemTimeout``
+    /// without blocking a thread of the caller.
+    func probe(_ kind: BackendKind, in directory: FilePath) async -> BackendProbe {
+        let (result, progress, start) = startBounded(kind, in: directory)
+        guard let result else {
+            return BackendProbe.unusable(kind, in: directory, errno: .resourceTemporarilyUnavailable, step: .setup,
+                                         call: "pthread_create", message: "cannot start a thread to probe on")
+        }
+        return await result.value(timeout: timeout + fileSystemTimeout)
+            ?? stuck(kind, in: directory, progress: progress, since: start)
+    }
+
+    private func startBounded(_ kind: BackendKind, in directory: FilePath) -> (OneShot<BackendProbe>?, Progress, Duration) {
+        let result = OneShot<BackendProbe>()
+        let progress = Progress()
         let start = system_monotonic_now()
+        let started = system.startThread("asyncfsync-probe") { [self] in
+            var cleanups: [@Sendable () -> Void] = []
+            let probe = probeBody(kind, in: directory, progress: progress, cleanups: &cleanups)
+            result.fulfill(probe)
+            // The caller has its answer: what remains to free is freed here.
+            for cleanup in cleanups { cleanup() }
+        }
+        if case .failure = started { return (nil, progress, start) }
+        return (result, progress, start)
+    }
+
+    /// No thread for the probe: it runs here, and its cleanup is deferred.
+    private func probeInline(_ kind: BackendKind, in directory: FilePath) -> BackendProbe {
+        var cleanups: [@Sendable () -> Void] = []
+        let probe = probeBody(kind, in: directory, progress: Progress(), cleanups: &cleanups)
+        for cleanup in cleanups { DeferredWork.run(cleanup, system: system) }
+        return probe
+    }
+
+    private func stuck(_ kind: BackendKind, in directory: FilePath, progress: Progress, since start: Duration) -> BackendProbe {
+        var probe = BackendProbe.unusable(
+            kind, in: directory, errno: nil, step: .timeout, call: nil,
+            message: "no answer within \(BackendProbe.milliseconds(timeout + fileSystemTimeout)) ms while \(progress.current) "
+                + "(a stuck file system?); the probe goes on in the background and frees what it holds when it ends")
+        probe.verdict = .syncFailed
+        probe.duration = system_monotonic_now() - start
+        return probe
+    }
+
+    // MARK: The probe
+
+    private func probeBody(
+        _ kind: BackendKind, in directory: FilePath, progress: Progress, cleanups: inout [@Sendable () -> Void]
+    ) -> BackendProbe {
+        let start = system_monotonic_now()
+        progress.enter("identifying the file system of \(directory)")
         let fileSystem = identify(directory)
         let key = fileSystem.map { ProbeCache.Key(device: $0.device, fileSystemType: $0.type, kind: kind) }
         if let cache, let key, var cached = cache.lookup(key) {
@@ -52,15 +129,18 @@ struct Prober: Sendable {
             inlineSync: false, duration: .zero, isCached: false, note: nil, verdict: .usable)
         var usedDirectory = false
         let outcome: Outcome
+        progress.enter("creating a scratch file in \(directory)")
         switch makeScratchFile(in: directory) {
         case .file(let fd):
             usedDirectory = true
-            outcome = kind == .libaio ? probeLibaio(fd) : probePosix(fd)
+            progress.enter("syncing a scratch file through \(kind)")
+            outcome = kind == .libaio ? probeLibaio(fd, cleanups: &cleanups) : probePosix(fd, cleanups: &cleanups)
         case .memfd(let fd, let why):
             probe.note = "\(why); probed on a memfd"
             probe.fileSystem = "memfd"
             probe.isMemoryFileSystem = false
-            outcome = kind == .libaio ? probeLibaio(fd) : probePosix(fd)
+            progress.enter("syncing a memfd through \(kind)")
+            outcome = kind == .libaio ? probeLibaio(fd, cleanups: &cleanups) : probePosix(fd, cleanups: &cleanups)
         case .failed(let errno, let why):
             outcome = Outcome(errno: errno, step: .setup, call: "open", message: why, verdict: .unavailable)
         }
@@ -184,7 +264,7 @@ struct Prober: Sendable {
         "no completion within \(BackendProbe.milliseconds(timeout)) ms (a stuck file system?)"
     }
 
-    private func probeLibaio(_ fd: FileDescriptor) -> Outcome {
+    private func probeLibaio(_ fd: FileDescriptor, cleanups: inout [@Sendable () -> Void]) -> Outcome {
         var context = aio_context_t()
         if case .failure(let errno) = system.ioSetup(1, &context) {
             try? fd.close()
@@ -201,9 +281,12 @@ struct Prober: Sendable {
             owned.value.deallocate()
         }
         // io_destroy(2) waits for an RCU grace period (~30 ms here, far more than the probe) and
-        // for a request still in flight: it runs on a short-lived thread, so the probe returns now.
-        let cleanUpLater = {
-            if case .failure = system_start_thread(name: "asyncfsync-probe", cleanUp) { cleanUp() }
+        // for a request still in flight: it runs after the caller has the probe's answer.
+        var cleanedUp = false
+        func cleanUpLater() {
+            precondition(!cleanedUp)
+            cleanedUp = true
+            cleanups.append(cleanUp)
         }
         switch system.ioSubmit(context, 1, &pointer) {
         case .success(1): break
@@ -264,7 +347,7 @@ struct Prober: Sendable {
 
     // MARK: POSIX aio
 
-    private func probePosix(_ fd: FileDescriptor) -> Outcome {
+    private func probePosix(_ fd: FileDescriptor, cleanups: inout [@Sendable () -> Void]) -> Outcome {
         let control = UnsafeMutablePointer<aiocb>.allocate(capacity: 1)
         casyncfsync_aiocb_prep(control, fd.rawValue)
         if case .failure(let errno) = system.aioFsync(.fdatasync, control) {
@@ -294,7 +377,7 @@ struct Prober: Sendable {
                 try? fd.close()
                 control.deallocate()
             }
-            if case .failure = system_start_thread(name: "asyncfsync-probe", waitAndFree) { waitAndFree() }
+            cleanups.append(waitAndFree)
             return Outcome(errno: nil, step: .timeout, call: "aio_suspend", message: timeoutMessage,
                            verdict: .syncFailed)
         }

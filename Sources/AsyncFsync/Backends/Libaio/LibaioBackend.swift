@@ -164,3 +164,7 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
         return text + ")"
     }
 }
+
+extension LibaioBackend: FailureLedgerProviding {
+    var failureLedger: FailureLedger? { ledger }
+}

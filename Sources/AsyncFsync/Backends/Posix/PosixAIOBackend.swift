@@ -113,3 +113,7 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
             + (inline != nil ? "; tmpfs/ramfs synced inline)" : "; no inline path)")
     }
 }
+
+extension PosixAIOBackend: FailureLedgerProviding {
+    var failureLedger: FailureLedger? { ledger }
+}

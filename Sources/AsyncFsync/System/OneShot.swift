@@ -1,0 +1,136 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A value delivered once by one thread and awaited, with a deadline, by another: synchronously
+/// (a condition variable) or asynchronously (a continuation, without blocking a thread).
+///
+/// Used to bound work that may block for ever in the kernel (a probe on a stuck file system): the
+/// work runs on a thread of its own, and the caller stops waiting at the deadline.
+final class OneShot<Value: Sendable>: @unchecked Sendable {
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private let condition: UnsafeMutablePointer<pthread_cond_t>
+    private var value: Value?
+    private var continuation: UnsafeContinuation<Value?, Never>?
+
+    init() {
+        mutex = .allocate(capacity: 1)
+        mutex.initialize(to: pthread_mutex_t())
+        pthread_mutex_init(mutex, nil)
+        condition = .allocate(capacity: 1)
+        condition.initialize(to: pthread_cond_t())
+        var attributes = pthread_condattr_t()
+        pthread_condattr_init(&attributes)
+        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
+        pthread_cond_init(condition, &attributes)
+        pthread_condattr_destroy(&attributes)
+    }
+
+    deinit {
+        pthread_cond_destroy(condition)
+        condition.deallocate()
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
+
+    /// Delivers the value; later calls are ignored.
+    func fulfill(_ newValue: Value) {
+        pthread_mutex_lock(mutex)
+        guard value == nil else {
+            pthread_mutex_unlock(mutex)
+            return
+        }
+        value = newValue
+        let waiting = continuation
+        continuation = nil
+        pthread_cond_broadcast(condition)
+        pthread_mutex_unlock(mutex)
+        waiting?.resume(returning: newValue)
+    }
+
+    /// Blocks until the value arrives or `timeout` has passed; nil on timeout.
+    func wait(timeout: Duration) -> Value? {
+        var deadline = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &deadline)
+        let (seconds, attoseconds) = timeout.components
+        deadline.tv_sec += Int(seconds)
+        deadline.tv_nsec += Int(attoseconds / 1_000_000_000)
+        if deadline.tv_nsec >= 1_000_000_000 {
+            deadline.tv_sec += 1
+            deadline.tv_nsec -= 1_000_000_000
+        }
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        while value == nil {
+            if pthread_cond_timedwait(condition, mutex, &deadline) == ETIMEDOUT { break }
+        }
+        return value
+    }
+
+    /// Waits without blocking a thread until the value arrives or `timeout` has passed; nil on
+    /// timeout.
+    func value(timeout: Duration) async -> Value? {
+        await withTaskGroup(of: Value?.self) { group in
+            group.addTask { await self.awaitValue() }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return nil
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            if let first { return first }
+            // The deadline passed; the value may still have arrived just now.
+            return await group.next() ?? nil
+        }
+    }
+
+    /// The value, or nil when the waiting task is cancelled first.
+    private func awaitValue() async -> Value? {
+        await withTaskCancellationHandler {
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Value?, Never>) in
+                pthread_mutex_lock(mutex)
+                if let value {
+                    pthread_mutex_unlock(mutex)
+                    continuation.resume(returning: value)
+                    return
+                }
+                // The handler may have run before this (it found no continuation): checked under
+                // the same lock.
+                if Task.isCancelled {
+                    pthread_mutex_unlock(mutex)
+                    continuation.resume(returning: nil)
+                    return
+                }
+                self.continuation = continuation
+                pthread_mutex_unlock(mutex)
+            }
+        } onCancel: {
+            pthread_mutex_lock(mutex)
+            let waiting = continuation
+            continuation = nil
+            pthread_mutex_unlock(mutex)
+            waiting?.resume(returning: nil)
+        }
+    }
+}
+
+/// Work that must not hold up its caller (freeing a probe's AIO context waits for an RCU grace
+/// period, and for a stuck sync): it runs on a short-lived thread. When no thread can be started
+/// (a pids or thread limit), it is kept and runs with the next deferred work that gets one, so the
+/// caller never runs it inline.
+enum DeferredWork {
+    private static let pending = Locked<[@Sendable () -> Void]>([])
+
+    static func run(_ work: @escaping @Sendable () -> Void, system: SystemCalls) {
+        let batch = pending.withLock { pending -> [@Sendable () -> Void] in
+            defer { pending = [] }
+            return pending + [work]
+        }
+        if case .failure = system.startThread("asyncfsync-free", { for work in batch { work() } }) {
+            pending.withLock { $0 = batch + $0 }
+        }
+    }
+
+    /// Work kept because no thread could be started (tests).
+    static var pendingCount: Int { pending.withLock { $0.count } }
+}
