@@ -125,6 +125,15 @@ final class FaultFS {
         mounted = false
     }
 
+    /// Stops the daemon (SIGSTOP): every request to the file system waits until ``continueDaemon()``.
+    func stopDaemon() {
+        kill(daemon.processIdentifier, SIGSTOP)
+    }
+
+    func continueDaemon() {
+        kill(daemon.processIdentifier, SIGCONT)
+    }
+
     /// Kills the daemon (SIGKILL) with files still open: their syncs fail with ENOTCONN.
     func killDaemon() {
         kill(daemon.processIdentifier, SIGKILL)

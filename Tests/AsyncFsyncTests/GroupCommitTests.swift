@@ -97,8 +97,19 @@ struct ScriptedGroup {
     }
 }
 
-func waitUntil(_ condition: () -> Bool) async throws {
-    while !condition() { try await Task.sleep(for: .milliseconds(1)) }
+struct WaitTimedOut: Error, CustomStringConvertible {
+    var timeout: Duration
+    var description: String { "the condition did not hold within \(timeout)" }
+}
+
+/// Waits until `condition` holds; throws ``WaitTimedOut`` after `timeout`, so that a test of a
+/// hang fails instead of hanging.
+func waitUntil(timeout: Duration = .seconds(10), _ condition: () -> Bool) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while !condition() {
+        guard ContinuousClock.now < deadline else { throw WaitTimedOut(timeout: timeout) }
+        try await Task.sleep(for: .milliseconds(1))
+    }
 }
 
 extension AsyncFsyncTests {

@@ -108,6 +108,7 @@ public final class GroupCommit: AsyncSyncBackend {
     ///   ``AsyncSyncError/Code/shutDown`` after ``shutdown()``; `CancellationError` when cancelled
     ///   before its batch's sync started.
     public func sync(_ fd: FileDescriptor, mode: SyncMode) async throws {
+        try Task.checkCancellation()
         // tmpfs and ramfs: fsync does nothing there, so sharing it saves nothing and the waiting
         // would cost more than the sync. Each request gets its own, from the wrapped backend.
         if InlineSync.isOnMemoryFileSystem(fd, system: system) {
@@ -118,7 +119,6 @@ public final class GroupCommit: AsyncSyncBackend {
             // Not a file we can identify (closed descriptor…): the wrapped backend reports it.
             return try await wrapped.sync(fd, mode: mode)
         }
-        try Task.checkCancellation()
         let arrival = ledger?.stamp()
 
         enum Role { case leader(UInt64), follower(UInt64), refused }
