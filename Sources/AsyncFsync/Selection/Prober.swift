@@ -118,6 +118,7 @@ struct Prober: Sendable {
         let key = fileSystem.map { ProbeCache.Key(device: $0.device, fileSystemType: $0.type, kind: kind) }
         if let cache, let key, var cached = cache.lookup(key) {
             cached.isCached = true
+            cached.directory = directory  // the same file system, asked through this directory
             cached.inlineSync = cached.isMemoryFileSystem && inlineMemoryFileSystems
             return cached
         }
