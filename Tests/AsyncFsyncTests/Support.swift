@@ -61,7 +61,7 @@ enum FileSystemMagic {
 }
 
 /// A directory removed when the test ends.
-final class ScratchDirectory {
+final class ScratchDirectory: @unchecked Sendable {  // immutable after init
     let path: FilePath
 
     /// A directory on the disk of the working tree.
@@ -120,6 +120,15 @@ enum Resources {
         (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1
     }
 
+    /// Open eventfds: the kind of descriptor the library opens (one per completion thread); the
+    /// runtime's own timers and epoll descriptors, opened at first use, are not counted.
+    static func libraryDescriptorCount() -> Int {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+        return names.filter {
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\($0)")) == "anon_inode:[eventfd]"
+        }.count
+    }
+
     /// What each open descriptor points at, for failure messages.
     static func openDescriptors() -> String {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
@@ -146,13 +155,15 @@ enum Resources {
 /// tests on tmpfs reach the asynchronous path.
 func makeBackend(
     _ kind: BackendKind, capacity: Int = 256, stickyFailures: Bool = true, inline: Bool = false,
-    system: SystemCalls = .live
+    system: SystemCalls = .live, observer: (@Sendable (FailureLedger.Event) -> Void)? = nil
 ) throws -> any AsyncSyncBackend {
     switch kind {
     case .libaio:
-        try LibaioBackend(capacity: capacity, stickyFailures: stickyFailures, inlineMemoryFileSystems: inline, system: system)
+        try LibaioBackend(capacity: capacity, stickyFailures: stickyFailures, inlineMemoryFileSystems: inline,
+                          system: system, ledgerObserver: observer)
     case .posix:
-        try PosixAIOBackend(capacity: capacity, stickyFailures: stickyFailures, inlineMemoryFileSystems: inline, system: system)
+        try PosixAIOBackend(capacity: capacity, stickyFailures: stickyFailures, inlineMemoryFileSystems: inline,
+                            system: system, ledgerObserver: observer)
     }
 }
 
@@ -161,6 +172,16 @@ func outstanding(_ backend: any AsyncSyncBackend) -> Int {
     case let backend as LibaioBackend: backend.engine.outstandingCount
     case let backend as PosixAIOBackend: backend.engine.outstandingCount
     default: -1
+    }
+}
+
+/// The engine's state in one line.
+func engineSummary(_ backend: any AsyncSyncBackend) -> String {
+    switch backend {
+    case let backend as LibaioBackend: backend.engine.stateSummary
+    case let backend as PosixAIOBackend: backend.engine.stateSummary
+    case let backend as GroupCommit: "group commit over " + engineSummary(backend.wrapped)
+    default: "?"
     }
 }
 
@@ -315,6 +336,7 @@ final class SyscallRecorder: Sendable {
             let status = SystemCalls.live.aioError(control)
             // The doorbell is a read; requests are fsyncs (aio_lio_opcode stays 0 for aio_fsync in glibc).
             guard status != .inProgress, control.pointee.aio_buf == nil else { return status }
+            waitAtGate()  // the completion thread may find it done without waiting in aio_suspend
             if waitingToReplace, let errno = replaceCompletion() { return .failed(errno) }
             return status
         }

@@ -70,30 +70,30 @@ struct InlineSync: Sendable {
     func sync(
         _ fd: FileDescriptor, mode: SyncMode, backend: BackendKind, isAcceptingRequests: Bool
     ) throws {
-        if let errno = ledger.refusal(for: fd) {
-            throw AsyncSyncError.earlierFailure(mode, errno: errno, backend: backend, descriptor: fd)
-        }
+        let arrival = ledger.stamp()
         try Task.checkCancellation()
         guard isAcceptingRequests else {
             throw AsyncSyncError.shutDown(mode, backend: backend, descriptor: fd)
         }
-        try Self.blockingSync(fd, mode: mode, backend: backend, system: system, ledger: ledger)
+        try Self.checkedBlockingSync(fd, mode: mode, backend: backend, system: system, ledger: ledger, arrival: arrival)
     }
 
-    /// `fsync(2)` / `fdatasync(2)` now; an errno becomes the usual ``AsyncSyncError`` (code
-    /// `.system`, step `.completion`, the C function as `systemCall`), recorded in `ledger` when
-    /// it is a durability failure; a success is checked against the failures recorded meanwhile.
-    static func blockingSync(
-        _ fd: FileDescriptor, mode: SyncMode, backend: BackendKind, system: SystemCalls, ledger: FailureLedger
+    /// `fsync(2)` / `fdatasync(2)` now, for a request stamped `arrival`, after the sticky check; an
+    /// errno becomes the usual ``AsyncSyncError`` (code `.system`, step `.completion`, the C
+    /// function as `systemCall`), recorded in `ledger` when it is a durability failure; a success
+    /// is checked against the failures recorded since `arrival`.
+    static func checkedBlockingSync(
+        _ fd: FileDescriptor, mode: SyncMode, backend: BackendKind, system: SystemCalls, ledger: FailureLedger,
+        arrival: UInt64
     ) throws(AsyncSyncError) {
-        let arrival = ledger.stamp()
+        let arrival = try ledger.admit(fd, stamp: arrival, mode: mode, backend: backend).get()
         if case .failure(let errno) = system.syncNow(mode, fd.rawValue) {
             if AsyncSyncError.isDurabilityErrno(errno) { ledger.record(fd, errno: errno) }
             throw AsyncSyncError.sync(
                 mode, errno: errno, step: .completion, backend: backend, descriptor: fd,
                 systemCall: mode == .fsync ? "fsync" : "fdatasync")
         }
-        if let errno = ledger.verdict(arrival: arrival, descriptor: fd) {
+        if let errno = ledger.judgeSuccess(arrival: arrival, descriptor: fd) {
             throw AsyncSyncError.concurrentFailure(mode, errno: errno, backend: backend, descriptor: fd)
         }
     }

@@ -29,6 +29,11 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
     private let shared: Locked<Shared>
     private let nextID = Atomic<UInt64>(1)
 
+    /// Whether an `EINVAL` at submission is handed to the owner (``endTransit()`` when it is done
+    /// with it) instead of ending the request here: a ``LibaioBackend`` serves such a file through
+    /// POSIX aio, and a shutdown waits for it.
+    let handsOffInvalid: Bool
+
     /// Used by the holder of the submitter role only.
     private var submitScratch: [EngineState.Prepared] = []
     private var submitSlots: [Int32] = []
@@ -45,7 +50,8 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
     /// Registers with the hub of the driver's kind (starting its thread if this is the first
     /// engine). If that fails, the driver is released here and the error thrown: nothing is freed
     /// twice, whatever runs `deinit` afterwards.
-    init(driver: Driver, system: SystemCalls, ledger: FailureLedger) throws(AsyncSyncError) {
+    init(driver: Driver, system: SystemCalls, ledger: FailureLedger, handsOffInvalid: Bool = false) throws(AsyncSyncError) {
+        self.handsOffInvalid = handsOffInvalid
         self.driver = driver
         self.system = system
         self.ledger = ledger
@@ -72,12 +78,16 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
     // MARK: Requests
 
     func sync(_ descriptor: FileDescriptor, mode: SyncMode) async throws {
-        if let errno = ledger.refusal(for: descriptor) {
-            throw AsyncSyncError.earlierFailure(mode, errno: errno, backend: Driver.kind, descriptor: descriptor)
-        }
+        try await sync(descriptor, mode: mode, arrival: ledger.stamp())
+    }
+
+    /// ``sync(_:mode:)`` for a request that arrived at `arrival` (a request kernel AIO refused and
+    /// the POSIX fallback now serves keeps its first stamp).
+    func sync(_ descriptor: FileDescriptor, mode: SyncMode, arrival: UInt64) async throws {
+        // Stamped before the sticky check: a failure recorded in between is caught by one of them.
+        let arrival = try ledger.admit(descriptor, stamp: arrival, mode: mode, backend: Driver.kind).get()
         try Task.checkCancellation()
         let id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
-        let arrival = ledger.stamp()
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
                 arrive(Waiter(id: id, descriptor: descriptor, mode: mode, continuation: continuation,
@@ -197,14 +207,17 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
             if errno == .resourceTemporarilyUnavailable {
                 // Back to the queue until a completion frees resources (or fail: none in flight).
                 let refused = UnsafeBufferPointer(rebasing: slots[start...])
-                shared.withLock { $0.machine.exhausted(refused, into: &failed) }
+                let release = shared.withLock { $0.machine.exhausted(refused, into: &failed) }
                 failAtSubmit(failed, errno: errno)
+                if release == .release { hub.requestRelease(self) }
                 return
             }
             // The system refused this request (EBADF, EINVAL, …): its own error, at submit.
             let slot = slots[start]
-            shared.withLock { $0.machine.refused(slot: slot, into: &failed) }
+            let handOff = handsOffInvalid && errno == .invalidArgument
+            let release = shared.withLock { $0.machine.refused(slot: slot, handOff: handOff, into: &failed) }
             failAtSubmit(failed, errno: errno)
+            if release == .release { hub.requestRelease(self) }
             start += 1
         }
     }
@@ -252,10 +265,14 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         }
 
         // Every durability failure of this round is recorded before anyone of it is resumed, so a
-        // success reaped together with a failure of its file is not acknowledged.
+        // success reaped together with a failure of its file is not acknowledged. (A batch is one
+        // descriptor; the waiters failed by a broken source may be of several.)
         for (range, result) in finished where !range.isEmpty {
-            if case .failure(let errno) = result, Self.isDurabilityErrno(errno) {
-                ledger.record(done[range.lowerBound].descriptor, errno: errno)
+            guard case .failure(let errno) = result, Self.isDurabilityErrno(errno) else { continue }
+            var previous: CInt = -1
+            for waiter in done[range] where waiter.descriptor.rawValue != previous {
+                previous = waiter.descriptor.rawValue
+                ledger.record(waiter.descriptor, errno: errno)
             }
         }
         for (range, result) in finished where !range.isEmpty {
@@ -282,12 +299,11 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
             // recorded while one of them was in flight.
             var identity: FileIdentity?? = nil
             for waiter in waiters {
-                guard ledger.moved(since: waiter.arrival) else {
-                    waiter.continuation.resume()
-                    continue
+                let verdict = ledger.judgeSuccess(arrival: waiter.arrival, descriptor: waiter.descriptor) {
+                    if identity == nil { identity = .some(FailureLedger.identify(waiter.descriptor, system: system)) }
+                    return identity!
                 }
-                if identity == nil { identity = .some(FailureLedger.identify(waiter.descriptor, system: system)) }
-                if let errno = ledger.verdict(arrival: waiter.arrival, identity: identity!) {
+                if let errno = verdict {
                     waiter.continuation.resume(throwing: AsyncSyncError.concurrentFailure(
                         waiter.mode, errno: errno, backend: Driver.kind, descriptor: waiter.descriptor))
                 } else {
@@ -322,6 +338,12 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         guard let waiters else { return done([]) }
         let owned = Unchecked(waiters)
         driver.release(then: { done(owned.value) })
+    }
+
+    /// A request refused with `EINVAL` (see ``handsOffInvalid``) has its answer from elsewhere.
+    func endTransit() {
+        let release = shared.withLock { $0.machine.endTransit() }
+        if release == .release { hub.requestRelease(self) }
     }
 
     // MARK: Sticky failures
@@ -373,6 +395,11 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
     /// Requests waiting or in a slot.
     var outstandingCount: Int {
         shared.withLock { $0.machine.outstanding }
+    }
+
+    /// The state machine in one line (tests).
+    var stateSummary: String {
+        shared.withLock { $0.machine.summary }
     }
 
     /// Requests waiting for their descriptor's next sync or for a slot.

@@ -61,7 +61,8 @@ final class CompletionHub: TaskExecutor, @unchecked Sendable {
         var wakersInFlight = 0
         /// No more registrations, jobs go elsewhere: the thread is ending.
         var finishing = false
-        weak var serialExecutor: HubSerialExecutor?
+        /// Made at first use and kept: an actor holds its executor unowned.
+        var serialExecutor: HubSerialExecutor?
     }
 
     let kind: BackendKind
@@ -198,15 +199,21 @@ final class CompletionHub: TaskExecutor, @unchecked Sendable {
         enqueue(.task(UnownedJob(job)))
     }
 
-    /// The serial executor on this thread (one per hub).
+    /// The serial executor on this thread (one per hub). A hub that made one is kept for the life
+    /// of the process (it is small, and an actor may still hold its executor unowned after the
+    /// last backend is gone; its jobs then run on the executor's lane).
     var serialExecutor: HubSerialExecutor {
         state.withLock { state in
             if let executor = state.serialExecutor { return executor }
             let executor = HubSerialExecutor(hub: self)
             state.serialExecutor = executor
+            Self.keptForSerialExecutors.withLock { $0.append(self) }
             return executor
         }
     }
+
+    /// Hubs whose serial executor was handed out (see ``serialExecutor``).
+    private static let keptForSerialExecutors = Locked<[CompletionHub]>([])
 
     fileprivate func enqueue(_ job: Job) {
         enum Action { case queued, wake, forward }
@@ -277,6 +284,9 @@ final class CompletionHub: TaskExecutor, @unchecked Sendable {
                 swap(&jobs, &state.jobs)
                 releases.append(contentsOf: state.releases)
                 state.releases.removeAll(keepingCapacity: true)
+                // A client added since the reap above may have completions already (the eventfd
+                // read that woke this thread consumed their signal): reap before parking.
+                let newClients = state.clientsChanged
                 if state.clientsChanged {
                     clients = Array(state.clients.values)
                     state.clientsChanged = false
@@ -295,7 +305,7 @@ final class CompletionHub: TaskExecutor, @unchecked Sendable {
                     return .finish
                 }
                 let idle = jobs.isEmpty && releases.isEmpty && reaped.isEmpty
-                    && deferredReleases.isEmpty && deferredSubmits.isEmpty
+                    && deferredReleases.isEmpty && deferredSubmits.isEmpty && !newClients
                 if idle {
                     state.parked = true
                     state.wakePending = false
@@ -447,6 +457,11 @@ final class CompletionHub: TaskExecutor, @unchecked Sendable {
     }
 
     // MARK: Introspection for tests
+
+    /// Whether a hub of `kind` for `system` is registered (it is removed as it ends).
+    static func isRunning(kind: BackendKind, system: SystemCalls) -> Bool {
+        registry.withLock { $0[RegistryKey(kind: kind, system: system.id)] != nil }
+    }
 
     /// Engines registered (tests).
     var clientCount: Int { state.withLock { $0.clients.count } }

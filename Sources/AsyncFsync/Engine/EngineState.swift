@@ -69,7 +69,10 @@ struct EngineState {
     /// The errno of a broken completion source; every later request fails with it.
     private(set) var brokenErrno: Errno?
 
+    /// The batch in each slot; -1 free; ``revoked`` when the completion source broke while a
+    /// submitter held the slot (its outcome is ignored from then on).
     private var slotBatch: [Int32]
+    private static var revoked: Int32 { -2 }
     private var freeSlots: [Int32]
     private var batches: [Batch] = []
     private var freeBatches: [Int32] = []
@@ -89,6 +92,9 @@ struct EngineState {
     private(set) var outstanding = 0
     /// Slots taken.
     private(set) var slotsInUse = 0
+    /// Requests refused at submission that the backend hands to another path (a ``LibaioBackend``
+    /// serves a file system without AIO fsync through POSIX aio): a drain waits for them too.
+    private(set) var inTransit = 0
 
     init(slotCount: Int) {
         precondition(slotCount > 0)
@@ -191,6 +197,7 @@ struct EngineState {
     /// slot has been freed and it must not be submitted.
     mutating func dropMismatched(slot: Int32, current: FileIdentity?, into mismatched: inout [Waiter]) -> Bool {
         let batch = slotBatch[Int(slot)]
+        guard batch >= 0 else { return true }  // revoked: nothing to submit
         var previous: Int32 = -1
         var index = batches[Int(batch)].first
         while index >= 0 {
@@ -213,20 +220,35 @@ struct EngineState {
     /// `slots` were handed to the system (only needed by a driver that watches submitted control
     /// blocks: a slot is freed only by its completion, which such a driver sees only after this).
     mutating func submitted(_ slots: UnsafeBufferPointer<Int32>) {
-        for slot in slots { batches[Int(slotBatch[Int(slot)])].submitted = true }
+        for slot in slots where slotBatch[Int(slot)] >= 0 { batches[Int(slotBatch[Int(slot)])].submitted = true }
     }
 
     /// The system refused `slot`'s sync (EBADF, EINVAL, …): its waiters fail with that errno.
-    mutating func refused(slot: Int32, into failed: inout [Waiter]) {
+    /// Returns what that means for a drain (the holder of the submitter role finds out when it
+    /// gives the role up; a resubmission after EINTR holds no role, so it is told here).
+    /// With `handOff`, the waiters stay counted (``inTransit``) until ``endTransit()``.
+    mutating func refused(slot: Int32, handOff: Bool = false, into failed: inout [Waiter]) -> Release {
+        guard slotBatch[Int(slot)] >= 0 else { return drainCheck() }  // revoked
+        let before = failed.count
         takeWaiters(of: slotBatch[Int(slot)], into: &failed)
+        if handOff { inTransit += failed.count - before }
         finishSlot(slot)
+        return drainCheck()
+    }
+
+    /// A request handed to another path at its refusal has its answer.
+    mutating func endTransit() -> Release {
+        precondition(inTransit > 0)
+        inTransit -= 1
+        return drainCheck()
     }
 
     /// The system is out of resources (`EAGAIN`) for `slots`. With other syncs in flight, their
     /// batches go back to the front of the ready queue and nothing is submitted until a
     /// completion; with none in flight no completion would come, so their waiters fail (appended
     /// to `failed`).
-    mutating func exhausted(_ slots: UnsafeBufferPointer<Int32>, into failed: inout [Waiter]) {
+    mutating func exhausted(_ slots: UnsafeBufferPointer<Int32>, into failed: inout [Waiter]) -> Release {
+        let slots = slots.filter { slotBatch[Int($0)] >= 0 }  // not revoked
         let othersInFlight = slotsInUse > slots.count
         for slot in slots.reversed() {
             let batch = slotBatch[Int(slot)]
@@ -251,6 +273,7 @@ struct EngineState {
             ready.prepend(batch)
         }
         if othersInFlight { blockedOnResources = true }
+        return drainCheck()
     }
 
     // MARK: Completion (the completion thread)
@@ -290,13 +313,17 @@ struct EngineState {
     }
 
     /// The completion source broke: every waiter fails with `errno`, later requests too, and the
-    /// engine drains.
+    /// engine drains. Slots a submitter holds are revoked: whatever the system then says of them is
+    /// ignored (their waiters have their answer).
     mutating func broken(_ errno: Errno, into failed: inout [Waiter]) -> Release {
         brokenErrno = errno
         if lifecycle == .accepting { lifecycle = .draining }
         for slot in 0..<Int32(slotCount) where slotBatch[Int(slot)] >= 0 {
-            takeWaiters(of: slotBatch[Int(slot)], into: &failed)
-            finishSlot(slot)
+            let batch = slotBatch[Int(slot)]
+            takeWaiters(of: batch, into: &failed)
+            freeBatch(batch)
+            slotBatch[Int(slot)] = Self.revoked
+            slotsInUse -= 1
         }
         for (_, entry) in descriptors where entry.next >= 0 {
             takeWaiters(of: entry.next, into: &failed)
@@ -366,10 +393,22 @@ struct EngineState {
         return count
     }
 
+    /// The state in one line (tests and failure reports).
+    var summary: String {
+        var perDescriptor: [String] = []
+        for (fd, entry) in descriptors.sorted(by: { $0.key < $1.key }) {
+            let running = entry.running >= 0 ? "running \(batches[Int(entry.running)].count) in slot \(batches[Int(entry.running)].slot)\(batches[Int(entry.running)].submitted ? " submitted" : "")" : "idle"
+            let next = entry.next >= 0 ? ", next \(batches[Int(entry.next)].count)" : ""
+            perDescriptor.append("fd \(fd): \(running)\(next)")
+        }
+        return "\(lifecycle), outstanding \(outstanding), slots in use \(slotsInUse)/\(slotCount), ready \(ready.count), "
+            + "submitting \(submitting), blocked \(blockedOnResources); " + perDescriptor.joined(separator: "; ")
+    }
+
     // MARK: Internals
 
     private mutating func drainCheck() -> Release {
-        guard lifecycle == .draining, outstanding == 0, !submitting else { return .none }
+        guard lifecycle == .draining, outstanding == 0, inTransit == 0, !submitting else { return .none }
         precondition(slotsInUse == 0 && ready.isEmpty)
         lifecycle = .releasing
         return .release
@@ -382,6 +421,8 @@ struct EngineState {
         slotBatch[Int(slot)] = -1
         freeSlots.append(slot)
         slotsInUse -= 1
+        // Waiting for a completion makes sense only while something is in flight.
+        if slotsInUse == 0 { blockedOnResources = false }
         freeBatch(batch)
         let next = descriptors[fd]?.next ?? -1
         if next >= 0 {

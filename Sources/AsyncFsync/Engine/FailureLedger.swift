@@ -40,16 +40,24 @@ final class FailureLedger: Sendable {
         var recorded: [Key: (errno: Errno, generation: UInt64)] = [:]
     }
 
+    /// What a test observer is told: every failure recorded, every success acknowledged.
+    enum Event: Sendable {
+        case recorded(Key, generation: UInt64)
+        /// A success given to a request on `descriptor` stamped `arrival`, judged at `generation`
+        /// (its file's identity, when the judgement needed it).
+        case acknowledged(descriptor: CInt, FileIdentity?, arrival: UInt64, generation: UInt64)
+    }
+
     let sticky: Bool
     let system: SystemCalls
     private let generation = Atomic<UInt64>(0)
     /// `state.refusing.count`, readable without the lock.
     private let refusingCount = Atomic<Int>(0)
     private let state = Locked(State())
-    /// Called after each record, with the key and the new generation (tests).
-    private let observer: (@Sendable (Key, UInt64) -> Void)?
+    /// Told of each record and acknowledgement (tests).
+    private let observer: (@Sendable (Event) -> Void)?
 
-    init(sticky: Bool, system: SystemCalls, observer: (@Sendable (Key, UInt64) -> Void)? = nil) {
+    init(sticky: Bool, system: SystemCalls, observer: (@Sendable (Event) -> Void)? = nil) {
         self.sticky = sticky
         self.system = system
         self.observer = observer
@@ -61,16 +69,41 @@ final class FailureLedger: Sendable {
         generation.load(ordering: .acquiring)
     }
 
-    /// Whether a request for `descriptor` that arrives now must be refused (sticky rule), with the
-    /// errno of the earlier failure. A descriptor that cannot be identified is not refused here: it
-    /// goes on and gets its own error from the system.
+    enum Refusal {
+        /// An earlier durability failure of the file, with its errno.
+        case earlierFailure(Errno)
+        /// Some file has failed and `statx(2)` cannot say whether this is it: the request may go
+        /// on, stamped 0, so that its success is judged against every failure ever recorded once
+        /// its file can be identified (or against any failure, if it still cannot): fail closed.
+        case unverified
+    }
+
+    /// Whether a request for `descriptor` that arrives now must be refused (sticky rule). A closed
+    /// descriptor (`EBADF` from `statx(2)`) goes on and gets its own error from the system.
     @inline(__always)
-    func refusal(for descriptor: FileDescriptor) -> Errno? {
+    func refusal(for descriptor: FileDescriptor) -> Refusal? {
         guard sticky, refusingCount.load(ordering: .acquiring) > 0 else { return nil }
-        let identity = Self.identify(descriptor, system: system)
-        return state.withLock { state in
-            if let identity, let errno = state.refusing[.file(identity)] { return errno }
-            return state.refusing[.unidentified(descriptor.rawValue)]
+        // A failure recorded against this descriptor number (its file could not be identified).
+        if let errno = state.withLock({ $0.refusing[.unidentified(descriptor.rawValue)] }) { return .earlierFailure(errno) }
+        switch system.fileIdentity(descriptor.rawValue) {
+        case .success(let identity):
+            return state.withLock { $0.refusing[.file(identity)] }.map { .earlierFailure($0) }
+        case .failure(.badFileDescriptor):
+            return nil
+        case .failure:
+            return .unverified
+        }
+    }
+
+    /// The arrival stamp of a request, after the sticky check: the error to refuse it with, or the
+    /// stamp (`stamp`, taken before the check; 0 when its file could not be identified).
+    @inline(__always)
+    func admit(_ descriptor: FileDescriptor, stamp: UInt64, mode: SyncMode, backend: BackendKind) -> Result<UInt64, AsyncSyncError> {
+        switch refusal(for: descriptor) {
+        case nil: .success(stamp)
+        case .unverified: .success(0)
+        case .earlierFailure(let errno):
+            .failure(AsyncSyncError.earlierFailure(mode, errno: errno, backend: backend, descriptor: descriptor))
         }
     }
 
@@ -92,36 +125,41 @@ final class FailureLedger: Sendable {
             generation.store(next, ordering: .releasing)
             return next
         }
-        observer?(key, recorded)
+        observer?(.recorded(key, generation: recorded))
     }
 
-    /// Whether a failure was recorded since `arrival`; only then can a verdict be other than nil.
+    /// Judges a success the system reported for a request stamped `arrival`: the errno of a
+    /// durability failure of its file recorded since, if any (then the request must fail with
+    /// ``AsyncSyncError/Code/concurrentFailure``). `identity` is asked for only when some failure
+    /// was recorded since `arrival` (nil: the file cannot be identified, so any failure counts), so
+    /// that a batch of requests on one descriptor costs at most one `statx(2)`.
     @inline(__always)
-    func moved(since arrival: UInt64) -> Bool {
-        generation.load(ordering: .acquiring) != arrival
-    }
-
-    /// The errno of a durability failure of `descriptor`'s file recorded after `arrival`, if any:
-    /// a request stamped `arrival` that the system reported successful must fail with it.
-    @inline(__always)
-    func verdict(arrival: UInt64, descriptor: FileDescriptor) -> Errno? {
-        guard moved(since: arrival) else { return nil }
-        return verdict(arrival: arrival, identity: Self.identify(descriptor, system: system))
-    }
-
-    /// The verdict for a file already identified (`nil`: it could not be, so any failure recorded
-    /// since `arrival` counts), so that a batch of requests on one descriptor costs one `statx(2)`.
-    func verdict(arrival: UInt64, identity: FileIdentity?) -> Errno? {
-        state.withLock { state in
+    func judgeSuccess(arrival: UInt64, descriptor: FileDescriptor, identity: () -> FileIdentity?) -> Errno? {
+        let now = generation.load(ordering: .acquiring)
+        guard now != arrival else {
+            observer?(.acknowledged(descriptor: descriptor.rawValue, nil, arrival: arrival, generation: now))
+            return nil
+        }
+        let file = identity()
+        let (errno, judged) = state.withLock { state -> (Errno?, UInt64) in
+            let judged = generation.load(ordering: .relaxed)
             for (key, entry) in state.recorded where entry.generation > arrival {
                 switch key {
-                case .unidentified: return entry.errno  // it may have been this file: fail closed
-                case .file(let file) where identity == nil || file == identity: return entry.errno
+                case .unidentified: return (entry.errno, judged)  // it may have been this file: fail closed
+                case .file(let recorded) where file == nil || recorded == file: return (entry.errno, judged)
                 case .file: continue
                 }
             }
-            return nil
+            return (nil, judged)
         }
+        if errno == nil { observer?(.acknowledged(descriptor: descriptor.rawValue, file, arrival: arrival, generation: judged)) }
+        return errno
+    }
+
+    /// ``judgeSuccess(arrival:identity:)`` for one descriptor.
+    @inline(__always)
+    func judgeSuccess(arrival: UInt64, descriptor: FileDescriptor) -> Errno? {
+        judgeSuccess(arrival: arrival, descriptor: descriptor) { Self.identify(descriptor, system: system) }
     }
 
     static func identify(_ descriptor: FileDescriptor, system: SystemCalls) -> FileIdentity? {

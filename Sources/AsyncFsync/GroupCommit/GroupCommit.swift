@@ -115,11 +115,13 @@ public final class GroupCommit: AsyncSyncBackend {
             guard !isShuttingDown else { throw AsyncSyncError.shutDown(mode, backend: kind, descriptor: fd) }
             return try await wrapped.sync(fd, mode: mode)
         }
+        // The wrapped backend's sticky rule for this request's own descriptor: its batch may be
+        // synced through another descriptor, which the rule would not stop.
+        let arrival = try ledger.map { try $0.admit(fd, stamp: $0.stamp(), mode: mode, backend: kind).get() }
         guard case .success(let file) = system.fileIdentity(fd.rawValue) else {
             // Not a file we can identify (closed descriptor…): the wrapped backend reports it.
             return try await wrapped.sync(fd, mode: mode)
         }
-        let arrival = ledger?.stamp()
 
         enum Role { case leader(UInt64), follower(UInt64), refused }
         let role = state.withLock { state -> Role in
@@ -241,7 +243,7 @@ public final class GroupCommit: AsyncSyncBackend {
     private func deliver(_ result: Result<Void, any Error>, to member: Member, mine: inout Result<Void, any Error>?, file: FileIdentity) {
         var result = result
         if case .success = result, let ledger, let arrival = member.arrival,
-           let errno = ledger.verdict(arrival: arrival, identity: file) {
+           let errno = ledger.judgeSuccess(arrival: arrival, descriptor: member.descriptor, identity: { file }) {
             result = .failure(AsyncSyncError.concurrentFailure(member.mode, errno: errno, backend: kind, descriptor: member.descriptor))
         }
         guard let continuation = member.continuation else {

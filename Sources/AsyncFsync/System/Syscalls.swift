@@ -179,6 +179,9 @@ struct SystemCalls: Sendable {
     var fileSystemType: @Sendable (CInt) -> Result<Int, Errno> { didSet { renew() } }
     /// `statx(2)` of the inode and type only: device, inode and the kind of file.
     var fileStatus: @Sendable (CInt) -> Result<FileStatus, Errno> { didSet { renew() } }
+    /// Told when a driver allocates or frees the memory of its control blocks (a no-op for
+    /// ``live``; tests flag a system call on freed control blocks).
+    var noteMemory: @Sendable (MemoryEvent, UnsafeRawPointer, Int) -> Void { didSet { renew() } }
     /// A blocking `fsync(2)` or `fdatasync(2)`: the inline path for memory file systems.
     var syncNow: @Sendable (SyncMode, CInt) -> Result<Void, Errno> { didSet { renew() } }
 
@@ -204,8 +207,14 @@ struct SystemCalls: Sendable {
         startThread: { name, body in system_start_thread(name: name, body) },
         fileSystemType: system_fstatfs_type,
         fileStatus: system_fstat_status,
+        noteMemory: { _, _, _ in },
         syncNow: system_sync_now
     )
+}
+
+/// What ``SystemCalls/noteMemory`` is told.
+enum MemoryEvent: Sendable {
+    case allocated, freed
 }
 
 // MARK: Threads

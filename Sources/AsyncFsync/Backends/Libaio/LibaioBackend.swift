@@ -68,9 +68,10 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
     /// The backend on a given system-call table. The inline path is off unless asked for, so that
     /// tests injecting faults on tmpfs files reach the kernel AIO path.
     init(capacity: Int, stickyFailures: Bool = true, inlineMemoryFileSystems: Bool = false,
-         system: SystemCalls) throws(AsyncSyncError) {
-        let ledger = FailureLedger(sticky: stickyFailures, system: system)
-        engine = try AIOEngine(driver: LibaioDriver(slotCount: capacity, system: system), system: system, ledger: ledger)
+         system: SystemCalls, ledgerObserver: (@Sendable (FailureLedger.Event) -> Void)? = nil) throws(AsyncSyncError) {
+        let ledger = FailureLedger(sticky: stickyFailures, system: system, observer: ledgerObserver)
+        engine = try AIOEngine(driver: LibaioDriver(slotCount: capacity, system: system), system: system, ledger: ledger,
+                               handsOffInvalid: true)
         inline = inlineMemoryFileSystems ? InlineSync(system: system, ledger: ledger) : nil
         fallback = PosixFallback(system: system, capacity: capacity, ledger: ledger)
         self.ledger = ledger
@@ -96,17 +97,22 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
             try inline.sync(fd, mode: mode, backend: .libaio, isAcceptingRequests: engine.isAcceptingRequests)
             return
         }
+        let arrival = ledger.stamp()
         if fallback.serves(fd) {
             guard engine.isAcceptingRequests else {
                 throw AsyncSyncError.shutDown(mode, backend: .libaio, descriptor: fd)
             }
-            try await fallback.sync(fd, mode: mode, refused: nil)
+            try await fallback.sync(fd, mode: mode, arrival: arrival, refused: nil)
             return
         }
         do {
-            try await engine.sync(fd, mode: mode)
-        } catch let error as AsyncSyncError where fallback.takesOver(after: error, for: fd) {
-            try await fallback.sync(fd, mode: mode, refused: error)
+            try await engine.sync(fd, mode: mode, arrival: arrival)
+        } catch let error as AsyncSyncError where error.code == .system && error.errno == .invalidArgument && error.step == .submit {
+            // The engine still counts this request (a shutdown waits for it) until it has its answer.
+            defer { engine.endTransit() }
+            guard fallback.takesOver(after: error, for: fd) else { throw error }
+            // The same request, so the same arrival: a failure recorded since still counts.
+            try await fallback.sync(fd, mode: mode, arrival: arrival, refused: error)
         }
     }
 

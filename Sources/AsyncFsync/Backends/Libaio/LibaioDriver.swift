@@ -41,6 +41,7 @@ final class LibaioDriver: AIODriver, @unchecked Sendable {
         controlBlocks.initialize(repeating: iocb(), count: slotCount)
         events = .allocate(capacity: slotCount)
         events.initialize(repeating: io_event(), count: slotCount)
+        system.noteMemory(.allocated, controlBlocks, MemoryLayout<iocb>.stride * slotCount)
     }
 
     /// The reason for an `io_setup(2)` errno, in words a person can act on (used by the backend's
@@ -103,8 +104,9 @@ final class LibaioDriver: AIODriver, @unchecked Sendable {
         // io_destroy(2) waits for an RCU grace period (~30 ms here): on a short-lived thread, so
         // the hub goes on serving other engines meanwhile.
         let owned = Unchecked((controlBlocks, events))
-        let cleanUp: @Sendable () -> Void = { [system, context] in
+        let cleanUp: @Sendable () -> Void = { [system, context, slotCount] in
             _ = system.ioDestroy(context)
+            system.noteMemory(.freed, owned.value.0, MemoryLayout<iocb>.stride * slotCount)
             owned.value.0.deallocate()
             owned.value.1.deallocate()
             done()

@@ -51,8 +51,8 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
     /// The backend on a given system-call table. The inline path is off unless asked for, so that
     /// tests injecting faults on tmpfs files reach the POSIX aio path.
     init(capacity: Int, stickyFailures: Bool = true, inlineMemoryFileSystems: Bool = false,
-         system: SystemCalls) throws(AsyncSyncError) {
-        let ledger = FailureLedger(sticky: stickyFailures, system: system)
+         system: SystemCalls, ledgerObserver: (@Sendable (FailureLedger.Event) -> Void)? = nil) throws(AsyncSyncError) {
+        let ledger = FailureLedger(sticky: stickyFailures, system: system, observer: ledgerObserver)
         engine = try AIOEngine(driver: PosixAIODriver(slotCount: capacity, system: system), system: system, ledger: ledger)
         inline = inlineMemoryFileSystems ? InlineSync(system: system, ledger: ledger) : nil
         self.ledger = ledger

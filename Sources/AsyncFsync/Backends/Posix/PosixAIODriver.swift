@@ -25,6 +25,7 @@ final class PosixAIODriver: AIODriver, @unchecked Sendable {
         controlBlocks.initialize(repeating: aiocb(), count: slotCount)
         modes = .allocate(capacity: slotCount)
         modes.initialize(repeating: .fsync, count: slotCount)
+        system.noteMemory(.allocated, controlBlocks, MemoryLayout<aiocb>.stride * slotCount)
     }
 
     func attach(to hub: CompletionHub) {}
@@ -65,6 +66,7 @@ final class PosixAIODriver: AIODriver, @unchecked Sendable {
     }
 
     func release(then done: @escaping @Sendable () -> Void) {
+        system.noteMemory(.freed, controlBlocks, MemoryLayout<aiocb>.stride * slotCount)
         controlBlocks.deallocate()
         modes.deallocate()
         done()

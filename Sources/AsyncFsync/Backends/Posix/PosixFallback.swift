@@ -56,9 +56,10 @@ final class PosixFallback: Sendable {
         return true
     }
 
-    /// Syncs `fd` through POSIX aio. `refused` is kernel AIO's answer when this request was first
-    /// handed to kernel AIO (and so was accepted by the libaio backend before any shutdown).
-    func sync(_ fd: FileDescriptor, mode: SyncMode, refused: AsyncSyncError?) async throws {
+    /// Syncs `fd` through POSIX aio, for a request stamped `arrival` when it reached the libaio
+    /// backend. `refused` is kernel AIO's answer when this request was first handed to kernel AIO
+    /// (and so was accepted by the libaio backend before any shutdown).
+    func sync(_ fd: FileDescriptor, mode: SyncMode, arrival: UInt64, refused: AsyncSyncError?) async throws {
         let engine: AIOEngine<PosixAIODriver>?
         switch posixEngine() {
         case .success(let value): engine = value
@@ -71,13 +72,13 @@ final class PosixFallback: Sendable {
             // The libaio backend is shutting down. A request it had already accepted still
             // completes: a blocking sync, once, on this thread.
             guard refused != nil else { throw AsyncSyncError.shutDown(mode, backend: .libaio, descriptor: fd) }
-            try InlineSync.blockingSync(fd, mode: mode, backend: .posix, system: system, ledger: ledger)
+            try InlineSync.checkedBlockingSync(fd, mode: mode, backend: .posix, system: system, ledger: ledger, arrival: arrival)
             return
         }
         do {
-            try await engine.sync(fd, mode: mode)
+            try await engine.sync(fd, mode: mode, arrival: arrival)
         } catch let error as AsyncSyncError where error.code == .shutDown && refused != nil {
-            try InlineSync.blockingSync(fd, mode: mode, backend: .posix, system: system, ledger: ledger)
+            try InlineSync.checkedBlockingSync(fd, mode: mode, backend: .posix, system: system, ledger: ledger, arrival: arrival)
         }
     }
 

@@ -1,0 +1,703 @@
+import CAsyncFsync
+import CTestSupport
+import Foundation
+import Synchronization
+import SystemPackage
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@testable import AsyncFsync
+
+// MARK: Helpers of the review tests
+
+/// Polls `condition` every millisecond for at most `seconds`; returns whether it held. Unlike
+/// `waitUntil`, a defect that never lets it hold fails the test instead of hanging the run.
+func eventually(_ seconds: Double = 3, _ condition: () -> Bool) async -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while !condition() {
+        if Date() >= deadline { return false }
+        try? await Task.sleep(for: .milliseconds(1))
+    }
+    return true
+}
+
+/// The same, for a thread that must not suspend (inside a system call of the table).
+func blockingEventually(_ seconds: Double = 3, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while !condition() {
+        if Date() >= deadline { return false }
+        usleep(500)
+    }
+    return true
+}
+
+/// A task whose end can be polled without awaiting it (a hung request must not hang the test).
+final class Watched<Value: Sendable>: Sendable {
+    private let result = Locked<Result<Value, any Error>?>(nil)
+    let task: Task<Void, Never>
+
+    init(_ body: @escaping @Sendable () async throws -> Value) {
+        let result = result
+        task = Task {
+            do {
+                let value = try await body()
+                result.withLock { $0 = .success(value) }
+            } catch {
+                result.withLock { $0 = .failure(error) }
+            }
+        }
+    }
+
+    var isDone: Bool { result.withLock { $0 != nil } }
+    var outcome: Result<Value, any Error>? { result.withLock { $0 } }
+    var error: (any Error)? {
+        if case .failure(let error) = outcome { return error }
+        return nil
+    }
+    var succeeded: Bool {
+        if case .success = outcome { return true }
+        return false
+    }
+}
+
+/// Writes to a hub's eventfd: the kernel AIO hub wakes and reaps every engine.
+func kick(_ hub: CompletionHub) {
+    var one: UInt64 = 1
+    _ = withUnsafeBytes(of: &one) { Glibc.write(hub.completionDescriptor, $0.baseAddress!, $0.count) }
+}
+
+/// A weak box for a reference the system-call table's closures need but that exists only after
+/// the table has been handed to the backend's initializer (weak: no cycle through the table).
+final class Later<Value: AnyObject>: @unchecked Sendable {
+    private let lock = NSLock()
+    private weak var stored: Value?
+    func set(_ value: Value) { lock.withLock { stored = value } }
+    var value: Value? { lock.withLock { stored } }
+}
+
+/// The descriptor the first kernel AIO control block of an `io_submit(2)` names.
+func descriptor(of iocbs: UnsafeMutablePointer<UnsafeMutablePointer<iocb>?>) -> CInt {
+    CInt(bitPattern: iocbs[0]!.pointee.aio_fildes)
+}
+
+/// A flag a system call of the table can wait for.
+final class Flag: Sendable {
+    private let raised = Atomic<Bool>(false)
+    func raise() { raised.store(true, ordering: .releasing) }
+    var isRaised: Bool { raised.load(ordering: .acquiring) }
+}
+
+/// A counter the table's closures bump.
+final class Counter: Sendable {
+    private let value = Atomic<Int>(0)
+    /// Adds one; returns the new value.
+    func next() -> Int { value.wrappingAdd(1, ordering: .relaxed).newValue }
+    var current: Int { value.load(ordering: .relaxed) }
+}
+
+/// An actor that follows the pattern the documentation of `serialExecutor` gives: the executor
+/// is asked for each time, not kept.
+actor DocumentedSerialActor {
+    let backend: LibaioBackend
+    init(backend: LibaioBackend) { self.backend = backend }
+    nonisolated var unownedExecutor: UnownedSerialExecutor {
+        backend.serialExecutor.asUnownedSerialExecutor()
+    }
+    func syncAndName(_ fd: FileDescriptor) async throws -> String {
+        try await backend.fdatasync(fd)
+        return currentThreadName()
+    }
+}
+
+extension AsyncFsyncTests {
+    /// Adversarial review of the engine rewrite (EngineState, AIOEngine, CompletionHub,
+    /// FailureLedger, the drivers and the POSIX fallback). Tests named "FINDING" fail on the code
+    /// they were written against (abddbff); each comment explains the interleaving it opens. The
+    /// others cover edges that were checked and found sound.
+    @Suite struct Review {
+        init() { GlibcAIOUnderSanitizer.configure }
+
+        // MARK: - CompletionHub
+
+        // FINDING (a request never completes; libaio). The hub's loop reaps its *local* snapshot of
+        // clients first and refreshes that snapshot from `state.clients` only afterwards, in the
+        // locked decision step — which then parks without reaping the clients it just picked up
+        // (`clientsChanged` does not count as work), and registration (`add`) does not wake it.
+        //
+        // Interleaving: backend 1 is idle, the kernel AIO hub is parked in `read(eventfd)`.
+        // Backend 2 registers with the same hub (the live table: every LibaioBackend of the
+        // process shares one hub). Its first sync completes: the kernel posts the event to backend
+        // 2's ring and signals the eventfd. The hub wakes, reaps [backend 1] (stale snapshot:
+        // nothing), refreshes the snapshot to [backend 1, backend 2], sees no work and parks again.
+        // The eventfd counter was consumed by the read, so nothing wakes it: backend 2's request
+        // waits until some unrelated completion or wake-up comes. The POSIX hub is not affected:
+        // it builds its aio_suspend list from the refreshed snapshot, and the submitter rings.
+        // Fix: reap the refreshed snapshot before parking (treat `clientsChanged` as work), or
+        // take the snapshot before reaping.
+        @Test("FINDING (libaio): the first sync of a backend that joined a parked hub completes",
+              arguments: BackendKind.allCases)
+        func newClientOfParkedHub(kind: BackendKind) async throws {
+            let directory = try ScratchDirectory.onDisk()
+            let fd = try directory.file("data")
+            defer { try? fd.close() }
+            // The live table, as in production (inline path off: the sync goes through the hub).
+            let first = try makeBackend(kind, capacity: 4)
+            try await first.fsync(fd)
+            try await Task.sleep(for: .milliseconds(50))  // the hub parks
+            let second = try makeBackend(kind, capacity: 4)
+            let hub = try #require(second.preferredTaskExecutor as? CompletionHub)
+            #expect(hub === first.preferredTaskExecutor as? CompletionHub, "both backends share the hub")
+            let request = Watched { try await second.fsync(fd) }
+            let completed = await eventually(3) { request.isDone }
+            #expect(completed, "the first request of the backend that joined the parked hub never completed")
+            if !completed, kind == .libaio { kick(hub) }  // any wake-up lets it complete
+            #expect(await eventually { request.isDone })
+            #expect(request.succeeded)
+            await second.shutdown()
+            await first.shutdown()
+        }
+
+        // MARK: - EINTR resubmission (the hub's own submissions)
+
+        // FINDING (shutdown hangs). A sync that completes with EINTR is submitted again by the hub
+        // thread (`reapCompletions` → `submit(retries)`), outside the submitter role. When that
+        // resubmission is refused (EAGAIN with nothing else in flight, EBADF, …) the batch's
+        // waiters fail and `outstanding` drops to 0, but neither `refused` nor `exhausted` runs the
+        // drain check, and `afterCompletions()` ran before the resubmission, while the request was
+        // still outstanding. `submitReady` afterwards finds nothing ready and does not take the
+        // role, so `drainCheck` never runs again.
+        //
+        // Interleaving: one sync in flight; `shutdown()` begins (draining, 1 outstanding); the
+        // sync completes with EINTR (afterCompletions: still 1 outstanding, no release); io_submit
+        // refuses the resubmission; the request fails (0 outstanding); nobody asks for the release:
+        // `shutdown()` never returns (a second `shutdown()` call ends it: `beginShutdown` runs the
+        // drain check). Fix: run the drain check after the hub's resubmission (e.g. return a
+        // Release from `refused`/`exhausted`, or call `afterCompletions()` after `submit(retries)`).
+        @Test("FINDING: a drain ends when the resubmission of an interrupted sync is refused",
+              arguments: [Errno.resourceTemporarilyUnavailable, .badFileDescriptor])
+        func drainEndsAfterRefusedRetry(errno: Errno) async throws {
+            let directory = try ScratchDirectory.onTmpfs()
+            let fd = try directory.file("data")
+            defer { try? fd.close() }
+            let recorder = SyscallRecorder()
+            let backend = try makeBackend(.libaio, system: recorder.system)
+            recorder.closeGate()
+            let request = Watched { try await backend.fsync(fd) }
+            try #require(await eventually { recorder.submitted == 1 })
+            recorder.injectAtCompletion([.interrupted])
+            recorder.injectAtSubmit([errno])  // the next io_submit: the hub's resubmission
+            let shutdown = Watched { await backend.shutdown() }
+            try #require(await eventually { !isAcceptingRequests(backend) })
+            recorder.openGate()
+            #expect(await eventually { request.isDone })
+            let failure = request.error as? AsyncSyncError
+            #expect(failure?.errno == errno)
+            #expect(failure?.step == .submit)
+            let ended = await eventually(3) { shutdown.isDone }
+            #expect(ended, "shutdown() never returned: no drain check after the refused resubmission")
+            if !ended { await backend.shutdown() }  // its beginShutdown runs the drain check
+            #expect(await eventually { shutdown.isDone })
+        }
+
+        // FINDING (a request never completes, and every later one queues behind it). `exhausted`
+        // decides "others are in flight, wait for a completion" from `slotsInUse > refused.count`.
+        // The hub's resubmission of an interrupted sync runs concurrently with the submitter role,
+        // so slots the submitter has taken but not yet handed to the system count as "in flight".
+        // If those are then refused (EBADF) or dropped (identity mismatch), no completion will come:
+        // `blockedOnResources` stays set with a batch ready and nothing in the system, and
+        // `takeBatches` takes nothing while it is set.
+        //
+        // Interleaving: A is in flight. B's request takes the submitter role and is inside
+        // io_submit. A completes with EINTR; the hub resubmits A; io_submit says EAGAIN;
+        // `exhausted([A])`: slotsInUse 2 > 1, so A goes back to the front of the queue and the
+        // engine blocks on resources. B's io_submit fails with EBADF: B fails, its slot is freed.
+        // Nothing is in the kernel; A waits forever. Fix: count only slots handed to the system
+        // (a per-slot "submitted" flag also for kernel AIO, set before io_submit returns or
+        // tolerated as a completion that may precede it), or re-check when a slot is freed without
+        // a completion (`refused`, `dropMismatched`) and clear `blockedOnResources` when nothing
+        // is in flight any more.
+        @Test("FINDING: an interrupted sync whose resubmission gets EAGAIN while another thread submits still completes")
+        func retryBackoffCountsUnsubmittedSlots() async throws {
+            let directory = try ScratchDirectory.onTmpfs()
+            let a = try directory.file("a")
+            let b = try directory.file("b")
+            let c = try directory.file("c")
+            defer { try? a.close(); try? b.close(); try? c.close() }
+            let aSubmits = Counter()
+            let reaps = Counter()
+            let bEntered = Flag()
+            let breakSource = Flag()
+            let box = Later<LibaioBackend>()
+            let aFD = a.rawValue
+            let bFD = b.rawValue
+            var system = SystemCalls.live
+            system.ioSubmit = { context, count, iocbs in
+                let fd = descriptor(of: iocbs)
+                if fd == bFD {
+                    bEntered.raise()
+                    // Until the hub's resubmission of A has been refused and A's batch waits again.
+                    _ = blockingEventually(3) { (box.value?.engine.waitingCount ?? 0) == 1 }
+                    return .failure(.badFileDescriptor)
+                }
+                if fd == aFD, aSubmits.next() == 2 { return .failure(.resourceTemporarilyUnavailable) }
+                return SystemCalls.live.ioSubmit(context, count, iocbs)
+            }
+            system.reapCompletions = { context, events, maximum in
+                if breakSource.isRaised { return .failure(.invalidArgument) }
+                let result = SystemCalls.live.reapCompletions(context, events, maximum)
+                guard case .success(let count) = result, count > 0, reaps.next() == 1 else { return result }
+                // A's completion: held until B's submitter is inside io_submit, then made EINTR.
+                _ = blockingEventually(3) { bEntered.isRaised }
+                events[0].res = -Int64(EINTR)
+                return result
+            }
+            let backend = try LibaioBackend(capacity: 4, system: system)
+            box.set(backend)
+            let first = Watched { try await backend.fsync(a) }
+            try #require(await eventually { aSubmits.current == 1 })
+            let second = Watched { try await backend.fsync(b) }
+            #expect(await eventually(5) { second.isDone })
+            #expect((second.error as? AsyncSyncError)?.errno == .badFileDescriptor)
+            let completed = await eventually(3) { first.isDone }
+            #expect(completed, "A waits for a completion that cannot come: nothing is in the kernel")
+            // A request of another file that arrives now queues behind the back-off as well.
+            let third = Watched { try await backend.fsync(c) }
+            let thirdCompleted = await eventually(2) { third.isDone }
+            #expect(thirdCompleted, "a later request of another file is never submitted either")
+            if !completed || !thirdCompleted {
+                // Break the completion source: every waiter fails, the engine drains.
+                breakSource.raise()
+                kick(backend.engine.hub)
+            }
+            #expect(await eventually { first.isDone && third.isDone })
+            await backend.shutdown()
+        }
+
+        // MARK: - The POSIX fallback and the in-flight rule
+
+        /// A table on which kernel AIO refuses every sync of `fd` with EINVAL (a file system
+        /// without AIO fsync, or a kernel older than 4.18), whose first io_submit waits until two
+        /// requests are in the engine, and whose second `fileStatus(fd)` (the second request's
+        /// `takesOver`) waits until `open` is raised.
+        static func noAIOFsync(_ recorder: SyscallRecorder, fd: FileDescriptor, engine box: Later<LibaioBackend>, open: Flag) -> SystemCalls {
+            let raw = fd.rawValue
+            let submits = Counter()
+            let statuses = Counter()
+            var system = recorder.system
+            system.ioSubmit = { context, count, iocbs in
+                guard descriptor(of: iocbs) == raw else { return SystemCalls.live.ioSubmit(context, count, iocbs) }
+                if submits.next() == 1 { _ = blockingEventually(3) { (box.value?.engine.outstandingCount ?? 0) == 2 } }
+                return .failure(.invalidArgument)
+            }
+            system.fileStatus = { descriptor in
+                if descriptor == raw, statuses.next() == 2 { _ = blockingEventually(5) { open.isRaised } }
+                return SystemCalls.live.fileStatus(descriptor)
+            }
+            return system
+        }
+
+        // FINDING (acknowledges a sync over a recorded durability failure; stickyFailures: false).
+        // A request that kernel AIO refuses with EINVAL is served again through the POSIX fallback,
+        // whose `AIOEngine.sync` takes a *new* arrival stamp. The in-flight rule then only covers
+        // failures recorded after the second stamp: a failure of the same file recorded between the
+        // request's call and its arrival at the POSIX engine is forgotten.
+        //
+        // Interleaving: R1 and R2 sync the same descriptor of a file on a file system without AIO
+        // fsync. Both are refused by io_submit (EINVAL) and go to `takesOver`. R1 reaches POSIX aio
+        // first; its sync fails with EIO (recorded, generation 1). R2 (slower between the
+        // refusal and the POSIX engine: statx, the engine's creation, …) arrives at the POSIX engine
+        // with stamp 1, its fsync returns 0 (the kernel reported the writeback error once, to R1),
+        // `moved(since: 1)` is false: R2 succeeds although the failure of its file was recorded
+        // while it was in flight. With sticky failures the POSIX engine's refusal check catches it
+        // (earlierFailure). Fix: carry the first arrival stamp through the fallback (an `arrival:`
+        // parameter of `AIOEngine.sync`, `InlineSync.blockingSync`).
+        @Test("FINDING (stickyFailures: false): a request served through the POSIX fallback keeps its arrival for the in-flight rule",
+              arguments: [false, true])
+        func fallbackKeepsArrival(sticky: Bool) async throws {
+            let directory = try ScratchDirectory.onTmpfs()
+            let fd = try directory.file("data")
+            defer { try? fd.close() }
+            let recorder = SyscallRecorder()
+            let box = Later<LibaioBackend>()
+            let open = Flag()
+            let backend = try LibaioBackend(capacity: 4, stickyFailures: sticky,
+                                            system: Self.noAIOFsync(recorder, fd: fd, engine: box, open: open))
+            box.set(backend)
+            recorder.injectAtCompletion([.ioError])  // the first POSIX aio completion
+            let requests = [Watched { try await backend.fdatasync(fd) }, Watched { try await backend.fdatasync(fd) }]
+            let recorded = await eventually(5) { backend.ledger.stamp() != 0 }
+            open.raise()
+            try #require(recorded, "the first request's failure was recorded")
+            try #require(await eventually(5) { requests.allSatisfy(\.isDone) })
+            let errors = requests.map { $0.error as? AsyncSyncError }
+            #expect(errors.contains { $0?.errno == .ioError && $0?.code == .system }, "one got the EIO")
+            #expect(errors.allSatisfy { $0 != nil },
+                    "both were in flight when the file's failure was recorded; neither may succeed: \(errors)")
+            await backend.shutdown()
+        }
+
+        // FINDING (acknowledges a sync over a recorded durability failure, sticky failures on;
+        // shutdown() returns before an accepted request). `LibaioBackend.shutdown()` waits for the
+        // kernel AIO engine, then closes the fallback. A request refused by io_submit with EINVAL
+        // has already been resumed by the engine, so the engine's drain does not wait for it; when
+        // it reaches `PosixFallback.sync` after the fallback was closed, it runs
+        // `InlineSync.blockingSync`, which neither checks the sticky failures nor keeps the
+        // request's arrival: a new stamp, after the failure.
+        //
+        // Interleaving: as above, R1's POSIX sync fails with EIO (recorded, sticky). shutdown():
+        // the kernel AIO engine has nothing outstanding (both were resumed with EINVAL), the
+        // fallback closes and its POSIX engine drains; shutdown() returns. R2, accepted before the
+        // shutdown, now reaches the fallback: closed, so a blocking fsync on the caller's thread,
+        // returns 0, stamp taken after the failure: R2 succeeds. (It also runs after shutdown()
+        // returned.) Fix: keep the arrival stamp (as above) and apply the sticky check on that path;
+        // let the engine's drain cover the fallback hand-off (count the request as outstanding
+        // until the fallback took it, or have shutdown() wait for requests in `takesOver`).
+        @Test("FINDING: a request that reaches the closed fallback during shutdown is not acknowledged over a recorded failure")
+        func fallbackAfterShutdownKeepsArrival() async throws {
+            let directory = try ScratchDirectory.onTmpfs()
+            let fd = try directory.file("data")
+            defer { try? fd.close() }
+            let recorder = SyscallRecorder()
+            let box = Later<LibaioBackend>()
+            let open = Flag()
+            let backend = try LibaioBackend(capacity: 4, stickyFailures: true,
+                                            system: Self.noAIOFsync(recorder, fd: fd, engine: box, open: open))
+            box.set(backend)
+            recorder.injectAtCompletion([.ioError])
+            let requests = [Watched { try await backend.fdatasync(fd) }, Watched { try await backend.fdatasync(fd) }]
+            let recorded = await eventually(5) { backend.ledger.stamp() != 0 }
+            let shutdown = Watched { await backend.shutdown() }
+            let shutDownFirst = await eventually(5) { shutdown.isDone }
+            open.raise()
+            try #require(recorded)
+            try #require(await eventually(5) { requests.allSatisfy(\.isDone) && shutdown.isDone })
+            let errors = requests.map { $0.error as? AsyncSyncError }
+            #expect(errors.contains { $0?.errno == .ioError && $0?.code == .system }, "one got the EIO")
+            #expect(errors.allSatisfy { $0 != nil },
+                    "the second was in flight when the failure was recorded, with sticky failures on: \(errors)")
+            #expect(!shutDownFirst, "shutdown() returned while a request it had accepted was still running")
+        }
+
+        // MARK: - The serial executor
+
+        // FINDING (use after free / executor identity changes). `CompletionHub.serialExecutor`
+        // keeps the `HubSerialExecutor` it hands out only weakly, and nothing else holds it (jobs
+        // are `UnownedJob`s, `UnownedSerialExecutor` does not retain). With the pattern the
+        // documentation of `LibaioBackend.serialExecutor` gives — `nonisolated var unownedExecutor:
+        // UnownedSerialExecutor { backend.serialExecutor.asUnownedSerialExecutor() }` — the getter
+        // makes a new executor, returns an unowned reference to it and releases it: the runtime
+        // then enqueues the actor's jobs on a freed object (reads its `hub` field from freed
+        // memory), and each access yields an executor of another identity, so two actors "on the
+        // same serial executor" are not serialized with each other and the fallback lane is not
+        // one lane. Fix: let the hub keep its serial executor strongly (it is one per hub; the hub
+        // outlives the engines that hand it out), e.g. a `let` made in `init`.
+        @Test("FINDING: the serial executor a backend hands out stays alive and keeps its identity",
+              arguments: BackendKind.allCases)
+        func serialExecutorLifetime(kind: BackendKind) async throws {
+            let backend = try makeBackend(kind)
+            let hub = try #require(backend.preferredTaskExecutor as? CompletionHub)
+            weak var handedOut: HubSerialExecutor?
+            handedOut = hub.serialExecutor
+            #expect(handedOut != nil, "nothing keeps the serial executor alive once the caller lets it go")
+            await backend.shutdown()
+        }
+
+        // FINDING, the consequence: the documented actor pattern crashes (here: SIGSEGV in
+        // `CompletionHub.enqueue` called from `HubSerialExecutor.enqueue` on the freed executor;
+        // under `--sanitize=address` the child exits with AddressSanitizer's report, status 1;
+        // under ThreadSanitizer, whose allocator quarantines freed blocks, it may survive).
+        // Run in a child process (an exit test), so that the crash fails this test only.
+        @Test("FINDING: an actor using the documented serial-executor pattern runs its syncs without crashing")
+        func documentedActorPattern() async {
+            await #expect(processExitsWith: .success) {
+                let directory = try ScratchDirectory.onDisk()
+                let fd = try directory.file("data")
+                defer { try? fd.close() }
+                let backend = try LibaioBackend(capacity: 8, system: .live)
+                let actor = DocumentedSerialActor(backend: backend)
+                for _ in 0..<50 {
+                    let garbage = (0..<64).map { _ in [UInt8](repeating: 0xAB, count: 48) }  // reuse freed blocks
+                    _ = garbage.count
+                    let name = try await actor.syncAndName(fd)
+                    if name != completionThreadName(.libaio) { exit(3) }
+                }
+                await backend.shutdown()
+            }
+        }
+
+        // MARK: - A broken completion source
+
+        // FINDING (crash; a waiter failed by `broken` while its slot is still being submitted).
+        // `EngineState.broken` fails and frees every slot with a batch, including the slots the
+        // submitter role holder has taken in `takeBatches` but not handed to the system yet. The
+        // submitter goes on with slots that are no longer its own: `refused` / `exhausted` /
+        // `dropMismatched` / `submitted` (POSIX) read `slotBatch[slot]` = -1 and index `batches[-1]`
+        // (a trap); with a successful io_submit the sync runs for a request already reported failed
+        // and the drain may release the context while it is in the kernel.
+        //
+        // Interleaving: B's request takes the submitter role, its slot is prepared, it is inside
+        // io_submit. The hub is woken, its reap fails (io_getevents EINVAL: the context is gone):
+        // `broken` fails B (outstanding 0) and frees B's slot. io_submit returns EBADF:
+        // `refused(slot:)` → `takeWaiters(of: -1)` → index out of range. Fix: let `broken` leave
+        // the slots held by the submitter alone (mark the engine broken and let the submitter fail
+        // them when it comes back, or keep a per-slot "taken by submitter" state), and make
+        // `refused`/`exhausted`/`dropMismatched` tolerate a slot that was taken away.
+        // Seen: "Fatal error: Index out of range" in EngineState.takeWaiters(of:into:) ←
+        // EngineState.refused(slot:into:) ← AIOEngine.submit(_:) ← submitLoop ← arrive (SIGILL).
+        @Test("FINDING: a completion source that breaks while a sync is being submitted fails it once, without a crash")
+        func brokenSourceWhileSubmitting() async {
+            await #expect(processExitsWith: .success) {
+                let directory = try ScratchDirectory.onTmpfs()
+                let b = try directory.file("b")
+                defer { try? b.close() }
+                let bFD = b.rawValue
+                let entered = Flag()
+                let breakSource = Flag()
+                let box = Later<LibaioBackend>()
+                var system = SystemCalls.live
+                system.ioSubmit = { context, count, iocbs in
+                    guard descriptor(of: iocbs) == bFD else { return SystemCalls.live.ioSubmit(context, count, iocbs) }
+                    entered.raise()
+                    // Until the hub has failed the request (the engine has nothing outstanding).
+                    _ = blockingEventually(3) { (box.value?.engine.outstandingCount ?? 1) == 0 }
+                    return .failure(.badFileDescriptor)
+                }
+                system.reapCompletions = { context, events, maximum in
+                    if breakSource.isRaised { return .failure(.invalidArgument) }
+                    return SystemCalls.live.reapCompletions(context, events, maximum)
+                }
+                let backend = try LibaioBackend(capacity: 4, system: system)
+                box.set(backend)
+                let request = Watched { try await backend.fsync(b) }
+                guard await eventually(3, { entered.isRaised }) else { exit(2) }
+                breakSource.raise()
+                kick(backend.engine.hub)
+                guard await eventually(5, { request.isDone }) else { exit(4) }
+                // Exactly one error reached the caller (the source's errno or the submit's).
+                guard request.error is AsyncSyncError else { exit(5) }
+                await backend.shutdown()
+            }
+        }
+
+        // MARK: - Edges checked and found sound
+
+        @Test("checked: the in-flight rule fails a success reaped after a failure of the same file (two descriptors)",
+              arguments: BackendKind.allCases)
+        func inFlightRuleAcrossDescriptors(kind: BackendKind) async throws {
+            let directory = try ScratchDirectory.onTmpfs()
+            let one = try directory.file("data")
+            let two = try FileDescriptor.open(directory.path.appending("data"), .readWrite)
+            defer { try? one.close(); try? two.close() }
+            let recorder = SyscallRecorder()
+            let backend = try makeBackend(kind, stickyFailures: false, system: recorder.system)
+            recorder.closeGate()
+            recorder.injectAtCompletion([.ioError])  // whichever completion is reaped first
+            let requests = [Watched { try await backend.fdatasync(one) }, Watched { try await backend.fdatasync(two) }]
+            try #require(await eventually { recorder.submitted == 2 })
+            recorder.openGate()
+            try #require(await eventually(5) { requests.allSatisfy(\.isDone) })
+            let codes = requests.compactMap { ($0.error as? AsyncSyncError)?.code }
+            #expect(codes.sorted { "\($0)" < "\($1)" } == [.concurrentFailure, .system].sorted { "\($0)" < "\($1)" },
+                    "one EIO, and the other success turned into concurrentFailure")
+            try await backend.fdatasync(one)  // not sticky: later syncs run
+            await backend.shutdown()
+        }
+
+        @Test("checked: a request that waited for its descriptor's running sync is not acknowledged over that sync's failure",
+              arguments: BackendKind.allCases)
+        func inFlightRuleNextBatch(kind: BackendKind) async throws {
+            let directory = try ScratchDirectory.onTmpfs()
+            let fd = try directory.file("data")
+            defer { try? fd.close() }
+            let recorder = SyscallRecorder()
+            let backend = try makeBackend(kind, stickyFailures: false, system: recorder.system)
+            recorder.closeGate()
+            recorder.injectAtCompletion([.ioError])
+            let first = Watched { try await backend.fdatasync(fd) }
+            try #require(await eventually { recorder.submitted == 1 })
+            let second = Watched { try await backend.fdatasync(fd) }
+            try #require(await eventually { waiting(backend) == 1 })
+            recorder.openGate()
+            try #require(await eventually(5) { first.isDone && second.isDone })
+            #expect((first.error as? AsyncSyncError)?.errno == .ioError)
+            #expect((second.error as? AsyncSyncError)?.code == .concurrentFailure)
+            #expect(recorder.submitted == 2, "the second was served by its own sync, which started after it arrived")
+            await backend.shutdown()
+        }
+
+        @Test("checked: a waiting request whose descriptor now names another file fails with EBADF and syncs nothing for it",
+              arguments: BackendKind.allCases)
+        func reusedDescriptorWhileWaiting(kind: BackendKind) async throws {
+            let directory = try ScratchDirectory.onTmpfs()
+            let fd = try directory.file("a")
+            let other = try directory.file("b")
+            defer { try? fd.close(); try? other.close() }
+            let recorder = SyscallRecorder()
+            let backend = try makeBackend(kind, system: recorder.system)
+            recorder.closeGate()
+            let first = Watched { try await backend.fsync(fd) }
+            try #require(await eventually { recorder.submitted == 1 })
+            let second = Watched { try await backend.fdatasync(fd) }  // waits: its file's identity is taken
+            try #require(await eventually { waiting(backend) == 1 })
+            #expect(dup2(other.rawValue, fd.rawValue) == fd.rawValue)  // closed and reused meanwhile
+            recorder.openGate()
+            try #require(await eventually(5) { first.isDone && second.isDone })
+            #expect(first.succeeded)
+            let failure = second.error as? AsyncSyncError
+            #expect(failure?.errno == .badFileDescriptor)
+            #expect(failure?.step == .submit)
+            #expect(recorder.submitted == 1, "nothing was submitted for the other file")
+            await backend.shutdown()
+        }
+
+        @Test("checked: EAGAIN while others are in flight: requests that joined during the submission share the retried sync, a cancelled one is never submitted, a drain waits for them",
+              arguments: BackendKind.allCases)
+        func eagainMergeCancelAndDrain(kind: BackendKind) async throws {
+            let directory = try ScratchDirectory.onTmpfs()
+            let a = try directory.file("a")
+            let b = try directory.file("b")
+            defer { try? a.close(); try? b.close() }
+            let recorder = SyscallRecorder()
+            let box = Later<AnyObject>()
+            let bFD = b.rawValue
+            let bSubmits = Counter()
+            var system = recorder.system
+            let base = system
+            let waitingCount: @Sendable () -> Int = {
+                switch box.value {
+                case let backend as LibaioBackend: backend.engine.waitingCount
+                case let backend as PosixAIOBackend: backend.engine.waitingCount
+                default: 0
+                }
+            }
+            // B's first submission: wait until a request joined B's next batch, then EAGAIN.
+            system.ioSubmit = { context, count, iocbs in
+                if descriptor(of: iocbs) == bFD, bSubmits.next() == 1 {
+                    _ = blockingEventually(3) { waitingCount() == 1 }
+                    return .failure(.resourceTemporarilyUnavailable)
+                }
+                return base.ioSubmit(context, count, iocbs)
+            }
+            system.aioFsync = { mode, control in
+                if control.pointee.aio_fildes == bFD, bSubmits.next() == 1 {
+                    _ = blockingEventually(3) { waitingCount() == 1 }
+                    return .failure(.resourceTemporarilyUnavailable)
+                }
+                return base.aioFsync(mode, control)
+            }
+            let backend = try makeBackend(kind, capacity: 4, system: system)
+            box.set(backend as AnyObject)
+            recorder.closeGate()
+            let first = Watched { try await backend.fsync(a) }
+            try #require(await eventually { recorder.submitted == 1 })
+            let refused = Watched { try await backend.fsync(b) }
+            let joined = Watched { try await backend.fsync(b) }  // joins during the refused submission
+            try #require(await eventually { bSubmits.current == 1 && outstanding(backend) == 3 && waiting(backend) == 2 },
+                         "B's batch went back to the queue with the request that joined it")
+            let cancelled = Watched { try await backend.fdatasync(b) }
+            try #require(await eventually { waiting(backend) == 3 })
+            cancelled.task.cancel()
+            try #require(await eventually { cancelled.isDone })
+            #expect(cancelled.error is CancellationError)
+            let shutdown = Watched { await backend.shutdown() }
+            try #require(await eventually { !isAcceptingRequests(backend) })
+            try await Task.sleep(for: .milliseconds(20))
+            #expect(!shutdown.isDone && !refused.isDone && !joined.isDone, "blocked until a completion frees resources")
+            recorder.openGate()
+            #expect(await eventually(5) { shutdown.isDone })
+            #expect(first.succeeded && refused.succeeded && joined.succeeded)
+            #expect(recorder.submitted == 2, "A, then one sync for both requests of B")
+            #expect(recorder.state.withLock { $0.submittedModes }.last == .fsync)
+        }
+
+        @Test("checked: EINTR at completion with requests waiting for the descriptor: the retry runs alone, then one sync serves them")
+        func interruptedWithWaiters() async throws {
+            let directory = try ScratchDirectory.onTmpfs()
+            let fd = try directory.file("data")
+            defer { try? fd.close() }
+            let recorder = SyscallRecorder()
+            let backend = try makeBackend(.libaio, system: recorder.system)
+            recorder.closeGate()
+            recorder.injectAtCompletion([.interrupted])
+            let first = Watched { try await backend.fsync(fd) }
+            try #require(await eventually { recorder.submitted == 1 })
+            let rest = (0..<10).map { _ in Watched { try await backend.fdatasync(fd) } }
+            try #require(await eventually { waiting(backend) == 10 })
+            recorder.openGate()
+            try #require(await eventually(5) { first.isDone && rest.allSatisfy(\.isDone) })
+            #expect(first.succeeded && rest.allSatisfy(\.succeeded))
+            #expect(recorder.submitted == 3, "the first, its retry, one sync for the ten")
+            #expect(recorder.state.withLock { $0.maxOutstanding } == 1, "never two syncs of one descriptor at once")
+            await backend.shutdown()
+        }
+
+        @Test("checked: cancellations under load on a one-slot backend: every request ends once, the drain ends",
+              arguments: BackendKind.allCases)
+        func cancellationStorm(kind: BackendKind) async throws {
+            let directory = try ScratchDirectory.onTmpfs()
+            let files = try (0..<3).map { try directory.file("f\($0)") }
+            defer { for fd in files { try? fd.close() } }
+            let recorder = SyscallRecorder()
+            let backend = try makeBackend(kind, capacity: 1, system: recorder.system)
+            let ended = Counter()
+            let tasks = (0..<300).map { index in
+                Task {
+                    defer { _ = ended.next() }
+                    try await backend.sync(files[index % 3], mode: index.isMultiple(of: 2) ? .fsync : .fdatasync)
+                }
+            }
+            for (index, task) in tasks.enumerated() where index % 3 != 0 {
+                task.cancel()
+                if index.isMultiple(of: 16) { await Task.yield() }
+            }
+            let allEnded = await eventually(10) { ended.current == 300 }
+            #expect(allEnded, "\(ended.current) of 300 requests ended")
+            for task in tasks {
+                do { try await task.value } catch is CancellationError {} catch { Issue.record("\(error)") }
+            }
+            #expect(outstanding(backend) == 0)
+            let shutdown = Watched { await backend.shutdown() }
+            #expect(await eventually(5) { shutdown.isDone })
+        }
+
+        @Test("checked: wake-ups racing the hub's end never write to its closed eventfd", arguments: BackendKind.allCases)
+        func wakersNeverWriteAfterClose(kind: BackendKind) async throws {
+            struct Descriptors { var closed: Set<CInt> = []; var lateWrites = 0; var writes = 0 }
+            let descriptors = Locked(Descriptors())
+            var system = SystemCalls.live
+            system.eventfd = {
+                let result = SystemCalls.live.eventfd()
+                if case .success(let fd) = result { descriptors.withLock { _ = $0.closed.remove(fd) } }
+                return result
+            }
+            system.close = { fd in
+                descriptors.withLock { _ = $0.closed.insert(fd) }
+                return SystemCalls.live.close(fd)
+            }
+            system.write = { fd, buffer, count in
+                usleep(2_000)  // a slow waker: the hub reaches its end meanwhile
+                descriptors.withLock { state in
+                    state.writes += 1
+                    if state.closed.contains(fd) { state.lateWrites += 1 }
+                }
+                return SystemCalls.live.write(fd, buffer, count)
+            }
+            for _ in 0..<5 {
+                let backend = try makeBackend(kind, system: system)
+                let executor = taskExecutor(of: backend)
+                try await Task.sleep(for: .milliseconds(5))  // the hub parks
+                let jobs = (0..<4).map { _ in Task.detached(executorPreference: executor) { currentThreadName() } }
+                await backend.shutdown()
+                for job in jobs { _ = await job.value }
+            }
+            let state = descriptors.withLock { $0 }
+            #expect(state.writes > 0)
+            #expect(state.lateWrites == 0, "a write reached a closed (or reused) eventfd")
+        }
+
+        // @@MORE@@
+    }
+}
