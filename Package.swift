@@ -26,6 +26,8 @@ let package = Package(
         // Prints the probes and the backend makeBackend() chooses here; the selection tests run it
         // as a child process under seccomp, a lowered aio-max-nr and a hidden libaio.so.
         .executableTarget(name: "asyncfsync-probe", dependencies: ["AsyncFsync"]),
+        // A small self-checking workout for valgrind memcheck in CI (.ci/run).
+        .executableTarget(name: "asyncfsync-stress", dependencies: ["AsyncFsync"]),
         // Test-only C helpers (aio_init, ext4 shutdown ioctl); never part of the library.
         .target(name: "CTestSupport", path: "Tests/CTestSupport"),
         .testTarget(
