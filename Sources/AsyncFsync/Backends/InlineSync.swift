@@ -1,3 +1,4 @@
+import Synchronization
 import SystemPackage
 
 /// File system magic numbers (`statfs(2)`'s `f_type`) the selection and the probe report know.
@@ -39,19 +40,32 @@ enum FileSystemType {
 /// Such a file system has no backing store: its fsync returns 0 at once (~0.2 µs here), while a
 /// round trip through kernel AIO or glibc costs 7–18 µs. Device nodes do not qualify although
 /// devtmpfs reports the tmpfs magic: the fsync of `/dev/loop0` flushes a whole device and must not
-/// block a thread of the cooperative pool. The check is one `fstatfs(2)` per request (~0.5 µs), and
-/// one `statx(2)` more on a memory file system, never cached by descriptor number: a number can
-/// be closed and reused for a disk file, and the inline path must never block a thread on a disk
-/// file system's sync.
+/// block a thread of the cooperative pool.
+///
+/// The check is one `fstatfs(2)` (~0.5 µs), and one `statx(2)` more on a memory file system. A
+/// positive answer is never remembered: a number can be closed and reused for a disk file, and the
+/// inline path must never block a thread on a disk file system's sync. A negative answer is
+/// remembered per descriptor number for the next 64 requests (``DescriptorHints``): a number reused
+/// for a tmpfs file meanwhile takes the asynchronous path for a while, which is slower but right.
 struct InlineSync: Sendable {
     let system: SystemCalls
     let ledger: FailureLedger
+    let hints = DescriptorHints()
 
     /// Whether `fd` is a regular file or directory on a memory file system. A descriptor the
     /// checks refuse (EBADF) is not: it takes the asynchronous path, which reports the error.
     @inline(__always)
     func applies(to fd: FileDescriptor) -> Bool {
-        Self.isOnMemoryFileSystem(fd, system: system)
+        Self.isOnMemoryFileSystem(fd, system: system, hints: hints)
+    }
+
+    /// ``isOnMemoryFileSystem(_:system:)`` with a negative answer remembered in `hints`.
+    @inline(__always)
+    static func isOnMemoryFileSystem(_ fd: FileDescriptor, system: SystemCalls, hints: DescriptorHints) -> Bool {
+        if hints.isKnownNotInline(fd) { return false }
+        let applies = isOnMemoryFileSystem(fd, system: system)
+        if !applies { hints.noteNotInline(fd) }
+        return applies
     }
 
     /// Whether `fd` is a regular file or directory on tmpfs or ramfs (one `fstatfs(2)`, and one
@@ -96,5 +110,41 @@ struct InlineSync: Sendable {
         if let errno = ledger.judgeSuccess(arrival: arrival, descriptor: fd) {
             throw AsyncSyncError.concurrentFailure(mode, errno: errno, backend: backend, descriptor: fd)
         }
+    }
+}
+
+/// Per descriptor number, whether a recent check found it not to be on a memory file system, for
+/// how many more requests that answer is taken on trust (a hint: relaxed atomics, no lock).
+final class DescriptorHints: @unchecked Sendable {  // the counters are atomics
+    static var capacity: Int { 4096 }
+    static var trustedRequests: UInt8 { 64 }
+    private let counters: UnsafeMutablePointer<Atomic<UInt8>>
+
+    init() {
+        counters = .allocate(capacity: Self.capacity)
+        for index in 0..<Self.capacity { (counters + index).initialize(to: Atomic(0)) }
+    }
+
+    deinit {
+        counters.deinitialize(count: Self.capacity)
+        counters.deallocate()
+    }
+
+    /// Whether `fd` was found not inline recently; counts the request against the hint.
+    @inline(__always)
+    func isKnownNotInline(_ fd: FileDescriptor) -> Bool {
+        let index = Int(fd.rawValue)
+        guard index >= 0, index < Self.capacity else { return false }
+        let left = counters[index].load(ordering: .relaxed)
+        guard left > 0 else { return false }
+        counters[index].store(left - 1, ordering: .relaxed)
+        return true
+    }
+
+    @inline(__always)
+    func noteNotInline(_ fd: FileDescriptor) {
+        let index = Int(fd.rawValue)
+        guard index >= 0, index < Self.capacity else { return }
+        counters[index].store(Self.trustedRequests, ordering: .relaxed)
     }
 }

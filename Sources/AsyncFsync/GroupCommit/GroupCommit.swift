@@ -71,6 +71,8 @@ public final class GroupCommit: AsyncSyncBackend {
     private let system: SystemCalls
     /// The wrapped backend's failure ledger, when it is one of this library's backends.
     private let ledger: FailureLedger?
+    /// Descriptors recently found not to be on a memory file system.
+    private let memoryHints = DescriptorHints()
     /// How long each batch's leader waits before starting the shared sync, so that more requests
     /// can join (PostgreSQL's `commit_delay`). Zero (the default) starts at once.
     public let delay: Duration
@@ -111,7 +113,7 @@ public final class GroupCommit: AsyncSyncBackend {
         try Task.checkCancellation()
         // tmpfs and ramfs: fsync does nothing there, so sharing it saves nothing and the waiting
         // would cost more than the sync. Each request gets its own, from the wrapped backend.
-        if InlineSync.isOnMemoryFileSystem(fd, system: system) {
+        if InlineSync.isOnMemoryFileSystem(fd, system: system, hints: memoryHints) {
             guard !isShuttingDown else { throw AsyncSyncError.shutDown(mode, backend: kind, descriptor: fd) }
             return try await wrapped.sync(fd, mode: mode)
         }
