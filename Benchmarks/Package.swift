@@ -1,7 +1,13 @@
 // swift-tools-version: 6.1
 // The benchmark of swift-async-fsync: a separate package, so its dependencies (argument parsing,
 // HdrHistogram, the real libaio for the C floor) never reach the library product.
+import Foundation
 import PackageDescription
+
+// scripts/bench-compare builds this bench against an older library too; one from before the
+// serial executor gets ASYNC_FSYNC_BENCH_NO_SERIAL_EXECUTOR=1, and the methods that need it are left out.
+let benchSettings: [SwiftSetting] = ProcessInfo.processInfo.environment["ASYNC_FSYNC_BENCH_NO_SERIAL_EXECUTOR"] == "1"
+    ? [.define("NO_SERIAL_EXECUTOR")] : []
 
 let package = Package(
     name: "asyncfsync-benchmarks",
@@ -26,7 +32,13 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "_NIOFileSystem", package: "swift-nio"),
-            ]
+            ],
+            swiftSettings: benchSettings
+        ),
+        // One request loop with a synchronous main, for callgrind's instruction counts (scripts/bench-instructions).
+        .executableTarget(
+            name: "asyncfsync-loop",
+            dependencies: ["CFloor", .product(name: "AsyncFsync", package: "swift-async-fsync")]
         ),
         // ordo-one package-benchmark: allocations, context switches, threads and syscalls per sync
         // for each backend. Run: swift package benchmark --target SyncAllocations

@@ -72,7 +72,7 @@ enum Method: String, CaseIterable {
     case groupCommit = "group-commit"
     // The wal-actor workload (WAL.swift): one actor owns the log; its append syncs with …
     case walBlocking = "wal-blocking", walBackend = "wal-backend", walGroupCommit = "wal-group-commit"
-    // TODO(serial executor): `case walSerialExecutor = "wal-serial-executor"` (see WAL.swift).
+    case walSerialExecutor = "wal-serial-executor", walSerialGroupCommit = "wal-serial-group-commit"
 
     var summary: String {
         switch self {
@@ -94,6 +94,8 @@ enum Method: String, CaseIterable {
         case .walBlocking: "wal-actor: the log actor calls fdatasync(2) itself (blocks its thread; no reentrancy)"
         case .walBackend: "wal-actor: the log actor awaits backend.sync (AsyncSync.makeBackend())"
         case .walGroupCommit: "wal-actor: the log actor awaits GroupCommit(wrapping: AsyncSync.makeBackend())"
+        case .walSerialExecutor: "wal-actor: the log actor runs on backend.preferredSerialExecutor (the completion thread) and awaits backend.sync"
+        case .walSerialGroupCommit: "wal-actor: the log actor on backend.preferredSerialExecutor, syncing through GroupCommit"
         case .runtimeFloorExecutor: "Swift runtime floor of the *-executor methods: the tasks prefer that C thread as their task executor"
         }
     }
@@ -118,7 +120,7 @@ enum Method: String, CaseIterable {
     /// A method of the wal-actor workload (its cells only).
     var isWAL: Bool {
         switch self {
-        case .walBlocking, .walBackend, .walGroupCommit: true
+        case .walBlocking, .walBackend, .walGroupCommit, .walSerialExecutor, .walSerialGroupCommit: true
         default: false
         }
     }
@@ -218,7 +220,7 @@ struct AsyncFsyncBench: AsyncParsableCommand {
         }
         let (directory, remove) = try scratchDirectory()
         defer { if remove { try? FileManager.default.removeItem(atPath: directory) } }
-        let probes = AsyncSync.probe(directory: FilePath(directory))
+        let probes = await AsyncSync.probe(directory: FilePath(directory))
         let isTerminal = isatty(STDERR_FILENO) != 0
         var results: [String: Measurement] = [:]
         let total = rounds * cells.reduce(0) { count, cell in count + methods.filter { applies($0, to: cell) }.count }
@@ -310,7 +312,7 @@ struct AsyncFsyncBench: AsyncParsableCommand {
             // including the inline path on tmpfs/ramfs (docs/selection.md).
             case .libaio: try LibaioBackend(inlineMemoryFileSystems: false)
             case .posix: try PosixAIOBackend(inlineMemoryFileSystems: false)
-            default: try AsyncSync.makeBackend()
+            default: try await AsyncSync.makeBackend()
             }
             loop = try await runTasks(cell: cell, files: files) { fd, _ in try await backend.sync(fd, mode: mode) }
             await backend.shutdown()
@@ -324,7 +326,7 @@ struct AsyncFsyncBench: AsyncParsableCommand {
             }
             await backend.shutdown()
         case .groupCommit:
-            let counting = CountingBackend(try AsyncSync.makeBackend())
+            let counting = CountingBackend(try await AsyncSync.makeBackend())
             let group = GroupCommit(wrapping: counting, delay: .microseconds(groupDelayUs))
             loop = try await runTasks(cell: cell, files: files) { fd, _ in try await group.sync(fd, mode: mode) }
             await group.shutdown()
@@ -355,7 +357,7 @@ struct AsyncFsyncBench: AsyncParsableCommand {
                 // NIOFileSystem has fsync only (no fdatasync): both workloads use synchronize().
                 try await byDescriptor[fd.rawValue]!.synchronize()
             }
-        case .walBlocking, .walBackend, .walGroupCommit:
+        case .walBlocking, .walBackend, .walGroupCommit, .walSerialExecutor, .walSerialGroupCommit:
             preconditionFailure("\(method) runs in wal-actor cells only (measureWAL)")
         }
         for handle in handles { try? await handle.close() }

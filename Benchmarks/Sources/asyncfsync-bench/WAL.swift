@@ -14,6 +14,8 @@ import SystemPackage
 //   runs: other writers' appends write their records and submit their syncs meanwhile.
 // - wal-group-commit: the same through `GroupCommit(wrapping:)`: concurrent syncs of the log share
 //   one sync, and each append is acknowledged only by a sync that started after its write.
+// - wal-serial-executor: the actor of wal-backend on the backend's serial executor (its completion
+//   thread); wal-serial-group-commit: that actor syncing through GroupCommit.
 
 /// Bytes per record: a small log record (a header and a short payload).
 let walRecordSize = 128
@@ -66,25 +68,26 @@ actor WAL: WriteAheadLog {
     }
 }
 
-// TODO(serial executor): the fourth wal-actor method, once the library offers its backend's serial
-// executor (the name is the library's to choose; `serialExecutor` below stands for it). The actor
-// then runs on the backend's completion thread, so an append resumed by its sync's completion goes
-// on there without a hop:
-//
-//     actor WALOnBackendExecutor: WriteAheadLog {
-//         let descriptor: FileDescriptor
-//         let sync: WALSync
-//         let executor: any SerialExecutor      // backend.serialExecutor
-//         var end: Int64 = 0
-//         var syncCalls = 0
-//         init(descriptor: FileDescriptor, backend: any AsyncSyncBackend, executor: any SerialExecutor) {
-//             self.descriptor = descriptor; self.sync = .backend(backend); self.executor = executor
-//         }
-//         nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
-//     }
-//
-// and: `case walSerialExecutor = "wal-serial-executor"` in `Method` (summary, `isWAL`), one case in
-// `measureWAL` below, and the method's name in scripts/bench-smoke-test's wal list.
+#if !NO_SERIAL_EXECUTOR
+/// The log actor on the backend's serial executor (`preferredSerialExecutor`): it runs on the
+/// backend's completion thread, so an append resumed by its sync's completion goes on there
+/// without a hop, and the syncs of all appends resumed together are submitted together.
+actor WALOnBackendExecutor: WriteAheadLog {
+    let descriptor: FileDescriptor
+    let sync: WALSync
+    let executor: any SerialExecutor
+    var end: Int64 = 0
+    var syncCalls = 0
+
+    init(descriptor: FileDescriptor, backend: any AsyncSyncBackend, executor: any SerialExecutor) {
+        self.descriptor = descriptor
+        self.sync = .backend(backend)
+        self.executor = executor
+    }
+
+    nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
+}
+#endif
 
 extension AsyncFsyncBench {
     /// One wal-actor method in one cell: `cell.depth` writers append to a fresh log (created and
@@ -107,10 +110,20 @@ extension AsyncFsyncBench {
         case .walBlocking:
             log = WAL(descriptor: descriptor, sync: .blocking)
         case .walBackend:
-            log = WAL(descriptor: descriptor, sync: .backend(try AsyncSync.makeBackend()))
+            log = WAL(descriptor: descriptor, sync: .backend(try await AsyncSync.makeBackend()))
         case .walGroupCommit:
-            counting = CountingBackend(try AsyncSync.makeBackend())
+            counting = CountingBackend(try await AsyncSync.makeBackend())
             log = WAL(descriptor: descriptor, sync: .backend(GroupCommit(wrapping: counting!)))
+        #if !NO_SERIAL_EXECUTOR
+        case .walSerialExecutor:
+            let backend = try await AsyncSync.makeBackend()
+            log = WALOnBackendExecutor(descriptor: descriptor, backend: backend, executor: backend.preferredSerialExecutor!)
+        case .walSerialGroupCommit:
+            let backend = try await AsyncSync.makeBackend()
+            counting = CountingBackend(backend)
+            log = WALOnBackendExecutor(descriptor: descriptor, backend: GroupCommit(wrapping: counting!),
+                                       executor: backend.preferredSerialExecutor!)
+        #endif
         default:
             preconditionFailure("\(method) is not a wal-actor method")
         }
