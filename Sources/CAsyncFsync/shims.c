@@ -110,7 +110,8 @@ int casyncfsync_eventfd_read(int fd, uint64_t *value) {
     return -1;
 }
 
-static __thread void *thread_marker;
+// initial-exec: read without a __tls_get_addr call (the shim is linked into the program).
+static __thread void *thread_marker __attribute__((tls_model("initial-exec")));
 void casyncfsync_set_thread_marker(void *marker) { thread_marker = marker; }
 void *casyncfsync_thread_marker(void) { return thread_marker; }
 int casyncfsync_memfd(const char *name) { return memfd_create(name, MFD_CLOEXEC); }

@@ -45,7 +45,8 @@ extension AsyncFsyncTests {
             let result1 = state.arrive(waiter(1, fd: 7, c[0]), isCancelled: false, onCompletionThread: false)
             #expect(result1 == .submit)
             var prepared: [EngineState.Prepared] = []
-            let result2 = state.takeBatches(into: &prepared)
+            var noneCancelled: [Waiter] = []
+            let result2 = state.takeBatches(into: &prepared, cancelled: &noneCancelled)
             #expect(result2 == .none)
             #expect(prepared.map(\.slot).count == 1)
             var none: [EngineState.Prepared] = []
@@ -158,5 +159,15 @@ extension EngineState.Arrival: Equatable {
         case (.refused(.broken(let a)), .refused(.broken(let b))): a == b
         default: false
         }
+    }
+}
+
+extension EngineState {
+    /// ``takeBatches(into:cancelled:)`` where no waiter waits without a handler.
+    mutating func takeBatches(into prepared: inout [Prepared]) -> Release {
+        var cancelled: [Waiter] = []
+        let release = takeBatches(into: &prepared, cancelled: &cancelled)
+        precondition(cancelled.isEmpty)
+        return release
     }
 }

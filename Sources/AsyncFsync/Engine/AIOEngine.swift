@@ -35,15 +35,15 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
     let handsOffInvalid: Bool
 
     /// Used by the holder of the submitter role only.
-    private var submitScratch: [EngineState.Prepared] = []
-    private var submitSlots: [Int32] = []
-    private var mismatchScratch: [Waiter] = []
+    @exclusivity(unchecked) private var submitScratch: [EngineState.Prepared] = []
+    @exclusivity(unchecked) private var submitSlots: [Int32] = []
+    @exclusivity(unchecked) private var mismatchScratch: [Waiter] = []
     /// Used by the hub's thread only.
-    private var completions: [Completion] = []
-    private var finished: [(range: Range<Int>, result: Result<Void, Errno>)] = []
-    private var done: [Waiter] = []
-    private var retries: [Int32] = []
-    private var active: [Int32] = []
+    @exclusivity(unchecked) private var completions: [Completion] = []
+    @exclusivity(unchecked) private var finished: [(range: Range<Int>, result: Result<Void, Errno>)] = []
+    @exclusivity(unchecked) private var done: [Waiter] = []
+    @exclusivity(unchecked) private var retries: [Int32] = []
+    @exclusivity(unchecked) private var active: [Int32] = []
 
     var kind: BackendKind { Driver.kind }
 
@@ -88,17 +88,29 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         let arrival = try ledger.admit(descriptor, stamp: arrival, mode: mode, backend: Driver.kind).get()
         try Task.checkCancellation()
         let id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
+        // A request handed to the system at once cannot be cancelled any more, so it needs no
+        // cancellation handler (installing one costs more than the rest of this library's path).
+        // One that turns out to wait after all has its cancellation looked at before its batch
+        // is submitted; one that will wait gets a handler and is cancelled at once.
+        if shared.withLock({ $0.machine.handsOverAtOnce(descriptor.rawValue) }) {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
+                arrive(Waiter(id: id, descriptor: descriptor, mode: mode, continuation: continuation,
+                              arrival: arrival, identity: nil, identityTaken: false), handled: false)
+            }
+            return
+        }
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
                 arrive(Waiter(id: id, descriptor: descriptor, mode: mode, continuation: continuation,
-                              arrival: arrival, identity: nil, identityTaken: false))
+                              arrival: arrival, identity: nil, identityTaken: false), handled: true)
             }
         } onCancel: {
             cancel(id: id, descriptor: descriptor)
         }
     }
 
-    private func arrive(_ request: Waiter) {
+    /// `handled`: the request has a cancellation handler.
+    private func arrive(_ request: Waiter, handled: Bool) {
         var waiter = request
         let onHub = hub.isCurrent
         // The cancellation handler may have run before the request was queued: checked under the lock.
@@ -107,7 +119,10 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
             // It will wait: take the file's identity, compared before its sync is submitted.
             waiter.identity = try? system.fileIdentity(waiter.descriptor.rawValue).get()
             waiter.identityTaken = true
-            arrival = shared.withLock { $0.machine.arrive(waiter, isCancelled: Task.isCancelled, onCompletionThread: onHub) }
+            waiter.checksCancellation = !handled
+            arrival = withUnsafeCurrentTask { task in
+                shared.withLock { $0.machine.arrive(waiter, isCancelled: Task.isCancelled, onCompletionThread: onHub, task: task) }
+            }
         }
         switch arrival {
         case .refused(let refusal):
@@ -151,14 +166,17 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         while true {
             // The scratch buffers belong to the role: once it is given up (nothing taken), another
             // thread may hold it and use them, so they are not looked at again here.
+            // Waiters found cancelled (rare): an empty array allocates nothing.
+            var cancelled: [Waiter] = []
             let (taken, release) = shared.withLock { shared -> (Bool, EngineState.Release) in
                 submitScratch.removeAll(keepingCapacity: true)
-                let release = shared.machine.takeBatches(into: &submitScratch)
+                let release = shared.machine.takeBatches(into: &submitScratch, cancelled: &cancelled)
                 for prepared in submitScratch {
                     driver.prepare(slot: prepared.slot, descriptor: prepared.descriptor, mode: prepared.mode)
                 }
                 return (!submitScratch.isEmpty, release)
             }
+            for waiter in cancelled { waiter.continuation.resume(throwing: CancellationError()) }
             guard taken else {
                 if release == .release { hub.requestRelease(self) }
                 return

@@ -72,10 +72,10 @@ final class CompletionHub: TaskExecutor, @unchecked Sendable {
     /// POSIX: the doorbell read and its buffer (hub thread only).
     private let doorbell: UnsafeMutablePointer<aiocb>?
     private let doorbellBuffer: UnsafeMutablePointer<UInt64>?
-    private nonisolated(unsafe) var doorbellArmed = false
+    @exclusivity(unchecked) private nonisolated(unsafe) var doorbellArmed = false
     /// Touched by the hub thread only: engines to submit for after the jobs, engines to release.
-    private nonisolated(unsafe) var deferredSubmits: [any HubClient] = []
-    private nonisolated(unsafe) var deferredReleases: [any HubClient] = []
+    @exclusivity(unchecked) private nonisolated(unsafe) var deferredSubmits: [any HubClient] = []
+    @exclusivity(unchecked) private nonisolated(unsafe) var deferredReleases: [any HubClient] = []
 
     /// How long the POSIX hub sleeps while its doorbell cannot be armed (glibc out of resources).
     static var unarmedTimeout: timespec { timespec(tv_sec: 0, tv_nsec: 10_000_000) }
@@ -379,7 +379,7 @@ final class CompletionHub: TaskExecutor, @unchecked Sendable {
         }
     }
 
-    private nonisolated(unsafe) var watchList: [UnsafePointer<aiocb>?] = []
+    @exclusivity(unchecked) private nonisolated(unsafe) var watchList: [UnsafePointer<aiocb>?] = []
 
     /// POSIX: `aio_suspend(3)` on every engine's submitted control blocks plus the doorbell.
     private func suspendOnList(_ clients: [any HubClient]) {

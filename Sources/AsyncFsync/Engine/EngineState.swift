@@ -14,6 +14,11 @@ struct Waiter {
     /// reports the descriptor's own error.
     var identity: FileIdentity?
     var identityTaken: Bool
+    /// It waits without a cancellation handler (it looked as if it would be handed to the system
+    /// at once, and then had to wait): its task (kept aside, ``EngineState``) is looked at for a
+    /// cancellation when its batch is taken into a slot. (A plain flag: a task reference here would
+    /// make every copy of a waiter a call into the runtime.)
+    var checksCancellation = false
 }
 
 /// The requests of one descriptor that one sync will serve.
@@ -33,6 +38,8 @@ struct Batch {
     var interruptedRetries: UInt8 = 0
     /// Some waiter carries an identity to compare before submission.
     var needsIdentityCheck = false
+    /// Some waiter has no cancellation handler (see ``Waiter/task``).
+    var checksCancellation = false
 }
 
 /// The state of one ``AIOEngine``: requests, per-descriptor batches, slots, the submitter role and
@@ -79,8 +86,10 @@ struct EngineState {
     private var waiters: [Waiter?] = []
     private var nextWaiter: [Int32] = []
     private var freeWaiters: [Int32] = []
+    /// The tasks of waiters that wait without a cancellation handler, by waiter id (rare).
+    private var unhandledTasks: [UInt64: UnsafeCurrentTask] = [:]
     /// Per descriptor: the batch in a slot and the batch that new requests join.
-    private var descriptors: [CInt: (running: Int32, next: Int32)] = [:]
+    private var descriptors = DescriptorTable()
     /// Batches without a running sync of their descriptor, waiting for a slot, in arrival order.
     private var ready = Int32Queue()
 
@@ -104,7 +113,6 @@ struct EngineState {
         batches.reserveCapacity(slotCount)
         waiters.reserveCapacity(slotCount)
         nextWaiter.reserveCapacity(slotCount)
-        descriptors.reserveCapacity(slotCount)
     }
 
     // MARK: Arrival
@@ -130,7 +138,7 @@ struct EngineState {
     /// A request arrives. `onCompletionThread`: the caller runs on this engine's completion
     /// thread, which submits after its jobs (so the requests of every task it resumed go to the
     /// system together): the caller never takes the submitter role.
-    mutating func arrive(_ waiter: Waiter, isCancelled: Bool, onCompletionThread: Bool) -> Arrival {
+    mutating func arrive(_ waiter: Waiter, isCancelled: Bool, onCompletionThread: Bool, task: UnsafeCurrentTask? = nil) -> Arrival {
         if let errno = brokenErrno { return .refused(.broken(errno)) }
         guard lifecycle == .accepting else { return .refused(.shutDown) }
         if isCancelled { return .refused(.cancelled) }
@@ -148,10 +156,18 @@ struct EngineState {
             if entry.running < 0 { ready.append(batch) }
         }
         append(waiter, to: batch)
+        if waiter.checksCancellation, let task { unhandledTasks[waiter.id] = task }
         outstanding += 1
         guard entry.running < 0, !submitting, !onCompletionThread else { return .queued }
         submitting = true
         return .submit
+    }
+
+    /// Whether a request for `fd` arriving now would be handed to the system at once (its
+    /// descriptor is idle and a slot is free): then it needs no cancellation handler, whose
+    /// installation costs more than the rest of the request's path in this library.
+    func handsOverAtOnce(_ fd: CInt) -> Bool {
+        lifecycle == .accepting && descriptors[fd] == nil && !blockedOnResources && ready.count < freeSlots.count
     }
 
     /// Takes the submitter role if it is free and there is something to submit (the completion
@@ -174,11 +190,16 @@ struct EngineState {
     /// Moves ready batches into free slots and appends them to `prepared`; the caller prepares each
     /// control block under the same lock and submits them after it. With nothing to take, gives up
     /// the submitter role and returns what that means for a drain.
-    mutating func takeBatches(into prepared: inout [Prepared]) -> Release {
+    mutating func takeBatches(into prepared: inout [Prepared], cancelled: inout [Waiter]) -> Release {
         precondition(submitting)
         while !blockedOnResources, let slot = freeSlots.last, let batch = ready.popFirst() {
-            freeSlots.removeLast()
             let fd = batches[Int(batch)].descriptor
+            if batches[Int(batch)].checksCancellation, dropCancelled(batch, into: &cancelled) {
+                descriptors[fd] = nil  // it was the descriptor's next batch, with nothing running
+                freeBatch(batch)
+                continue
+            }
+            freeSlots.removeLast()
             batches[Int(batch)].slot = slot
             slotBatch[Int(slot)] = batch
             slotsInUse += 1
@@ -189,6 +210,26 @@ struct EngineState {
         guard prepared.isEmpty else { return .none }
         submitting = false
         return drainCheck()
+    }
+
+    /// Removes the waiters of `batch` whose task was cancelled (they wait without a handler);
+    /// returns whether the batch is empty now.
+    private mutating func dropCancelled(_ batch: Int32, into cancelled: inout [Waiter]) -> Bool {
+        var previous: Int32 = -1
+        var index = batches[Int(batch)].first
+        while index >= 0 {
+            let next = nextWaiter[Int(index)]
+            let id = waiters[Int(index)]!.id
+            if waiters[Int(index)]!.checksCancellation, let task = unhandledTasks.removeValue(forKey: id), task.isCancelled {
+                cancelled.append(unlink(index, previous: previous, from: batch))
+            } else {
+                previous = index
+            }
+            index = next
+        }
+        if batches[Int(batch)].count > 0 { batches[Int(batch)].mode = strongestMode(of: batch) }
+        batches[Int(batch)].checksCancellation = false  // looked at once, when it is handed over
+        return batches[Int(batch)].count == 0
     }
 
     /// Before submission: removes the waiters of `slot`'s batch whose file is not the one its
@@ -325,11 +366,11 @@ struct EngineState {
             slotBatch[Int(slot)] = Self.revoked
             slotsInUse -= 1
         }
-        for (_, entry) in descriptors where entry.next >= 0 {
+        for (_, entry) in descriptors.entries where entry.next >= 0 {
             takeWaiters(of: entry.next, into: &failed)
             freeBatch(entry.next)
         }
-        descriptors.removeAll(keepingCapacity: true)
+        descriptors.removeAll()
         ready.removeAll()
         blockedOnResources = false
         return drainCheck()
@@ -389,14 +430,14 @@ struct EngineState {
     /// Requests waiting for a batch of their descriptor or for a slot.
     var waitingCount: Int {
         var count = 0
-        for (_, entry) in descriptors where entry.next >= 0 { count += batches[Int(entry.next)].count }
+        for (_, entry) in descriptors.entries where entry.next >= 0 { count += batches[Int(entry.next)].count }
         return count
     }
 
     /// The state in one line (tests and failure reports).
     var summary: String {
         var perDescriptor: [String] = []
-        for (fd, entry) in descriptors.sorted(by: { $0.key < $1.key }) {
+        for (fd, entry) in descriptors.entries.sorted(by: { $0.0 < $1.0 }) {
             let running = entry.running >= 0 ? "running \(batches[Int(entry.running)].count) in slot \(batches[Int(entry.running)].slot)\(batches[Int(entry.running)].submitted ? " submitted" : "")" : "idle"
             let next = entry.next >= 0 ? ", next \(batches[Int(entry.next)].count)" : ""
             perDescriptor.append("fd \(fd): \(running)\(next)")
@@ -470,6 +511,7 @@ struct EngineState {
         batches[Int(batch)].count += 1
         if waiter.mode == .fsync { batches[Int(batch)].mode = .fsync }
         if waiter.identity != nil { batches[Int(batch)].needsIdentityCheck = true }
+        if waiter.checksCancellation { batches[Int(batch)].checksCancellation = true }
     }
 
     /// Removes waiter `index` (whose predecessor is `previous`) from `batch` and frees its node.
@@ -480,6 +522,7 @@ struct EngineState {
         batches[Int(batch)].count -= 1
         outstanding -= 1
         let waiter = waiters[Int(index)]!
+        if waiter.checksCancellation { unhandledTasks[waiter.id] = nil }
         waiters[Int(index)] = nil
         freeWaiters.append(index)
         return waiter
@@ -488,6 +531,7 @@ struct EngineState {
     private mutating func takeWaiters(of batch: Int32, into list: inout [Waiter]) {
         var index = batches[Int(batch)].first
         while index >= 0 {
+            if waiters[Int(index)]!.checksCancellation { unhandledTasks[waiters[Int(index)]!.id] = nil }
             list.append(waiters[Int(index)]!)
             waiters[Int(index)] = nil
             freeWaiters.append(index)
@@ -516,6 +560,7 @@ struct EngineState {
         }
         if batches[Int(source)].mode == .fsync { batches[Int(target)].mode = .fsync }
         if batches[Int(source)].needsIdentityCheck { batches[Int(target)].needsIdentityCheck = true }
+        if batches[Int(source)].checksCancellation { batches[Int(target)].checksCancellation = true }
         freeBatch(source)
     }
 
@@ -575,5 +620,53 @@ struct Int32Queue {
     mutating func removeAll() {
         storage.removeAll(keepingCapacity: true)
         head = 0
+    }
+}
+
+/// Per descriptor number: the batch in a slot and the batch new requests join (-1: none). Numbers
+/// below 65 536 index an array that grows to the largest one used (no hashing on the hot path);
+/// larger ones go to a dictionary.
+struct DescriptorTable {
+    typealias Entry = (running: Int32, next: Int32)
+    static var directLimit: CInt { 65_536 }
+    private var direct: [Entry] = []
+    private var overflow: [CInt: Entry] = [:]
+
+    subscript(fd: CInt) -> Entry? {
+        @inline(__always) get {
+            if fd >= 0, fd < Self.directLimit {
+                guard Int(fd) < direct.count else { return nil }
+                let entry = direct[Int(fd)]
+                return entry.running < 0 && entry.next < 0 ? nil : entry
+            }
+            return overflow[fd]
+        }
+        @inline(__always) set {
+            if fd >= 0, fd < Self.directLimit {
+                if Int(fd) >= direct.count {
+                    guard newValue != nil else { return }
+                    let size = Swift.max(Int(fd) + 1, Swift.min(Int(Self.directLimit), Swift.max(64, direct.count * 2)))
+                    direct.append(contentsOf: repeatElement(Entry(running: -1, next: -1), count: size - direct.count))
+                }
+                direct[Int(fd)] = newValue ?? (-1, -1)
+            } else {
+                overflow[fd] = newValue
+            }
+        }
+    }
+
+    /// Every descriptor with a batch (rare paths: a broken source, introspection).
+    var entries: [(CInt, Entry)] {
+        var all: [(CInt, Entry)] = []
+        for (index, entry) in direct.enumerated() where entry.running >= 0 || entry.next >= 0 {
+            all.append((CInt(index), entry))
+        }
+        for (fd, entry) in overflow { all.append((fd, entry)) }
+        return all
+    }
+
+    mutating func removeAll() {
+        for index in direct.indices { direct[index] = (-1, -1) }
+        overflow.removeAll()
     }
 }
