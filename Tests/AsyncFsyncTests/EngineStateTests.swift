@@ -130,6 +130,55 @@ extension AsyncFsyncTests {
             await parked.finish()
         }
 
+        @Test("a request that waits without a cancellation handler is checked for cancellation before its batch is submitted")
+        func unhandledWaiterCancelled() async throws {
+            let parked = Parked()
+            let c = try await parked.make(3)
+            var state = EngineState(slotCount: 4)
+            _ = state.arrive(waiter(1, fd: 7, c[0]), isCancelled: false, onCompletionThread: false)
+            var prepared: [EngineState.Prepared] = []
+            _ = state.takeBatches(into: &prepared)
+            // Two requests join fd 7's next batch without a handler; the first one's task is cancelled.
+            final class Box: @unchecked Sendable { var state: EngineState; init(_ s: EngineState) { state = s } }
+            let box = Box(state)
+            var late = waiter(2, fd: 7, c[1], identity: true)
+            late.checksCancellation = true
+            let lateWaiter = Unchecked(late)
+            // The task stays alive (suspended) while the state holds it, as a waiting request's does.
+            let release = Locked<CheckedContinuation<Void, Never>?>(nil)
+            let arrived = Locked(false)
+            let lateTask = Task {
+                withUnsafeCurrentTask { $0?.cancel() }
+                withUnsafeCurrentTask { task in
+                    _ = box.state.arrive(lateWaiter.value, isCancelled: false, onCompletionThread: false, task: task)
+                }
+                await withCheckedContinuation { continuation in
+                    release.withLock { $0 = continuation }
+                    arrived.withLock { $0 = true }
+                }
+            }
+            try await waitUntil { arrived.withLock { $0 } }
+            state = box.state
+            defer {
+                release.withLock { $0 }?.resume()
+                _ = lateTask
+            }
+            var live = waiter(3, fd: 7, c[2], identity: true)
+            live.checksCancellation = true
+            withUnsafeCurrentTask { task in
+                _ = state.arrive(live, isCancelled: false, onCompletionThread: false, task: task)
+            }
+            var done: [Waiter] = []
+            _ = state.completed(slot: prepared[0].slot, result: .success(()), into: &done)
+            prepared.removeAll()
+            var cancelled: [Waiter] = []
+            _ = state.takeBatches(into: &prepared, cancelled: &cancelled)
+            #expect(cancelled.map(\.id) == [2], "the cancelled one is not submitted")
+            #expect(prepared.count == 1, "the other one's sync is")
+            #expect(state.outstanding == 1)
+            await parked.finish()
+        }
+
         @Test("a cancelled request leaves its batch; an emptied ready batch leaves the queue")
         func cancellation() async throws {
             let parked = Parked()
