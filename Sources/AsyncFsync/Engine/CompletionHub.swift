@@ -272,6 +272,7 @@ final class CompletionHub: TaskExecutor, @unchecked Sendable {
         var jobs: [Job] = []
         var releases: [any HubClient] = []
         var reaped: [any HubClient] = []
+        var submits: [any HubClient] = []
         let taskExecutor = asUnownedTaskExecutor()
 
         while true {
@@ -332,9 +333,9 @@ final class CompletionHub: TaskExecutor, @unchecked Sendable {
                     deferredSubmits.append(client)
                 }
                 reaped.removeAll(keepingCapacity: true)
-                let submits = deferredSubmits
-                deferredSubmits.removeAll(keepingCapacity: true)
+                swap(&submits, &deferredSubmits)  // both keep their storage: nothing allocated
                 for client in submits { client.submitReady() }
+                submits.removeAll(keepingCapacity: true)
                 releases.append(contentsOf: deferredReleases)
                 deferredReleases.removeAll(keepingCapacity: true)
                 for client in releases {

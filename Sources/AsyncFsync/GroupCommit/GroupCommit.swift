@@ -194,6 +194,14 @@ public final class GroupCommit: AsyncSyncBackend {
     /// request's own result. `fresh`: `me` identified the file just now (an idle file's first
     /// request), so its descriptor needs no second look.
     private func lead(_ file: FileIdentity, _ me: Member, others: [Member], fresh: Bool) async throws {
+        if fresh, others.isEmpty, delay == .zero {
+            // The usual case: an idle file's first request, alone. Its own sync, in its own task.
+            var mine: Result<Void, any Error>?
+            deliver(await runSync(me.descriptor, mode: me.mode), to: me, mine: &mine, file: file)
+            handOff(file)
+            try mine?.get()
+            return
+        }
         var batch = [me] + others
         if delay > .zero {
             state.withLock { state in
