@@ -48,6 +48,7 @@ final class FailureLedger: Sendable {
         case acknowledged(descriptor: CInt, FileIdentity?, arrival: UInt64, generation: UInt64)
     }
 
+    let kind: BackendKind
     let sticky: Bool
     let system: SystemCalls
     private let generation = Atomic<UInt64>(0)
@@ -57,7 +58,8 @@ final class FailureLedger: Sendable {
     /// Told of each record and acknowledgement (tests).
     private let observer: (@Sendable (Event) -> Void)?
 
-    init(sticky: Bool, system: SystemCalls, observer: (@Sendable (Event) -> Void)? = nil) {
+    init(kind: BackendKind, sticky: Bool, system: SystemCalls, observer: (@Sendable (Event) -> Void)? = nil) {
+        self.kind = kind
         self.sticky = sticky
         self.system = system
         self.observer = observer
@@ -126,6 +128,7 @@ final class FailureLedger: Sendable {
             return next
         }
         observer?(.recorded(key, generation: recorded))
+        Observers.forEach { $0.durabilityFailureRecorded(backend: kind, descriptor: descriptor, errno: errno, sticky: sticky) }
     }
 
     /// Judges a success the system reported for a request stamped `arrival`: the errno of a
@@ -171,12 +174,14 @@ final class FailureLedger: Sendable {
     /// failure still fail.
     func clear(_ descriptor: FileDescriptor) throws(Errno) -> Bool {
         let identity = try system.fileIdentity(descriptor.rawValue).get()
-        return state.withLock { state in
+        let cleared = state.withLock { state in
             let file = state.refusing.removeValue(forKey: .file(identity)) != nil
             let number = state.refusing.removeValue(forKey: .unidentified(descriptor.rawValue)) != nil
             refusingCount.store(state.refusing.count, ordering: .releasing)
             return file || number
         }
+        if cleared { Observers.forEach { $0.durabilityFailureCleared(backend: kind, descriptor: descriptor) } }
+        return cleared
     }
 
     /// Files whose new requests are refused (tests).

@@ -198,6 +198,7 @@ public final class GroupCommit: AsyncSyncBackend {
             // The usual case: an idle file's first request, alone. Its own sync, in its own task.
             var mine: Result<Void, any Error>?
             deliver(await runSync(me.descriptor, mode: me.mode), to: me, mine: &mine, file: file)
+            Observers.forEach { $0.groupCommitBatch(size: 1, mode: me.mode) }
             handOff(file)
             try mine?.get()
             return
@@ -241,6 +242,8 @@ public final class GroupCommit: AsyncSyncBackend {
                 continue
             }
             for member in batch { deliver(result, to: member, mine: &mine, file: file) }
+            let size = batch.count
+            Observers.forEach { $0.groupCommitBatch(size: size, mode: batchMode) }
             break
         }
         handOff(file)

@@ -101,6 +101,21 @@ public enum AsyncSync {
         _ choice: BackendChoice, prober: Prober, directory: FilePath,
         probe: (BackendKind, FilePath) -> BackendProbe
     ) throws -> any AsyncSyncBackend {
+        var probes: [BackendProbe] = []
+        let backend = try choose(choice, prober: prober, directory: directory) { kind, directory in
+            let result = probe(kind, directory)
+            probes.append(result)
+            return result
+        }
+        let chosen = "\(environmentVariable)=\(choice)"
+        Observers.forEach { $0.backendSelected(backend.kind, choice: chosen, probes: probes) }
+        return backend
+    }
+
+    private static func choose(
+        _ choice: BackendChoice, prober: Prober, directory: FilePath,
+        probe: (BackendKind, FilePath) -> BackendProbe
+    ) throws -> any AsyncSyncBackend {
         switch choice {
         case .forced(let kind):
             let probe = probe(kind, directory)
@@ -227,9 +242,16 @@ public enum AsyncSync {
 }
 
 /// The parsed value of `ASYNC_FSYNC_BACKEND`.
-enum BackendChoice: Equatable {
+enum BackendChoice: Equatable, CustomStringConvertible {
     case auto
     case forced(BackendKind)
+
+    var description: String {
+        switch self {
+        case .auto: "auto"
+        case .forced(let kind): kind.rawValue
+        }
+    }
 
     init(environmentValue: String?) throws(AsyncSyncError) {
         let trimmed = (environmentValue ?? "").trimmingSpaces.lowercased()

@@ -69,7 +69,7 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
     /// tests injecting faults on tmpfs files reach the kernel AIO path.
     init(capacity: Int, stickyFailures: Bool = true, inlineMemoryFileSystems: Bool = false,
          system: SystemCalls, ledgerObserver: (@Sendable (FailureLedger.Event) -> Void)? = nil) throws(AsyncSyncError) {
-        let ledger = FailureLedger(sticky: stickyFailures, system: system, observer: ledgerObserver)
+        let ledger = FailureLedger(kind: .libaio, sticky: stickyFailures, system: system, observer: ledgerObserver)
         engine = try AIOEngine(driver: LibaioDriver(slotCount: capacity, system: system), system: system, ledger: ledger,
                                handsOffInvalid: true)
         inline = inlineMemoryFileSystems ? InlineSync(system: system, ledger: ledger) : nil
@@ -93,6 +93,11 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
     ///
     /// Uses `io_submit(2)` and `io_getevents(2)`; `fstatfs(2)` when the inline path is on.
     public func sync(_ fd: FileDescriptor, mode: SyncMode) async throws {
+        guard Observers.isActive else { return try await syncUnobserved(fd, mode: mode) }
+        try await Observers.timed(.libaio, mode) { try await syncUnobserved(fd, mode: mode) }
+    }
+
+    private func syncUnobserved(_ fd: FileDescriptor, mode: SyncMode) async throws {
         if let inline, inline.applies(to: fd) {
             try inline.sync(fd, mode: mode, backend: .libaio, isAcceptingRequests: engine.isAcceptingRequests)
             return

@@ -52,7 +52,7 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
     /// tests injecting faults on tmpfs files reach the POSIX aio path.
     init(capacity: Int, stickyFailures: Bool = true, inlineMemoryFileSystems: Bool = false,
          system: SystemCalls, ledgerObserver: (@Sendable (FailureLedger.Event) -> Void)? = nil) throws(AsyncSyncError) {
-        let ledger = FailureLedger(sticky: stickyFailures, system: system, observer: ledgerObserver)
+        let ledger = FailureLedger(kind: .posix, sticky: stickyFailures, system: system, observer: ledgerObserver)
         engine = try AIOEngine(driver: PosixAIODriver(slotCount: capacity, system: system), system: system, ledger: ledger)
         inline = inlineMemoryFileSystems ? InlineSync(system: system, ledger: ledger) : nil
         self.ledger = ledger
@@ -74,6 +74,11 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
     /// Uses `aio_fsync(3)`, `aio_suspend(3)`, `aio_error(3)` and `aio_return(3)`; `fstatfs(2)` when
     /// the inline path is on.
     public func sync(_ fd: FileDescriptor, mode: SyncMode) async throws {
+        guard Observers.isActive else { return try await syncUnobserved(fd, mode: mode) }
+        try await Observers.timed(.posix, mode) { try await syncUnobserved(fd, mode: mode) }
+    }
+
+    private func syncUnobserved(_ fd: FileDescriptor, mode: SyncMode) async throws {
         if let inline, inline.applies(to: fd) {
             try inline.sync(fd, mode: mode, backend: .posix, isAcceptingRequests: engine.isAcceptingRequests)
             return

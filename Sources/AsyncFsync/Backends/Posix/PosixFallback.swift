@@ -48,11 +48,12 @@ final class PosixFallback: Sendable {
     func takesOver(after error: AsyncSyncError, for fd: FileDescriptor) -> Bool {
         guard error.code == .system, error.errno == .invalidArgument, error.step == .submit,
               case .success(let status) = system.fileStatus(fd.rawValue), status.isFileOrDirectory else { return false }
-        state.withLock { state in
-            if state.devices.insert(status.device).inserted {
-                deviceCount.store(state.devices.count, ordering: .releasing)
-            }
+        let new = state.withLock { state -> Bool in
+            guard state.devices.insert(status.device).inserted else { return false }
+            deviceCount.store(state.devices.count, ordering: .releasing)
+            return true
         }
+        if new { Observers.forEach { $0.fileSystemServedByPOSIX(device: Self.deviceName(status.device), refusal: error) } }
         return true
     }
 

@@ -1,0 +1,149 @@
+import SystemPackage
+
+extension AsyncSync {
+    /// The process-wide backend: made at its first use by ``makeBackend(environment:directory:)``
+    /// (so it honours `ASYNC_FSYNC_BACKEND` and `ASYNC_FSYNC_INLINE`), safe to use from anywhere,
+    /// and never shut down.
+    ///
+    /// ```swift
+    /// try await AsyncSync.shared.fdatasync(fd)
+    /// let log = GroupCommit(wrapping: AsyncSync.shared)   // shares syncs per file
+    /// ```
+    ///
+    /// It is what most code should use: every backend of a kind shares one completion thread, but
+    /// each holds its own AIO context (`capacity` events of the host's `aio-max-nr`, 65 536 by
+    /// default) and its own record of durability failures. Make a backend of your own when you
+    /// want your own capacity (backpressure) or your own sticky failures (a failed file of one
+    /// store must not refuse another's), and shut it down when you are done.
+    ///
+    /// ``AsyncSyncBackend/shutdown()`` does nothing on it: other parts of the process use it too.
+    /// When no backend can be made (a forced backend that cannot work here, an invalid setting),
+    /// every call throws that error; the first call decides, later calls do not probe again.
+    public static let shared: any AsyncSyncBackend = SharedBackend()
+}
+
+/// ``AsyncSync/shared``: the backend is made once, at first use; concurrent first callers wait for
+/// the same one.
+final class SharedBackend: AsyncSyncBackend, CustomStringConvertible {
+    private enum State {
+        case empty
+        case making(OneShot<Result<any AsyncSyncBackend, AsyncSyncError>>)
+        case made(Result<any AsyncSyncBackend, AsyncSyncError>)
+    }
+    private let state = Locked(State.empty)
+
+    /// The backend, made now if it has not been (the async probes: no thread of the pool blocks).
+    func backend() async throws -> any AsyncSyncBackend {
+        enum Step { case ready(Result<any AsyncSyncBackend, AsyncSyncError>), wait(OneShot<Result<any AsyncSyncBackend, AsyncSyncError>>), make(OneShot<Result<any AsyncSyncBackend, AsyncSyncError>>) }
+        let step = state.withLock { state -> Step in
+            switch state {
+            case .made(let result): return .ready(result)
+            case .making(let pending): return .wait(pending)
+            case .empty:
+                let pending = OneShot<Result<any AsyncSyncBackend, AsyncSyncError>>()
+                state = .making(pending)
+                return .make(pending)
+            }
+        }
+        switch step {
+        case .ready(let result):
+            return try result.get()
+        case .wait(let pending):
+            while true {
+                if let result = await pending.value(timeout: .seconds(3600)) { return try result.get() }
+            }
+        case .make(let pending):
+            let result: Result<any AsyncSyncBackend, AsyncSyncError>
+            do {
+                result = .success(try await AsyncSync.makeBackend())
+            } catch let error as AsyncSyncError {
+                result = .failure(error)
+            } catch {
+                result = .failure(AsyncSyncError(code: .backendUnavailable, errno: nil, operation: .setup, step: .setup,
+                                                 backend: nil, message: "\(error)"))
+            }
+            state.withLock { $0 = .made(result) }
+            pending.fulfill(result)
+            return try result.get()
+        }
+    }
+
+    /// The backend made from a synchronous context (it may probe, blocking for a moment).
+    private func madeBackend() -> (any AsyncSyncBackend)? {
+        let made = state.withLock { state -> Result<any AsyncSyncBackend, AsyncSyncError>? in
+            if case .made(let result) = state { return result }
+            return nil
+        }
+        if let made { return try? made.get() }
+        let result = Result { () throws(AsyncSyncError) -> any AsyncSyncBackend in
+            do { return try AsyncSync.makeBackend() } catch let error as AsyncSyncError { throw error } catch {
+                throw AsyncSyncError(code: .backendUnavailable, errno: nil, operation: .setup, step: .setup, backend: nil, message: "\(error)")
+            }
+        }
+        let winner = state.withLock { state -> Result<any AsyncSyncBackend, AsyncSyncError>? in
+            switch state {
+            case .made(let existing): return existing
+            case .empty:
+                state = .made(result)
+                return result
+            case .making: return nil  // an async first use is making it; use this one meanwhile
+            }
+        }
+        return try? (winner ?? result).get()
+    }
+
+    var kind: BackendKind { madeBackend()?.kind ?? .posix }
+
+    func sync(_ fd: FileDescriptor, mode: SyncMode) async throws {
+        try await backend().sync(fd, mode: mode)
+    }
+
+    @discardableResult
+    func clearFailure(of fd: FileDescriptor) throws -> Bool {
+        try madeBackend()?.clearFailure(of: fd) ?? false
+    }
+
+    /// Does nothing: the shared backend lives as long as the process.
+    func shutdown() async {}
+
+    var preferredTaskExecutor: (any TaskExecutor)? { madeBackend()?.preferredTaskExecutor }
+
+    var preferredSerialExecutor: (any SerialExecutor)? { madeBackend()?.preferredSerialExecutor }
+
+    var description: String {
+        let made = state.withLock { state -> (any AsyncSyncBackend)? in
+            if case .made(.success(let backend)) = state { return backend }
+            return nil
+        }
+        return "shared " + (made.map { "\($0)" } ?? "backend (not made yet)")
+    }
+}
+
+extension AsyncSyncBackend {
+    /// ``AsyncSyncBackend/fsync(_:)`` of a raw descriptor number (`FileHandle.fileDescriptor`, a
+    /// descriptor from C), so that no `FileDescriptor` needs to be built.
+    ///
+    /// - Parameter fileDescriptor: An open descriptor; it must stay open until this call returns.
+    /// - Throws: See ``AsyncSyncBackend/sync(_:mode:)``.
+    public func fsync(_ fileDescriptor: CInt) async throws {
+        try await sync(FileDescriptor(rawValue: fileDescriptor), mode: .fsync)
+    }
+
+    /// ``AsyncSyncBackend/fdatasync(_:)`` of a raw descriptor number.
+    ///
+    /// - Parameter fileDescriptor: An open descriptor; it must stay open until this call returns.
+    /// - Throws: See ``AsyncSyncBackend/sync(_:mode:)``.
+    public func fdatasync(_ fileDescriptor: CInt) async throws {
+        try await sync(FileDescriptor(rawValue: fileDescriptor), mode: .fdatasync)
+    }
+
+    /// ``AsyncSyncBackend/sync(_:mode:)`` of a raw descriptor number.
+    ///
+    /// - Parameters:
+    ///   - fileDescriptor: An open descriptor; it must stay open until this call returns.
+    ///   - mode: ``SyncMode/fsync`` or ``SyncMode/fdatasync``.
+    /// - Throws: See ``AsyncSyncBackend/sync(_:mode:)``.
+    public func sync(_ fileDescriptor: CInt, mode: SyncMode) async throws {
+        try await sync(FileDescriptor(rawValue: fileDescriptor), mode: mode)
+    }
+}

@@ -1,0 +1,134 @@
+import Foundation
+import Synchronization
+import SystemPackage
+import Testing
+
+@testable import AsyncFsync
+
+/// One observer for the whole test process (observers cannot be removed): it records every event,
+/// and a test looks at the ones of its own descriptors.
+final class RecordingObserver: AsyncSyncObserver {
+    enum Event: Equatable {
+        case selected(BackendKind, String)
+        case servedByPOSIX(String)
+        case recorded(BackendKind, CInt, Errno, Bool)
+        case cleared(BackendKind, CInt)
+        case completed(BackendKind, SyncMode, failed: Bool)
+        case batch(Int, SyncMode)
+    }
+    let events = Locked<[Event]>([])
+
+    static let shared: RecordingObserver = {
+        let observer = RecordingObserver()
+        AsyncSync.addObserver(observer)
+        return observer
+    }()
+
+    func backendSelected(_ kind: BackendKind, choice: String, probes: [BackendProbe]) {
+        events.withLock { $0.append(.selected(kind, choice)) }
+    }
+    func fileSystemServedByPOSIX(device: String, refusal: AsyncSyncError) {
+        events.withLock { $0.append(.servedByPOSIX(device)) }
+    }
+    func durabilityFailureRecorded(backend: BackendKind, descriptor: FileDescriptor, errno: Errno, sticky: Bool) {
+        events.withLock { $0.append(.recorded(backend, descriptor.rawValue, errno, sticky)) }
+    }
+    func durabilityFailureCleared(backend: BackendKind, descriptor: FileDescriptor) {
+        events.withLock { $0.append(.cleared(backend, descriptor.rawValue)) }
+    }
+    func syncCompleted(backend: BackendKind, mode: SyncMode, duration: Duration, error: (any Error)?) {
+        events.withLock { $0.append(.completed(backend, mode, failed: error != nil)) }
+    }
+    func groupCommitBatch(size: Int, mode: SyncMode) {
+        events.withLock { $0.append(.batch(size, mode)) }
+    }
+
+    func clear() { events.withLock { $0 = [] } }
+    var recorded: [Event] { events.withLock { $0 } }
+}
+
+extension AsyncFsyncTests {
+    /// What a user of the library around it gets: the shared backend, raw descriptors, observers.
+    @Suite struct Ecosystem {
+        init() { GlibcAIOUnderSanitizer.configure }
+
+        @Test("AsyncSync.shared: made at first use, honours the environment, needs no shutdown; GroupCommit over it")
+        func sharedBackend() async throws {
+            let directory = try ScratchDirectory.onDisk()
+            let fd = try directory.file("shared")
+            defer { try? fd.close() }
+            try await AsyncSync.shared.fdatasync(fd)
+            #expect(AsyncSync.shared.kind == .libaio || ProcessInfo.processInfo.environment[AsyncSync.environmentVariable] == "posix")
+            #expect("\(AsyncSync.shared)".hasPrefix("shared "))
+            await AsyncSync.shared.shutdown()  // does nothing
+            try await AsyncSync.shared.fsync(fd)
+            let group = GroupCommit(wrapping: AsyncSync.shared)
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                for _ in 0..<16 { tasks.addTask { try await group.fdatasync(fd) } }
+                try await tasks.waitForAll()
+            }
+            await group.shutdown()  // shuts the wrapped backend down: the shared one stays
+            try await AsyncSync.shared.fdatasync(fd)
+            #expect(AsyncSync.shared.preferredTaskExecutor != nil)
+        }
+
+        @Test("a raw descriptor number (FileHandle.fileDescriptor, C) syncs without building a FileDescriptor")
+        func rawDescriptor() async throws {
+            let directory = try ScratchDirectory.onDisk()
+            let path = directory.path.appending("raw").string
+            FileManager.default.createFile(atPath: path, contents: Data("record\n".utf8))
+            let handle = try #require(FileHandle(forUpdatingAtPath: path))
+            defer { try? handle.close() }
+            let backend = try await AsyncSync.makeBackend(directory: directory.path)
+            try await backend.fdatasync(handle.fileDescriptor)
+            try await backend.fsync(handle.fileDescriptor)
+            try await backend.sync(handle.fileDescriptor, mode: .fdatasync)
+            let failure = await caughtError { try await backend.fsync(CInt(-1)) } as? AsyncSyncError
+            #expect(failure?.errno == .badFileDescriptor)
+            await backend.shutdown()
+        }
+
+        @Test("an observer hears the selection, durability failures recorded and cleared, every sync, GroupCommit's batches and POSIX fallbacks",
+              arguments: BackendKind.allCases)
+        func observer(kind: BackendKind) async throws {
+            let observer = RecordingObserver.shared
+            observer.clear()
+            let directory = try ScratchDirectory.onDisk()
+            let made = try await AsyncSync.makeBackend(environment: [AsyncSync.environmentVariable: kind.rawValue],
+                                                       directory: directory.path)
+            #expect(observer.recorded.contains(.selected(kind, "\(AsyncSync.environmentVariable)=\(kind)")))
+            await made.shutdown()
+
+            let recorder = SyscallRecorder()
+            let backend = try makeBackend(kind, system: recorder.system)
+            let fd = try directory.file("observed")
+            defer { try? fd.close() }
+            observer.clear()
+            try await backend.fdatasync(fd)
+            recorder.injectAtCompletion([.ioError])
+            _ = await caughtError { try await backend.fsync(fd) }
+            #expect(try backend.clearFailure(of: fd))
+            let events = observer.recorded
+            #expect(events.contains(.completed(kind, .fdatasync, failed: false)))
+            #expect(events.contains(.completed(kind, .fsync, failed: true)))
+            #expect(events.contains(.recorded(kind, fd.rawValue, .ioError, true)))
+            #expect(events.contains(.cleared(kind, fd.rawValue)))
+
+            observer.clear()
+            let group = GroupCommit(wrapping: backend)
+            try await group.fdatasync(fd)
+            #expect(observer.recorded.contains(.batch(1, .fdatasync)))
+            await group.shutdown()
+
+            if kind == .libaio {
+                var system = SystemCalls.live
+                system.ioSubmit = { _, _, _ in .failure(.invalidArgument) }  // a file system without AIO fsync
+                let refusing = try LibaioBackend(capacity: 4, system: system)
+                observer.clear()
+                try await refusing.fdatasync(fd)
+                #expect(observer.recorded.contains { if case .servedByPOSIX = $0 { true } else { false } })
+                await refusing.shutdown()
+            }
+        }
+    }
+}
