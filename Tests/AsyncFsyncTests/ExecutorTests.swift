@@ -18,6 +18,16 @@ func completionThreadName(_ kind: BackendKind) -> String {
     String("asyncfsync-\(kind.rawValue)".prefix(15))
 }
 
+/// The live system calls under an id of their own, so that a backend made with them gets a
+/// completion thread that no other backend of the process shares (the live table's thread is
+/// shared, for example with `AsyncSync.shared`, and outlives any one backend).
+func liveWithOwnThread() -> SystemCalls {
+    var system = SystemCalls.live
+    let aioError = system.aioError
+    system.aioError = aioError  // any change renews the id
+    return system
+}
+
 func taskExecutor(of backend: any AsyncSyncBackend) -> any TaskExecutor {
     backend.preferredTaskExecutor ?? globalConcurrentExecutor
 }
@@ -123,7 +133,7 @@ extension AsyncFsyncTests {
             let directory = try ScratchDirectory.onDisk()
             let fd = try directory.file("data")
             defer { try? fd.close() }
-            let backend = try makeBackend(kind)
+            let backend = try makeBackend(kind, system: liveWithOwnThread())
             let executor = taskExecutor(of: backend)
             await backend.shutdown()
             let (name, error) = await Task(executorPreference: executor) {
@@ -137,7 +147,7 @@ extension AsyncFsyncTests {
         @Test("a task that keeps running on the executor does not hold up shutdown; it goes on elsewhere",
               arguments: BackendKind.allCases)
         func busyTaskDuringShutdown(kind: BackendKind) async throws {
-            let backend = try makeBackend(kind)
+            let backend = try makeBackend(kind, system: liveWithOwnThread())
             let stop = Locked(false)
             let spinner = Task(executorPreference: taskExecutor(of: backend)) {
                 var onCompletionThread = 0
@@ -164,7 +174,7 @@ extension AsyncFsyncTests {
             let fd = try directory.file("data")
             defer { try? fd.close() }
             let threadsBefore = Resources.threadCount()
-            let backend = try makeBackend(kind)
+            let backend = try makeBackend(kind, system: liveWithOwnThread())
             try await withTaskExecutorPreference(taskExecutor(of: backend)) {
                 try await backend.fsync(fd)
                 await backend.shutdown()
