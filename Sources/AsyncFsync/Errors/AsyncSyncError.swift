@@ -128,6 +128,7 @@ extension AsyncSyncError {
         /// The backend was shut down; no new requests are accepted.
         public static let shutDown = Code(.shutDown)
 
+        /// The code's name in words, as in docs/errors.md (`"durability"`, `"earlier failure"`, …).
         public var description: String {
             switch base {
             case .system: "system"
@@ -152,7 +153,7 @@ extension AsyncSyncError {
         public static let fdatasync = Operation(.fdatasync)
         /// Creating a backend (for example `io_setup(2)` or choosing a backend).
         public static let setup = Operation(.setup)
-        /// Probing whether a backend works (see ``AsyncSync/probe()``).
+        /// Probing whether a backend works (see ``AsyncSync/probe(directory:)-768mu``).
         public static let probe = Operation(.probe)
 
         /// The operation of a sync in `mode`.
@@ -163,6 +164,7 @@ extension AsyncSyncError {
         /// Whether this is ``fsync`` or ``fdatasync``.
         public var isSync: Bool { base == .fsync || base == .fdatasync }
 
+        /// The operation's name: `"fsync"`, `"fdatasync"`, `"setup"` or `"probe"`.
         public var description: String {
             switch base {
             case .fsync: "fsync"
@@ -184,15 +186,20 @@ extension AsyncSyncError {
         /// Before anything reached the system (the backend was shut down, a bad setting).
         case request
 
+        /// The step's name, its raw value (`"submit"`, …).
         public var description: String { rawValue }
     }
 
     /// A place in this library's source.
     public struct SourceLocation: Hashable, Sendable, CustomStringConvertible {
+        /// The function, as `#function` gives it.
         public var function: String
+        /// The file, as `#fileID` gives it (`AsyncFsync/Engine/AIOEngine.swift`).
         public var file: String
+        /// The line in ``file``.
         public var line: Int
 
+        /// A location given part by part.
         public init(function: String, file: String, line: Int) {
             self.function = function
             self.file = file
@@ -204,6 +211,7 @@ extension AsyncSyncError {
             SourceLocation(function: function, file: file, line: line)
         }
 
+        /// `file:line (function)`.
         public var description: String { "\(file):\(line) (\(function))" }
     }
 }

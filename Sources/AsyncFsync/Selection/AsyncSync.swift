@@ -16,7 +16,7 @@ public enum AsyncSync {
     ///
     /// Values: `on` (the default, also when unset or empty) or `off`; `1`/`0`, `true`/`false` and
     /// `yes`/`no` are accepted too, surrounding spaces are ignored and letter case does not
-    /// matter. Any other value is an error. With `on`, backends made by ``makeBackend()`` sync a
+    /// matter. Any other value is an error. With `on`, backends made by ``makeBackend(environment:directory:)-uycg`` sync a
     /// descriptor on tmpfs or ramfs with a direct `fsync(2)` / `fdatasync(2)`: such a file system
     /// has no backing store and its fsync returns at once. See
     /// ``LibaioBackend/init(capacity:stickyFailures:inlineMemoryFileSystems:)``.

@@ -7,7 +7,7 @@ import SystemPackage
 /// through `io_submit(2)`, `io_getevents(2)` with a timeout, `io_destroy(2)`; or one
 /// `aio_fsync(3)` with `O_DSYNC` waited for with `aio_suspend(3)` and a timeout). A backend is
 /// usable when that sync completed successfully. Results are cached per file system (see
-/// ``AsyncSync/probe(directory:)``); docs/selection.md lists the steps and their cost.
+/// ``AsyncSync/probe(directory:)-768mu``); docs/selection.md lists the steps and their cost.
 ///
 /// ```
 /// libaio: usable (ext4 in /tmp; probe took 0.21 ms)
@@ -26,6 +26,7 @@ public struct BackendProbe: Sendable, Hashable, CustomStringConvertible {
         /// No completion within the probe's timeout (a stuck file system?).
         case timeout
 
+        /// The step's name, its raw value.
         public var description: String { rawValue }
     }
 
@@ -44,7 +45,7 @@ public struct BackendProbe: Sendable, Hashable, CustomStringConvertible {
     /// Whether the file system keeps its data in memory only (tmpfs, ramfs): its fsync does
     /// nothing but return 0.
     public var isMemoryFileSystem: Bool
-    /// Whether backends made by ``AsyncSync/makeBackend()`` sync files on this file system inline
+    /// Whether backends made by ``AsyncSync/makeBackend(environment:directory:)-uycg`` sync files on this file system inline
     /// (a direct `fsync(2)` on the caller's thread): on a memory file system unless
     /// `ASYNC_FSYNC_INLINE=off`.
     public var inlineSync: Bool

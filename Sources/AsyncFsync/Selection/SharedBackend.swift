@@ -1,7 +1,7 @@
 import SystemPackage
 
 extension AsyncSync {
-    /// The process-wide backend: made at its first use by ``makeBackend(environment:directory:)``
+    /// The process-wide backend: made at its first use by ``makeBackend(environment:directory:)-uycg``
     /// (so it honours `ASYNC_FSYNC_BACKEND` and `ASYNC_FSYNC_INLINE`), safe to use from anywhere,
     /// and never shut down.
     ///
@@ -120,7 +120,7 @@ final class SharedBackend: AsyncSyncBackend, CustomStringConvertible {
 }
 
 extension AsyncSyncBackend {
-    /// ``AsyncSyncBackend/fsync(_:)`` of a raw descriptor number (`FileHandle.fileDescriptor`, a
+    /// ``AsyncSyncBackend/fsync(_:)-(FileDescriptor)`` of a raw descriptor number (`FileHandle.fileDescriptor`, a
     /// descriptor from C), so that no `FileDescriptor` needs to be built.
     ///
     /// - Parameter fileDescriptor: An open descriptor; it must stay open until this call returns.
@@ -129,7 +129,7 @@ extension AsyncSyncBackend {
         try await sync(FileDescriptor(rawValue: fileDescriptor), mode: .fsync)
     }
 
-    /// ``AsyncSyncBackend/fdatasync(_:)`` of a raw descriptor number.
+    /// ``AsyncSyncBackend/fdatasync(_:)-(FileDescriptor)`` of a raw descriptor number.
     ///
     /// - Parameter fileDescriptor: An open descriptor; it must stay open until this call returns.
     /// - Throws: See ``AsyncSyncBackend/sync(_:mode:)``.
