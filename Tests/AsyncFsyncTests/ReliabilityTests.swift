@@ -136,14 +136,26 @@ extension AsyncFsyncTests {
             // The sync of `wal` fails with EIO; all three completions are reaped in one look.
             let failing = wal.rawValue
             let hold = Atomic<Bool>(true)
+            // The control blocks of the failing descriptor, noted where they are submitted (the
+            // submitting thread wrote them); the completion side looks them up under the lock
+            // instead of reading memory the kernel handed back (a hand-off ThreadSanitizer
+            // cannot see).
+            let failingControls = Locked<Set<UInt>>([])
             var system = SystemCalls.live
+            system.ioSubmit = { context, count, list in
+                failingControls.withLock { controls in
+                    for index in 0..<count where list[index]!.pointee.aio_fildes == UInt32(failing) {
+                        controls.insert(UInt(bitPattern: list[index]))
+                    }
+                }
+                return SystemCalls.live.ioSubmit(context, count, list)
+            }
             system.reapCompletions = { context, events, maximum in
                 if hold.exchange(false, ordering: .relaxed) { usleep(50_000) }  // let all three complete
                 let result = SystemCalls.live.reapCompletions(context, events, maximum)
                 if case .success(let count) = result {
-                    for index in 0..<count {
-                        let control = UnsafePointer<iocb>(bitPattern: UInt(events[index].obj))
-                        if control?.pointee.aio_fildes == UInt32(failing) { events[index].res = -Int64(Errno.ioError.rawValue) }
+                    for index in 0..<count where failingControls.withLock({ $0.contains(UInt(events[index].obj)) }) {
+                        events[index].res = -Int64(Errno.ioError.rawValue)
                     }
                 }
                 return result
@@ -152,9 +164,16 @@ extension AsyncFsyncTests {
                 if hold.exchange(false, ordering: .relaxed) { usleep(50_000) }
                 return SystemCalls.live.aioSuspend(list, count, timeout)
             }
+            system.aioFsync = { mode, control in
+                if control.pointee.aio_fildes == failing {
+                    failingControls.withLock { _ = $0.insert(UInt(bitPattern: control)) }
+                }
+                return SystemCalls.live.aioFsync(mode, control)
+            }
             system.aioError = { control in
                 let status = SystemCalls.live.aioError(control)
-                return status == .succeeded && control.pointee.aio_fildes == failing ? .failed(.ioError) : status
+                let isFailing = failingControls.withLock { $0.contains(UInt(bitPattern: control)) }
+                return status == .succeeded && isFailing ? .failed(.ioError) : status
             }
             let backend = try makeBackend(kind, system: system)
             let tasks = [wal, walAgain, other].map { fd in Task { await caughtError { try await backend.fdatasync(fd) } } }

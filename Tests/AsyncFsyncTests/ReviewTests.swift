@@ -289,11 +289,14 @@ extension AsyncFsyncTests {
             var system = recorder.system
             system.ioSubmit = { context, count, iocbs in
                 guard descriptor(of: iocbs) == raw else { return SystemCalls.live.ioSubmit(context, count, iocbs) }
-                if submits.next() == 1 { _ = blockingEventually(3) { (box.value?.engine.outstandingCount ?? 0) == 2 } }
+                // Generous: under ThreadSanitizer on a loaded machine the second request can take
+                // seconds to arrive, and the interleaving needs it in the engine by now. It
+                // returns as soon as it is.
+                if submits.next() == 1 { _ = blockingEventually(30) { (box.value?.engine.outstandingCount ?? 0) == 2 } }
                 return .failure(.invalidArgument)
             }
             system.fileStatus = { descriptor in
-                if descriptor == raw, statuses.next() == 2 { _ = blockingEventually(5) { open.isRaised } }
+                if descriptor == raw, statuses.next() == 2 { _ = blockingEventually(30) { open.isRaised } }
                 return SystemCalls.live.fileStatus(descriptor)
             }
             return system
