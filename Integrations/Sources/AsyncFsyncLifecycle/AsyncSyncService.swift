@@ -10,7 +10,7 @@ import ServiceLifecycle
 /// let syncService = try await AsyncSyncService(directory: "/var/lib/mydb")
 /// let database = Database(syncingWith: syncService.backend)
 /// let group = ServiceGroup(
-///     services: [database, syncService],   // started in order, shut down in reverse order
+///     services: [syncService, database],   // shut down in reverse order: database first
 ///     gracefulShutdownSignals: [.sigterm],
 ///     logger: logger
 /// )

@@ -102,6 +102,9 @@ public struct AsyncSyncLogging: AsyncSyncObserver {
     /// Logs a failed sync at ``syncFailureLevel`` (nothing when it is `nil` or the sync succeeded).
     public func syncCompleted(backend: BackendKind, mode: SyncMode, duration: Duration, error: (any Error)?) {
         guard let error, var level = syncFailureLevel else { return }
+        if error is CancellationError, level > .debug { level = .debug }
+        // Nothing is built for a message the logger's level filters out.
+        guard logger.logLevel <= level else { return }
         var metadata: Logger.Metadata = [
             "backend": "\(backend)",
             "mode": "\(mode)",
@@ -115,7 +118,6 @@ public struct AsyncSyncLogging: AsyncSyncObserver {
             if let descriptor = error.descriptor { metadata["descriptor"] = "\(descriptor.rawValue)" }
         case is CancellationError:
             metadata["code"] = "cancelled"
-            if level > .debug { level = .debug }
         default:
             break
         }

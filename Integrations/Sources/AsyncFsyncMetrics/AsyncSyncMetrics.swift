@@ -55,11 +55,18 @@ public final class AsyncSyncMetrics: AsyncSyncObserver {
     private let batchSizes: [Recorder]
     private let failures = Mutex<[FailureKey: Counter]>([:])
 
+    /// What a failure's counter is kept under: cheap to hash (no strings), named only when its
+    /// counter is made.
     private struct FailureKey: Hashable {
+        enum Kind: Hashable {
+            case library(AsyncSyncError.Code)
+            case cancelled
+            case other
+        }
         var backend: BackendKind
         var mode: SyncMode
-        var code: String
-        var errno: String
+        var kind: Kind
+        var errno: Errno?
     }
 
     private static let modes: [SyncMode] = [.fsync, .fdatasync]
@@ -137,13 +144,11 @@ public final class AsyncSyncMetrics: AsyncSyncObserver {
         let key: FailureKey
         switch error {
         case let error as AsyncSyncError:
-            key = FailureKey(
-                backend: backend, mode: mode, code: Self.codeName(error.code),
-                errno: error.errno.map(ErrnoName.of) ?? "none")
+            key = FailureKey(backend: backend, mode: mode, kind: .library(error.code), errno: error.errno)
         case is CancellationError:
-            key = FailureKey(backend: backend, mode: mode, code: "cancelled", errno: "none")
+            key = FailureKey(backend: backend, mode: mode, kind: .cancelled, errno: nil)
         default:
-            key = FailureKey(backend: backend, mode: mode, code: "other", errno: "none")
+            key = FailureKey(backend: backend, mode: mode, kind: .other, errno: nil)
         }
         failureCounter(key).increment()
     }
@@ -183,11 +188,17 @@ public final class AsyncSyncMetrics: AsyncSyncObserver {
     private func failureCounter(_ key: FailureKey) -> Counter {
         failures.withLock { table in
             if let counter = table[key] { return counter }
+            let code: String
+            switch key.kind {
+            case .library(let libraryCode): code = Self.codeName(libraryCode)
+            case .cancelled: code = "cancelled"
+            case .other: code = "other"
+            }
             let counter = Counter(
                 label: "\(labelPrefix)_sync_failures",
                 dimensions: [
-                    ("backend", key.backend.rawValue), ("mode", key.mode.description), ("code", key.code),
-                    ("errno", key.errno),
+                    ("backend", key.backend.rawValue), ("mode", key.mode.description), ("code", code),
+                    ("errno", key.errno.map(ErrnoName.of) ?? "none"),
                 ],
                 factory: factory)
             table[key] = counter

@@ -93,7 +93,7 @@ extension IntegrationsTests {
                     Issue.record("sync through a shut-down backend succeeded")
                 } catch let error as AsyncSyncError {
                     #expect(error.code == .shutDown)
-                    if let descriptor = error.descriptor { #expect(descriptor == own) }
+                    #expect(error.descriptor == own)
                 }
                 // The handle is untouched by the failed sync.
                 try await handle.write(contentsOf: Array("ok".utf8), toAbsoluteOffset: 0)
