@@ -1,0 +1,260 @@
+import AsyncFsync
+import CoreMetrics
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// An ``AsyncFsync/AsyncSyncObserver`` that records what the library's syncs cost and how they end,
+/// with swift-metrics.
+///
+/// Install it once, after `MetricsSystem.bootstrap(_:)`:
+///
+/// ```swift
+/// MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+/// AsyncSyncMetrics.bootstrap()                 // labels start with "asyncfsync_"
+/// ```
+///
+/// The metrics (with the default ``labelPrefix`` `asyncfsync`):
+///
+/// | Label | Kind | Dimensions | Recorded |
+/// |---|---|---|---|
+/// | `asyncfsync_sync_duration` | `Timer` (ns) | `backend`, `mode` | every sync call's duration, success or not |
+/// | `asyncfsync_syncs` | `Counter` | `backend`, `mode` | every sync call |
+/// | `asyncfsync_sync_failures` | `Counter` | `backend`, `mode`, `code`, `errno` | every sync call that threw |
+/// | `asyncfsync_posix_fallbacks` | `Counter` | `device` | a file system kernel AIO refused, served through POSIX aio from then on |
+/// | `asyncfsync_durability_failures` | `Counter` | `backend`, `errno` | a durability failure recorded for a file |
+/// | `asyncfsync_durability_failures_cleared` | `Counter` | `backend` | a recorded failure cleared |
+/// | `asyncfsync_group_commit_batch_size` | `Recorder` (histogram) | `mode` | requests covered by each ``AsyncFsync/GroupCommit`` sync |
+/// | `asyncfsync_backend_selections` | `Counter` | `backend` | each backend made by ``AsyncFsync/AsyncSync/makeBackend(environment:directory:)`` |
+///
+/// `backend` is ``AsyncFsync/BackendKind``'s raw value (`libaio`, `posix`), `mode` `fsync` or
+/// `fdatasync`. For a failure, `code` is the ``AsyncFsync/AsyncSyncError/code`` in snake case
+/// (`system`, `earlier_failure`, `concurrent_failure`, `shut_down`, …), `cancelled` for a
+/// `CancellationError` and `other` for any other error; `errno` is the symbolic name of
+/// ``AsyncFsync/AsyncSyncError/errno`` (`EIO`, `ENOSPC`, `EBADF`, …; `errno_<n>` for one without a
+/// name here) or `none`. These dimensions have a small, fixed set of values.
+///
+/// The per-sync metrics (the timer and the request counter for each backend and mode, the batch
+/// size recorder for each mode) are made once, when the observer is made; a failure's counter is
+/// made at its first occurrence and kept in a lock-protected table. A successful sync costs two
+/// array lookups and the factory's timer and counter updates; run `integrations-observer-cost` to
+/// see the figure on a host.
+public final class AsyncSyncMetrics: AsyncSyncObserver {
+    /// The start of every label: `<labelPrefix>_sync_duration`, …
+    public let labelPrefix: String
+
+    private let factory: any MetricsFactory
+    /// Indexed by ``slot(_:_:)``: backend kind × mode.
+    private let durations: [Timer]
+    private let requests: [Counter]
+    /// Indexed by mode (0 fsync, 1 fdatasync).
+    private let batchSizes: [Recorder]
+    private let failures = Mutex<[FailureKey: Counter]>([:])
+
+    /// What a failure's counter is kept under: cheap to hash (no strings), named only when its
+    /// counter is made.
+    private struct FailureKey: Hashable {
+        enum Kind: Hashable {
+            case library(AsyncSyncError.Code)
+            case cancelled
+            case other
+        }
+        var backend: BackendKind
+        var mode: SyncMode
+        var kind: Kind
+        var errno: Errno?
+    }
+
+    private static let modes: [SyncMode] = [.fsync, .fdatasync]
+
+    /// Creates the observer and its per-sync metrics; add it with ``AsyncFsync/AsyncSync/addObserver(_:)``
+    /// (or use ``bootstrap(labelPrefix:factory:)``, which does both).
+    ///
+    /// - Parameters:
+    ///   - labelPrefix: The start of every label, followed by `_`. Default `asyncfsync`.
+    ///   - factory: The metrics factory; the default is `MetricsSystem.factory` as it is *now*, so
+    ///     bootstrap the metrics system first. Pass a factory of your own (for example
+    ///     MetricsTestKit's `TestMetrics`) to keep these metrics out of the global system.
+    public init(labelPrefix: String = "asyncfsync", factory: any MetricsFactory = MetricsSystem.factory) {
+        self.labelPrefix = labelPrefix
+        self.factory = factory
+        var durations: [Timer] = []
+        var requests: [Counter] = []
+        for kind in BackendKind.allCases {
+            for mode in Self.modes {
+                let dimensions = [("backend", kind.rawValue), ("mode", mode.description)]
+                durations.append(Timer(label: "\(labelPrefix)_sync_duration", dimensions: dimensions, factory: factory))
+                requests.append(Counter(label: "\(labelPrefix)_syncs", dimensions: dimensions, factory: factory))
+            }
+        }
+        self.durations = durations
+        self.requests = requests
+        self.batchSizes = Self.modes.map { mode in
+            Recorder(
+                label: "\(labelPrefix)_group_commit_batch_size", dimensions: [("mode", mode.description)],
+                aggregate: true, factory: factory)
+        }
+    }
+
+    /// Creates the observer and adds it for the life of the process
+    /// (``AsyncFsync/AsyncSync/addObserver(_:)``). Call it once, after `MetricsSystem.bootstrap(_:)`.
+    ///
+    /// - Parameters:
+    ///   - labelPrefix: The start of every label. Default `asyncfsync`.
+    ///   - factory: The metrics factory; default `MetricsSystem.factory`.
+    /// - Returns: The installed observer.
+    @discardableResult
+    public static func bootstrap(
+        labelPrefix: String = "asyncfsync", factory: any MetricsFactory = MetricsSystem.factory
+    ) -> AsyncSyncMetrics {
+        let observer = AsyncSyncMetrics(labelPrefix: labelPrefix, factory: factory)
+        AsyncSync.addObserver(observer)
+        return observer
+    }
+
+    @inline(__always)
+    private static func slot(_ kind: BackendKind, _ mode: SyncMode) -> Int {
+        let kindIndex: Int
+        switch kind {
+        case .libaio: kindIndex = 0
+        case .posix: kindIndex = 1
+        }
+        return kindIndex * 2 + modeIndex(mode)
+    }
+
+    @inline(__always)
+    private static func modeIndex(_ mode: SyncMode) -> Int {
+        switch mode {
+        case .fsync: 0
+        case .fdatasync: 1
+        }
+    }
+
+    /// Records the duration in `<prefix>_sync_duration`, counts the call in `<prefix>_syncs` and,
+    /// when `error` is not `nil`, in `<prefix>_sync_failures`.
+    public func syncCompleted(backend: BackendKind, mode: SyncMode, duration: Duration, error: (any Error)?) {
+        let slot = Self.slot(backend, mode)
+        durations[slot].recordNanoseconds(Self.nanoseconds(duration))
+        requests[slot].increment()
+        guard let error else { return }
+        let key: FailureKey
+        switch error {
+        case let error as AsyncSyncError:
+            key = FailureKey(backend: backend, mode: mode, kind: .library(error.code), errno: error.errno)
+        case is CancellationError:
+            key = FailureKey(backend: backend, mode: mode, kind: .cancelled, errno: nil)
+        default:
+            key = FailureKey(backend: backend, mode: mode, kind: .other, errno: nil)
+        }
+        failureCounter(key).increment()
+    }
+
+    /// Counts the file system in `<prefix>_posix_fallbacks`.
+    public func fileSystemServedByPOSIX(device: String, refusal: AsyncSyncError) {
+        Counter(label: "\(labelPrefix)_posix_fallbacks", dimensions: [("device", device)], factory: factory).increment()
+    }
+
+    /// Counts the failure in `<prefix>_durability_failures`.
+    public func durabilityFailureRecorded(backend: BackendKind, descriptor: FileDescriptor, errno: Errno, sticky: Bool) {
+        Counter(
+            label: "\(labelPrefix)_durability_failures",
+            dimensions: [("backend", backend.rawValue), ("errno", ErrnoName.of(errno))], factory: factory
+        ).increment()
+    }
+
+    /// Counts the clearing in `<prefix>_durability_failures_cleared`.
+    public func durabilityFailureCleared(backend: BackendKind, descriptor: FileDescriptor) {
+        Counter(
+            label: "\(labelPrefix)_durability_failures_cleared", dimensions: [("backend", backend.rawValue)],
+            factory: factory
+        ).increment()
+    }
+
+    /// Records the batch size in `<prefix>_group_commit_batch_size`.
+    public func groupCommitBatch(size: Int, mode: SyncMode) {
+        batchSizes[Self.modeIndex(mode)].record(size)
+    }
+
+    /// Counts the selection in `<prefix>_backend_selections`.
+    public func backendSelected(_ kind: BackendKind, choice: String, probes: [BackendProbe]) {
+        Counter(label: "\(labelPrefix)_backend_selections", dimensions: [("backend", kind.rawValue)], factory: factory)
+            .increment()
+    }
+
+    private func failureCounter(_ key: FailureKey) -> Counter {
+        failures.withLock { table in
+            if let counter = table[key] { return counter }
+            let code: String
+            switch key.kind {
+            case .library(let libraryCode): code = Self.codeName(libraryCode)
+            case .cancelled: code = "cancelled"
+            case .other: code = "other"
+            }
+            let counter = Counter(
+                label: "\(labelPrefix)_sync_failures",
+                dimensions: [
+                    ("backend", key.backend.rawValue), ("mode", key.mode.description), ("code", code),
+                    ("errno", key.errno.map(ErrnoName.of) ?? "none"),
+                ],
+                factory: factory)
+            table[key] = counter
+            return counter
+        }
+    }
+
+    @inline(__always)
+    private static func nanoseconds(_ duration: Duration) -> Int64 {
+        let (seconds, attoseconds) = duration.components
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
+
+    private static func codeName(_ code: AsyncSyncError.Code) -> String {
+        // Code's description is words ("earlier failure"); a dimension value is one token.
+        code.description.replacingSpaces(with: "_")
+    }
+}
+
+extension String {
+    fileprivate func replacingSpaces(with replacement: Character) -> String {
+        String(map { $0 == " " ? replacement : $0 })
+    }
+}
+
+/// Symbolic errno names for metric dimensions (AsyncFsync keeps its own table internal).
+enum ErrnoName {
+    static func of(_ errno: Errno) -> String {
+        switch errno.rawValue {
+        case EIO: "EIO"
+        case ENOSPC: "ENOSPC"
+        case EDQUOT: "EDQUOT"
+        case EROFS: "EROFS"
+        case EBADF: "EBADF"
+        case EINVAL: "EINVAL"
+        case EAGAIN: "EAGAIN"
+        case ENOSYS: "ENOSYS"
+        case EINTR: "EINTR"
+        case ECANCELED: "ECANCELED"
+        case EOPNOTSUPP: "EOPNOTSUPP"
+        case EPERM: "EPERM"
+        case EACCES: "EACCES"
+        case ENOMEM: "ENOMEM"
+        case EMFILE: "EMFILE"
+        case ENFILE: "ENFILE"
+        case ENOENT: "ENOENT"
+        case ENOTCONN: "ENOTCONN"
+        case ETIMEDOUT: "ETIMEDOUT"
+        case ESTALE: "ESTALE"
+        case EFBIG: "EFBIG"
+        case ENXIO: "ENXIO"
+        case ENODEV: "ENODEV"
+        case EOVERFLOW: "EOVERFLOW"
+        case EREMOTEIO: "EREMOTEIO"
+        case ESHUTDOWN: "ESHUTDOWN"
+        default: "errno_\(errno.rawValue)"
+        }
+    }
+}
