@@ -698,6 +698,85 @@ extension AsyncFsyncTests {
             #expect(state.lateWrites == 0, "a write reached a closed (or reused) eventfd")
         }
 
+        // MARK: - Review 3 (853d39e, 122ac55, 98ce92e)
+
+        // FINDING (a cancelled request is submitted; cancellation not looked at while it waits).
+        // 853d39e: a request that looks as if it will be handed to the system at once
+        // (`handsOverAtOnce`) gets no cancellation handler; one that "turns out to wait" is
+        // marked (`checksCancellation`) only when its first `arrive` answers `.needsIdentity`.
+        // But the first `arrive` also answers `.queued` while *another thread holds the submitter
+        // role*: the batch is in the ready queue, unmarked, relying on that submitter to take it.
+        // If the submitter's io_submit then gets EAGAIN with other syncs in flight, `exhausted`
+        // puts the refused batch back in front and blocks submission until a completion: the
+        // unmarked request now waits for a slot with no handler and no check. Cancelling its task
+        // does nothing; when the completion comes its batch is submitted and the request reports
+        // the sync's answer, where design.md promises `CancellationError` and "never submitted"
+        // for a request cancelled while it waits for a slot (and the commit message promises that
+        // a request that turns out to wait is checked before its batch is submitted).
+        //
+        // Interleaving (capacity 3): A in flight (completion held). X's request takes the role and
+        // is inside io_submit. R arrives: descriptor idle, a slot free, nothing ready: no handler;
+        // `arrive` → `.queued` (X's thread submits). X's io_submit → EAGAIN; A is in flight, so X
+        // goes back in front and the engine blocks on resources; R sits in the ready queue. R's
+        // task is cancelled: nothing happens. A completes; X and R are submitted; R succeeds.
+        // Fix: pass the task to the first `arrive` as well and, for a request without a handler,
+        // mark it (flag + task) whenever the answer is `.queued`, not only after `.needsIdentity`
+        // (the executor path answers `.queued` for every request, so that costs a dictionary
+        // insert there); or give `exhausted` what it needs to mark the waiters of the batches it
+        // blocks (the waiting starts there).
+        @Test("FINDING: a request without a handler that ends up waiting for a slot behind an EAGAIN is cancellable",
+              arguments: BackendKind.allCases)
+        func unhandledRequestBlockedBehindEAGAIN(kind: BackendKind) async throws {
+            let directory = try ScratchDirectory.onTmpfs()
+            let a = try directory.file("a")
+            let x = try directory.file("x")
+            let r = try directory.file("r")
+            defer { try? a.close(); try? x.close(); try? r.close() }
+            let recorder = SyscallRecorder()
+            let box = Later<AnyObject>()
+            let xFD = x.rawValue
+            let xSubmits = Counter()
+            @Sendable func outstandingNow() -> Int { (box.value as? any AsyncSyncBackend).map { outstanding($0) } ?? 0 }
+            var system = recorder.system
+            let recorded = recorder.system
+            system.ioSubmit = { context, count, iocbs in
+                if descriptor(of: iocbs) == xFD, xSubmits.next() == 1 {
+                    // Until R is in the engine (queued behind this submitter), then: out of resources.
+                    _ = blockingEventually(3) { outstandingNow() == 3 }
+                    return .failure(.resourceTemporarilyUnavailable)
+                }
+                return recorded.ioSubmit(context, count, iocbs)
+            }
+            system.aioFsync = { mode, control in
+                if control.pointee.aio_fildes == xFD, xSubmits.next() == 1 {
+                    _ = blockingEventually(3) { outstandingNow() == 3 }
+                    return .failure(.resourceTemporarilyUnavailable)
+                }
+                return recorded.aioFsync(mode, control)
+            }
+            let backend = try makeBackend(kind, capacity: 3, system: system)
+            box.set(backend as AnyObject)
+            recorder.closeGate()  // A's completion is held
+            let first = Watched { try await backend.fsync(a) }
+            try #require(await eventually { recorder.submitted == 1 })
+            let refused = Watched { try await backend.fsync(x) }
+            try #require(await eventually { xSubmits.current == 1 })
+            let request = Watched { try await backend.fsync(r) }
+            // X refused with EAGAIN and back in the queue, R behind it: both wait for A.
+            try #require(await eventually { waiting(backend) == 2 })
+            request.task.cancel()
+            let cancelled = await eventually(2) { request.isDone }
+            #expect(cancelled, "a request cancelled while it waits for a slot is not resumed")
+            let submittedBefore = recorder.submitted
+            recorder.openGate()
+            #expect(await eventually(5) { first.isDone && refused.isDone && request.isDone })
+            #expect(first.succeeded && refused.succeeded)
+            #expect(request.error is CancellationError, "cancelled while waiting, it was submitted: \(String(describing: request.outcome))")
+            try #require(await eventually { outstanding(backend) == 0 })
+            #expect(recorder.submitted - submittedBefore == 1, "only X is submitted after the completion")
+            await backend.shutdown()
+        }
+
         // @@MORE@@
     }
 }
