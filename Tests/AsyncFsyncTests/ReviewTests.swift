@@ -112,6 +112,43 @@ actor DocumentedSerialActor {
     }
 }
 
+/// An observer (process-wide, like every observer) that, once armed, holds the next
+/// `backendSelected` call until released: a backend's creation stays in progress meanwhile.
+final class HoldingObserver: AsyncSyncObserver {
+    private struct State { var armed = false; var holding = false; var released = false }
+    private let state = Locked(State())
+
+    static let shared: HoldingObserver = {
+        let observer = HoldingObserver()
+        AsyncSync.addObserver(observer)
+        return observer
+    }()
+
+    func arm() { state.withLock { $0 = State(armed: true) } }
+    func release() { state.withLock { $0.released = true } }
+    var isHolding: Bool { state.withLock { $0.holding } }
+
+    func backendSelected(_ kind: BackendKind, choice: String, probes: [BackendProbe]) {
+        let hold = state.withLock { state -> Bool in
+            guard state.armed else { return false }
+            state.armed = false
+            state.holding = true
+            return true
+        }
+        guard hold else { return }
+        _ = blockingEventually(10) { state.withLock { $0.released } }
+        state.withLock { $0.holding = false }
+    }
+}
+
+/// CPU time the process has used (user + system), in seconds.
+func processCPUSeconds() -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec)
+        + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1_000_000
+}
+
 extension AsyncFsyncTests {
     /// Adversarial review of the engine rewrite (EngineState, AIOEngine, CompletionHub,
     /// FailureLedger, the drivers and the POSIX fallback). Tests named "FINDING" fail on the code
@@ -775,6 +812,94 @@ extension AsyncFsyncTests {
             try #require(await eventually { outstanding(backend) == 0 })
             #expect(recorder.submitted - submittedBefore == 1, "only X is submitted after the completion")
             await backend.shutdown()
+        }
+
+        // FINDING (a cancelled task spins at full speed; 98ce92e). `SharedBackend.backend()`: a
+        // caller that finds the shared backend being made waits with
+        // `while true { if let result = await pending.value(timeout: 3600 s) { … } }`. For a
+        // cancelled task `OneShot.value(timeout:)` returns nil at once (its waiting child sees the
+        // cancellation, its sleeping child throws), so the loop never suspends for long: the task
+        // burns a core, creating two child tasks per turn, until the first creation ends — up to
+        // about 3 s per probed kind on a file system that does not answer, for every cancelled
+        // task that touched `AsyncSync.shared` meanwhile (a cancelled server's request handlers).
+        //
+        // Interleaving: task 1 makes the shared backend (held here in `backendSelected`, standing
+        // for a slow probe); task 2 calls `backend()`, finds `.making`, is cancelled. Fix:
+        // `try Task.checkCancellation()` after a nil from `value(timeout:)` (a cancelled caller
+        // gets CancellationError, which the engine would throw for it anyway), and make the
+        // backend in an unstructured task that every caller, the first included, waits for: a
+        // cancelled first caller must not decide the process-wide backend either (its probes
+        // return at once as "no answer within 3000 ms", and the backend is made unprobed).
+        @Test("FINDING: a cancelled task waiting for AsyncSync.shared's first creation neither spins nor waits for it")
+        func sharedBackendCancelledWaiterSpins() async throws {
+            let observer = HoldingObserver.shared
+            let shared = SharedBackend()
+            observer.arm()
+            let maker = Watched { try await shared.backend() }
+            try #require(await eventually(10) { observer.isHolding }, "the first creation reached its selection")
+            #expect("\(shared)".hasSuffix("(not made yet)"))
+            let waiter = Watched { _ = try await shared.backend() }
+            try await Task.sleep(for: .milliseconds(20))
+            waiter.task.cancel()
+            let cpuBefore = processCPUSeconds()
+            try await Task.sleep(for: .milliseconds(500))
+            let cpu = processCPUSeconds() - cpuBefore
+            let ended = waiter.isDone
+            observer.release()
+            #expect(ended, "the cancelled waiter still waits for the first creation")
+            #expect(cpu < 0.25, "the process used \(cpu) s of CPU in 0.5 s while one cancelled task waited")
+            #expect(await eventually(10) { maker.isDone && waiter.isDone })
+            if ended { #expect(waiter.error is CancellationError) }
+            if case .success(let backend) = maker.outcome { await backend.shutdown() }
+        }
+
+        // FINDING (acknowledges a sync over a durability failure recorded during the request's
+        // flight; 98ce92e). `GroupCommit` applies the in-flight rule (and the sticky rule for each
+        // request's own descriptor) through the wrapped backend's ledger, which it finds at `init`
+        // through `FailureLedgerProviding`. `SharedBackend` does not provide one (and is usually not
+        // made yet when a `GroupCommit(wrapping: AsyncSync.shared)` is built, the pattern its
+        // documentation gives), so a GroupCommit over the shared backend has no ledger: a
+        // follower's success is never judged against the failures recorded since it arrived. Only
+        // the wrapped backend's checks of the *leader's* request remain, and those start when the
+        // batch's sync is requested: a failure recorded, then cleared (`clearFailure(of:)`, the
+        // application handled it), before the next batch's sync starts is forgotten for every
+        // request of that batch, although their data was written before the failure.
+        //
+        // Interleaving: S1 (the leader's sync) runs; F arrives and queues for the next batch; S1
+        // fails with EIO (recorded); F leads the next batch and waits out `delay`; the
+        // application clears the failure; S2 succeeds (the kernel reported the error once, to S1);
+        // F is acknowledged. Over a backend of its own the same GroupCommit fails F with
+        // `concurrentFailure`. Fix: make `SharedBackend` a `FailureLedgerProviding` that forwards
+        // to the made backend's ledger, and have GroupCommit look the ledger up at each request
+        // (for the shared backend: after `backend()`, so that a request arriving before the backend
+        // exists is stamped against its ledger from the start; stamp 0 would also be right).
+        @Test("FINDING: GroupCommit over AsyncSync.shared applies the in-flight rule to a follower",
+              arguments: [true, false])
+        func groupCommitOverSharedKeepsInFlightRule(shared: Bool) async throws {
+            guard TestEnvironment.require(FaultFS.canRun, "needs root, /dev/fuse and libfuse3") else { return }
+            let fs = try FaultFS()
+            let fd = try fs.open("wal")
+            defer { try? fd.close() }
+            let wrapped: any AsyncSyncBackend = shared ? AsyncSync.shared : try await AsyncSync.makeBackend()
+            try await wrapped.fdatasync(fd)  // made, and the file synced once
+            let group = GroupCommit(wrapping: wrapped, delay: .milliseconds(300))
+            try fs.control("reset")
+            try fs.control("delay_ms=300")
+            try fs.control("errno=EIO count=1")
+            let leader = Watched { try await group.fdatasync(fd) }
+            try #require(await eventually(5) { (try? fs.counter("fdatasync")) == 1 }, "S1 reached the file system")
+            let follower = Watched { try await group.fdatasync(fd) }
+            try #require(await eventually { group.queuedCount == 1 })
+            try #require(await eventually(5) { leader.isDone })
+            #expect((leader.error as? AsyncSyncError)?.errno == .ioError)
+            // F now leads the next batch and waits out the delay; the failure is cleared meanwhile.
+            #expect(try group.clearFailure(of: fd))
+            try #require(await eventually(5) { follower.isDone })
+            let failure = follower.error as? AsyncSyncError
+            #expect(failure?.code == .concurrentFailure,
+                    "F arrived before S1's EIO was recorded and was acknowledged by S2: \(String(describing: follower.outcome))")
+            #expect(try fs.counter("fdatasync") == 2)
+            await group.shutdown()
         }
 
         // @@MORE@@
