@@ -902,6 +902,35 @@ extension AsyncFsyncTests {
             await group.shutdown()
         }
 
+        // FINDING (a caller of AsyncSync.shared never returns; 98ce92e). Concurrent first callers
+        // of `SharedBackend.backend()` all wait on one `OneShot`, but `OneShot` keeps a single
+        // continuation for its async waiter (`awaitValue` stores `self.continuation`): a second
+        // waiter overwrites the first's, so `fulfill` resumes only the last one. The other's
+        // `awaitValue` child is never resumed by anyone: not at the deadline (the group cancels it,
+        // its handler finds no continuation), not by cancelling the caller, and `withTaskGroup`
+        // waits for it: that `sync` hangs for ever. (A cancelled waiter's handler also takes
+        // whichever continuation is stored, so it can end another task's wait with nil.)
+        //
+        // Interleaving: task 1 makes the shared backend (held in `backendSelected`); tasks 2 and 3
+        // call `backend()` and wait; the backend is made: task 3 goes on, task 2 never does.
+        // Fix: let `OneShot` keep a continuation per waiter (an id per `awaitValue`, its handler
+        // removing only its own).
+        @Test("FINDING: every concurrent first caller of AsyncSync.shared gets the backend when it is made")
+        func sharedBackendConcurrentFirstUse() async throws {
+            let observer = HoldingObserver.shared
+            let shared = SharedBackend()
+            observer.arm()
+            let maker = Watched { try await shared.backend() }
+            try #require(await eventually(10) { observer.isHolding }, "the first creation reached its selection")
+            let waiters = (0..<2).map { _ in Watched { try await shared.backend() } }
+            try await Task.sleep(for: .milliseconds(100))  // both wait
+            observer.release()
+            let ended = await eventually(5) { maker.isDone && waiters.allSatisfy(\.isDone) }
+            #expect(ended, "\(waiters.filter { !$0.isDone }.count) of 2 waiters still wait for the backend that was made")
+            #expect(maker.succeeded)
+            if case .success(let backend) = maker.outcome { await backend.shutdown() }
+        }
+
         // @@MORE@@
     }
 }
