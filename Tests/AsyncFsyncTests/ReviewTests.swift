@@ -931,6 +931,48 @@ extension AsyncFsyncTests {
             if case .success(let backend) = maker.outcome { await backend.shutdown() }
         }
 
+        // FINDING (the same, without a second submitter). A request handed over at once by its
+        // own thread (`.submit`: it takes the submitter role itself) whose io_submit gets EAGAIN
+        // while another sync is in flight goes back to the ready queue and waits for a completion,
+        // without a handler and unmarked: cancelling it does nothing, and it is submitted later.
+        @Test("FINDING: a request without a handler whose own submission gets EAGAIN is cancellable while it waits",
+              arguments: BackendKind.allCases)
+        func unhandledRequestRefusedWithEAGAIN(kind: BackendKind) async throws {
+            let directory = try ScratchDirectory.onTmpfs()
+            let a = try directory.file("a")
+            let r = try directory.file("r")
+            defer { try? a.close(); try? r.close() }
+            let recorder = SyscallRecorder()
+            let rFD = r.rawValue
+            let rSubmits = Counter()
+            var system = recorder.system
+            let recorded = recorder.system
+            system.ioSubmit = { context, count, iocbs in
+                if descriptor(of: iocbs) == rFD, rSubmits.next() == 1 { return .failure(.resourceTemporarilyUnavailable) }
+                return recorded.ioSubmit(context, count, iocbs)
+            }
+            system.aioFsync = { mode, control in
+                if control.pointee.aio_fildes == rFD, rSubmits.next() == 1 { return .failure(.resourceTemporarilyUnavailable) }
+                return recorded.aioFsync(mode, control)
+            }
+            let backend = try makeBackend(kind, capacity: 4, system: system)
+            recorder.closeGate()  // A's completion is held
+            let first = Watched { try await backend.fsync(a) }
+            try #require(await eventually { recorder.submitted == 1 })
+            let request = Watched { try await backend.fsync(r) }
+            try #require(await eventually { rSubmits.current == 1 && waiting(backend) == 1 })
+            request.task.cancel()
+            let cancelled = await eventually(2) { request.isDone }
+            #expect(cancelled, "a request cancelled while it waits for a completion to free resources is not resumed")
+            recorder.openGate()
+            #expect(await eventually(5) { first.isDone && request.isDone })
+            #expect(first.succeeded)
+            #expect(request.error is CancellationError, "cancelled while waiting, it was submitted: \(String(describing: request.outcome))")
+            #expect(rSubmits.current == 1, "submitted again after its cancellation")
+            try #require(await eventually { outstanding(backend) == 0 })
+            await backend.shutdown()
+        }
+
         // @@MORE@@
     }
 }
