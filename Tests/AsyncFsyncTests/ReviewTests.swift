@@ -112,6 +112,43 @@ actor DocumentedSerialActor {
     }
 }
 
+/// An observer (process-wide, like every observer) that, once armed, holds the next
+/// `backendSelected` call until released: a backend's creation stays in progress meanwhile.
+final class HoldingObserver: AsyncSyncObserver {
+    private struct State { var armed = false; var holding = false; var released = false }
+    private let state = Locked(State())
+
+    static let shared: HoldingObserver = {
+        let observer = HoldingObserver()
+        AsyncSync.addObserver(observer)
+        return observer
+    }()
+
+    func arm() { state.withLock { $0 = State(armed: true) } }
+    func release() { state.withLock { $0.released = true } }
+    var isHolding: Bool { state.withLock { $0.holding } }
+
+    func backendSelected(_ kind: BackendKind, choice: String, probes: [BackendProbe]) {
+        let hold = state.withLock { state -> Bool in
+            guard state.armed else { return false }
+            state.armed = false
+            state.holding = true
+            return true
+        }
+        guard hold else { return }
+        _ = blockingEventually(10) { state.withLock { $0.released } }
+        state.withLock { $0.holding = false }
+    }
+}
+
+/// CPU time the process has used (user + system), in seconds.
+func processCPUSeconds() -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec)
+        + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1_000_000
+}
+
 extension AsyncFsyncTests {
     /// Adversarial review of the engine rewrite (EngineState, AIOEngine, CompletionHub,
     /// FailureLedger, the drivers and the POSIX fallback). Tests named "FINDING" fail on the code
@@ -699,6 +736,246 @@ extension AsyncFsyncTests {
             let state = descriptors.withLock { $0 }
             #expect(state.writes > 0)
             #expect(state.lateWrites == 0, "a write reached a closed (or reused) eventfd")
+        }
+
+        // MARK: - Review 3 (853d39e, 122ac55, 98ce92e)
+
+        // FINDING (a cancelled request is submitted; cancellation not looked at while it waits).
+        // 853d39e: a request that looks as if it will be handed to the system at once
+        // (`handsOverAtOnce`) gets no cancellation handler; one that "turns out to wait" is
+        // marked (`checksCancellation`) only when its first `arrive` answers `.needsIdentity`.
+        // But the first `arrive` also answers `.queued` while *another thread holds the submitter
+        // role*: the batch is in the ready queue, unmarked, relying on that submitter to take it.
+        // If the submitter's io_submit then gets EAGAIN with other syncs in flight, `exhausted`
+        // puts the refused batch back in front and blocks submission until a completion: the
+        // unmarked request now waits for a slot with no handler and no check. Cancelling its task
+        // does nothing; when the completion comes its batch is submitted and the request reports
+        // the sync's answer, where design.md promises `CancellationError` and "never submitted"
+        // for a request cancelled while it waits for a slot (and the commit message promises that
+        // a request that turns out to wait is checked before its batch is submitted).
+        //
+        // Interleaving (capacity 3): A in flight (completion held). X's request takes the role and
+        // is inside io_submit. R arrives: descriptor idle, a slot free, nothing ready: no handler;
+        // `arrive` → `.queued` (X's thread submits). X's io_submit → EAGAIN; A is in flight, so X
+        // goes back in front and the engine blocks on resources; R sits in the ready queue. R's
+        // task is cancelled: nothing happens. A completes; X and R are submitted; R succeeds.
+        // Fix: pass the task to the first `arrive` as well and, for a request without a handler,
+        // mark it (flag + task) whenever the answer is `.queued`, not only after `.needsIdentity`
+        // (the executor path answers `.queued` for every request, so that costs a dictionary
+        // insert there); or give `exhausted` what it needs to mark the waiters of the batches it
+        // blocks (the waiting starts there).
+        @Test("FINDING: a request without a handler that ends up waiting for a slot behind an EAGAIN is cancellable",
+              arguments: BackendKind.allCases)
+        func unhandledRequestBlockedBehindEAGAIN(kind: BackendKind) async throws {
+            let directory = try ScratchDirectory.onTmpfs()
+            let a = try directory.file("a")
+            let x = try directory.file("x")
+            let r = try directory.file("r")
+            defer { try? a.close(); try? x.close(); try? r.close() }
+            let recorder = SyscallRecorder()
+            let box = Later<AnyObject>()
+            let xFD = x.rawValue
+            let xSubmits = Counter()
+            @Sendable func outstandingNow() -> Int { (box.value as? any AsyncSyncBackend).map { outstanding($0) } ?? 0 }
+            var system = recorder.system
+            let recorded = recorder.system
+            system.ioSubmit = { context, count, iocbs in
+                if descriptor(of: iocbs) == xFD, xSubmits.next() == 1 {
+                    // Until R is in the engine (queued behind this submitter), then: out of resources.
+                    _ = blockingEventually(3) { outstandingNow() == 3 }
+                    return .failure(.resourceTemporarilyUnavailable)
+                }
+                return recorded.ioSubmit(context, count, iocbs)
+            }
+            system.aioFsync = { mode, control in
+                if control.pointee.aio_fildes == xFD, xSubmits.next() == 1 {
+                    _ = blockingEventually(3) { outstandingNow() == 3 }
+                    return .failure(.resourceTemporarilyUnavailable)
+                }
+                return recorded.aioFsync(mode, control)
+            }
+            let backend = try makeBackend(kind, capacity: 3, system: system)
+            box.set(backend as AnyObject)
+            recorder.closeGate()  // A's completion is held
+            let first = Watched { try await backend.fsync(a) }
+            try #require(await eventually { recorder.submitted == 1 })
+            let refused = Watched { try await backend.fsync(x) }
+            try #require(await eventually { xSubmits.current == 1 })
+            let request = Watched { try await backend.fsync(r) }
+            // X refused with EAGAIN and back in the queue, R behind it: both wait for A.
+            try #require(await eventually { waiting(backend) == 2 })
+            request.task.cancel()
+            // Without a handler the cancellation is looked at when the batch is taken (as for every
+            // request that waits without one), not at once.
+            try await Task.sleep(for: .milliseconds(50))
+            let submittedBefore = recorder.submitted
+            recorder.openGate()
+            #expect(await eventually(5) { first.isDone && refused.isDone && request.isDone })
+            #expect(first.succeeded && refused.succeeded)
+            #expect(request.error is CancellationError, "cancelled while waiting, it was submitted: \(String(describing: request.outcome))")
+            try #require(await eventually { outstanding(backend) == 0 })
+            #expect(recorder.submitted - submittedBefore == 1, "only X is submitted after the completion")
+            await backend.shutdown()
+        }
+
+        // FINDING (a cancelled task spins at full speed; 98ce92e). `SharedBackend.backend()`: a
+        // caller that finds the shared backend being made waits with
+        // `while true { if let result = await pending.value(timeout: 3600 s) { … } }`. For a
+        // cancelled task `OneShot.value(timeout:)` returns nil at once (its waiting child sees the
+        // cancellation, its sleeping child throws), so the loop never suspends for long: the task
+        // burns a core, creating two child tasks per turn, until the first creation ends — up to
+        // about 3 s per probed kind on a file system that does not answer, for every cancelled
+        // task that touched `AsyncSync.shared` meanwhile (a cancelled server's request handlers).
+        //
+        // Interleaving: task 1 makes the shared backend (held here in `backendSelected`, standing
+        // for a slow probe); task 2 calls `backend()`, finds `.making`, is cancelled. Fix:
+        // `try Task.checkCancellation()` after a nil from `value(timeout:)` (a cancelled caller
+        // gets CancellationError, which the engine would throw for it anyway), and make the
+        // backend in an unstructured task that every caller, the first included, waits for: a
+        // cancelled first caller must not decide the process-wide backend either (its probes
+        // return at once as "no answer within 3000 ms", and the backend is made unprobed).
+        @Test("FINDING: a cancelled task waiting for AsyncSync.shared's first creation neither spins nor waits for it")
+        func sharedBackendCancelledWaiterSpins() async throws {
+            let observer = HoldingObserver.shared
+            let shared = SharedBackend()
+            observer.arm()
+            let maker = Watched { try await shared.backend() }
+            try #require(await eventually(10) { observer.isHolding }, "the first creation reached its selection")
+            #expect("\(shared)".hasSuffix("(not made yet)"))
+            let waiter = Watched { _ = try await shared.backend() }
+            try await Task.sleep(for: .milliseconds(20))
+            waiter.task.cancel()
+            let cpuBefore = processCPUSeconds()
+            try await Task.sleep(for: .milliseconds(500))
+            let cpu = processCPUSeconds() - cpuBefore
+            let ended = waiter.isDone
+            observer.release()
+            #expect(ended, "the cancelled waiter still waits for the first creation")
+            #expect(cpu < 0.25, "the process used \(cpu) s of CPU in 0.5 s while one cancelled task waited")
+            #expect(await eventually(10) { maker.isDone && waiter.isDone })
+            if ended { #expect(waiter.error is CancellationError) }
+            if case .success(let backend) = maker.outcome { await backend.shutdown() }
+        }
+
+        // FINDING (acknowledges a sync over a durability failure recorded during the request's
+        // flight; 98ce92e). `GroupCommit` applies the in-flight rule (and the sticky rule for each
+        // request's own descriptor) through the wrapped backend's ledger, which it finds at `init`
+        // through `FailureLedgerProviding`. `SharedBackend` does not provide one (and is usually not
+        // made yet when a `GroupCommit(wrapping: AsyncSync.shared)` is built, the pattern its
+        // documentation gives), so a GroupCommit over the shared backend has no ledger: a
+        // follower's success is never judged against the failures recorded since it arrived. Only
+        // the wrapped backend's checks of the *leader's* request remain, and those start when the
+        // batch's sync is requested: a failure recorded, then cleared (`clearFailure(of:)`, the
+        // application handled it), before the next batch's sync starts is forgotten for every
+        // request of that batch, although their data was written before the failure.
+        //
+        // Interleaving: S1 (the leader's sync) runs; F arrives and queues for the next batch; S1
+        // fails with EIO (recorded); F leads the next batch and waits out `delay`; the
+        // application clears the failure; S2 succeeds (the kernel reported the error once, to S1);
+        // F is acknowledged. Over a backend of its own the same GroupCommit fails F with
+        // `concurrentFailure`. Fix: make `SharedBackend` a `FailureLedgerProviding` that forwards
+        // to the made backend's ledger, and have GroupCommit look the ledger up at each request
+        // (for the shared backend: after `backend()`, so that a request arriving before the backend
+        // exists is stamped against its ledger from the start; stamp 0 would also be right).
+        @Test("FINDING: GroupCommit over AsyncSync.shared applies the in-flight rule to a follower",
+              arguments: [true, false])
+        func groupCommitOverSharedKeepsInFlightRule(shared: Bool) async throws {
+            guard TestEnvironment.require(FaultFS.canRun, "needs root, /dev/fuse and libfuse3") else { return }
+            let fs = try FaultFS()
+            let fd = try fs.open("wal")
+            defer { try? fd.close() }
+            let wrapped: any AsyncSyncBackend = shared ? AsyncSync.shared : try await AsyncSync.makeBackend()
+            try await wrapped.fdatasync(fd)  // made, and the file synced once
+            let group = GroupCommit(wrapping: wrapped, delay: .milliseconds(300))
+            try fs.control("reset")
+            try fs.control("delay_ms=300")
+            try fs.control("errno=EIO count=1")
+            let leader = Watched { try await group.fdatasync(fd) }
+            try #require(await eventually(5) { (try? fs.counter("fdatasync")) == 1 }, "S1 reached the file system")
+            let follower = Watched { try await group.fdatasync(fd) }
+            try #require(await eventually { group.queuedCount == 1 })
+            try #require(await eventually(5) { leader.isDone })
+            #expect((leader.error as? AsyncSyncError)?.errno == .ioError)
+            // F now leads the next batch and waits out the delay; the failure is cleared meanwhile.
+            #expect(try group.clearFailure(of: fd))
+            try #require(await eventually(5) { follower.isDone })
+            let failure = follower.error as? AsyncSyncError
+            #expect(failure?.code == .concurrentFailure,
+                    "F arrived before S1's EIO was recorded and was acknowledged by S2: \(String(describing: follower.outcome))")
+            #expect(try fs.counter("fdatasync") == 2)
+            await group.shutdown()
+        }
+
+        // FINDING (a caller of AsyncSync.shared never returns; 98ce92e). Concurrent first callers
+        // of `SharedBackend.backend()` all wait on one `OneShot`, but `OneShot` keeps a single
+        // continuation for its async waiter (`awaitValue` stores `self.continuation`): a second
+        // waiter overwrites the first's, so `fulfill` resumes only the last one. The other's
+        // `awaitValue` child is never resumed by anyone: not at the deadline (the group cancels it,
+        // its handler finds no continuation), not by cancelling the caller, and `withTaskGroup`
+        // waits for it: that `sync` hangs for ever. (A cancelled waiter's handler also takes
+        // whichever continuation is stored, so it can end another task's wait with nil.)
+        //
+        // Interleaving: task 1 makes the shared backend (held in `backendSelected`); tasks 2 and 3
+        // call `backend()` and wait; the backend is made: task 3 goes on, task 2 never does.
+        // Fix: let `OneShot` keep a continuation per waiter (an id per `awaitValue`, its handler
+        // removing only its own).
+        @Test("FINDING: every concurrent first caller of AsyncSync.shared gets the backend when it is made")
+        func sharedBackendConcurrentFirstUse() async throws {
+            let observer = HoldingObserver.shared
+            let shared = SharedBackend()
+            observer.arm()
+            let maker = Watched { try await shared.backend() }
+            try #require(await eventually(10) { observer.isHolding }, "the first creation reached its selection")
+            let waiters = (0..<2).map { _ in Watched { try await shared.backend() } }
+            try await Task.sleep(for: .milliseconds(100))  // both wait
+            observer.release()
+            let ended = await eventually(5) { maker.isDone && waiters.allSatisfy(\.isDone) }
+            #expect(ended, "\(waiters.filter { !$0.isDone }.count) of 2 waiters still wait for the backend that was made")
+            #expect(maker.succeeded)
+            if case .success(let backend) = maker.outcome { await backend.shutdown() }
+        }
+
+        // FINDING (the same, without a second submitter). A request handed over at once by its
+        // own thread (`.submit`: it takes the submitter role itself) whose io_submit gets EAGAIN
+        // while another sync is in flight goes back to the ready queue and waits for a completion,
+        // without a handler and unmarked: cancelling it does nothing, and it is submitted later.
+        @Test("FINDING: a request without a handler whose own submission gets EAGAIN is cancellable while it waits",
+              arguments: BackendKind.allCases)
+        func unhandledRequestRefusedWithEAGAIN(kind: BackendKind) async throws {
+            let directory = try ScratchDirectory.onTmpfs()
+            let a = try directory.file("a")
+            let r = try directory.file("r")
+            defer { try? a.close(); try? r.close() }
+            let recorder = SyscallRecorder()
+            let rFD = r.rawValue
+            let rSubmits = Counter()
+            var system = recorder.system
+            let recorded = recorder.system
+            system.ioSubmit = { context, count, iocbs in
+                if descriptor(of: iocbs) == rFD, rSubmits.next() == 1 { return .failure(.resourceTemporarilyUnavailable) }
+                return recorded.ioSubmit(context, count, iocbs)
+            }
+            system.aioFsync = { mode, control in
+                if control.pointee.aio_fildes == rFD, rSubmits.next() == 1 { return .failure(.resourceTemporarilyUnavailable) }
+                return recorded.aioFsync(mode, control)
+            }
+            let backend = try makeBackend(kind, capacity: 4, system: system)
+            recorder.closeGate()  // A's completion is held
+            let first = Watched { try await backend.fsync(a) }
+            try #require(await eventually { recorder.submitted == 1 })
+            let request = Watched { try await backend.fsync(r) }
+            try #require(await eventually { rSubmits.current == 1 && waiting(backend) == 1 })
+            request.task.cancel()
+            // Without a handler the cancellation is looked at when the batch is taken (as for every
+            // request that waits without one), not at once.
+            try await Task.sleep(for: .milliseconds(50))
+            recorder.openGate()
+            #expect(await eventually(5) { first.isDone && request.isDone })
+            #expect(first.succeeded)
+            #expect(request.error is CancellationError, "cancelled while waiting, it was submitted: \(String(describing: request.outcome))")
+            #expect(rSubmits.current == 1, "submitted again after its cancellation")
+            try #require(await eventually { outstanding(backend) == 0 })
+            await backend.shutdown()
         }
 
         // @@MORE@@

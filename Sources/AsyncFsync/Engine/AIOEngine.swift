@@ -113,13 +113,17 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
     private func arrive(_ request: Waiter, handled: Bool) {
         var waiter = request
         let onHub = hub.isCurrent
+        // Without a handler, its task is kept: the request may end up waiting after all (its
+        // descriptor or the slots taken meanwhile, or an EAGAIN puts its batch back).
+        waiter.checksCancellation = !handled
         // The cancellation handler may have run before the request was queued: checked under the lock.
-        var arrival = shared.withLock { $0.machine.arrive(waiter, isCancelled: Task.isCancelled, onCompletionThread: onHub) }
+        var arrival = withUnsafeCurrentTask { task in
+            shared.withLock { $0.machine.arrive(waiter, isCancelled: Task.isCancelled, onCompletionThread: onHub, task: task) }
+        }
         if case .needsIdentity = arrival {
             // It will wait: take the file's identity, compared before its sync is submitted.
             waiter.identity = try? system.fileIdentity(waiter.descriptor.rawValue).get()
             waiter.identityTaken = true
-            waiter.checksCancellation = !handled
             arrival = withUnsafeCurrentTask { task in
                 shared.withLock { $0.machine.arrive(waiter, isCancelled: Task.isCancelled, onCompletionThread: onHub, task: task) }
             }

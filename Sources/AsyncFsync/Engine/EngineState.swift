@@ -14,10 +14,11 @@ struct Waiter {
     /// reports the descriptor's own error.
     var identity: FileIdentity?
     var identityTaken: Bool
-    /// It waits without a cancellation handler (it looked as if it would be handed to the system
-    /// at once, and then had to wait): its task (kept aside, ``EngineState``) is looked at for a
-    /// cancellation when its batch is taken into a slot. (A plain flag: a task reference here would
-    /// make every copy of a waiter a call into the runtime.)
+    /// It has no cancellation handler (it looked as if it would be handed to the system at once):
+    /// its task is kept aside (``EngineState``, by node) and looked at for a cancellation when its
+    /// batch is taken into a slot after waiting, whether it waited from its arrival or was put
+    /// back by an `EAGAIN`. (A plain flag: a task reference here would make every copy of a waiter
+    /// a call into the runtime.)
     var checksCancellation = false
 }
 
@@ -86,8 +87,8 @@ struct EngineState {
     private var waiters: [Waiter?] = []
     private var nextWaiter: [Int32] = []
     private var freeWaiters: [Int32] = []
-    /// The tasks of waiters that wait without a cancellation handler, by waiter id (rare).
-    private var unhandledTasks: [UInt64: UnsafeCurrentTask] = [:]
+    /// Per waiter node: the task of a waiter without a cancellation handler (nil otherwise).
+    private var waiterTasks: [UnsafeCurrentTask?] = []
     /// Per descriptor: the batch in a slot and the batch that new requests join.
     private var descriptors = DescriptorTable()
     /// Batches without a running sync of their descriptor, waiting for a slot, in arrival order.
@@ -155,8 +156,8 @@ struct EngineState {
             descriptors[fd] = (entry.running, batch)
             if entry.running < 0 { ready.append(batch) }
         }
-        append(waiter, to: batch)
-        if waiter.checksCancellation, let task { unhandledTasks[waiter.id] = task }
+        let node = append(waiter, to: batch)
+        if waiter.checksCancellation { waiterTasks[Int(node)] = task }
         outstanding += 1
         guard entry.running < 0, !submitting, !onCompletionThread else { return .queued }
         submitting = true
@@ -219,8 +220,7 @@ struct EngineState {
         var index = batches[Int(batch)].first
         while index >= 0 {
             let next = nextWaiter[Int(index)]
-            let id = waiters[Int(index)]!.id
-            if waiters[Int(index)]!.checksCancellation, let task = unhandledTasks.removeValue(forKey: id), task.isCancelled {
+            if let task = waiterTasks[Int(index)], task.isCancelled {
                 cancelled.append(unlink(index, previous: previous, from: batch))
             } else {
                 previous = index
@@ -228,7 +228,7 @@ struct EngineState {
             index = next
         }
         if batches[Int(batch)].count > 0 { batches[Int(batch)].mode = strongestMode(of: batch) }
-        batches[Int(batch)].checksCancellation = false  // looked at once, when it is handed over
+        batches[Int(batch)].checksCancellation = false  // looked at when it is handed over (again after an EAGAIN)
         return batches[Int(batch)].count == 0
     }
 
@@ -313,7 +313,12 @@ struct EngineState {
             descriptors[fd] = (-1, batch)
             ready.prepend(batch)
         }
-        if othersInFlight { blockedOnResources = true }
+        if othersInFlight {
+            blockedOnResources = true
+            // Every ready batch waits for a completion now, also those whose waiters have no
+            // cancellation handler because they were about to be handed over: look at them again.
+            ready.forEach { batches[Int($0)].checksCancellation = true }
+        }
         return drainCheck()
     }
 
@@ -491,7 +496,8 @@ struct EngineState {
         freeBatches.append(batch)
     }
 
-    private mutating func append(_ waiter: Waiter, to batch: Int32) {
+    @discardableResult
+    private mutating func append(_ waiter: Waiter, to batch: Int32) -> Int32 {
         let index: Int32
         if let free = freeWaiters.popLast() {
             index = free
@@ -501,6 +507,7 @@ struct EngineState {
             index = Int32(waiters.count)
             waiters.append(waiter)
             nextWaiter.append(-1)
+            waiterTasks.append(nil)
         }
         if batches[Int(batch)].last >= 0 {
             nextWaiter[Int(batches[Int(batch)].last)] = index
@@ -511,7 +518,9 @@ struct EngineState {
         batches[Int(batch)].count += 1
         if waiter.mode == .fsync { batches[Int(batch)].mode = .fsync }
         if waiter.identity != nil { batches[Int(batch)].needsIdentityCheck = true }
-        if waiter.checksCancellation { batches[Int(batch)].checksCancellation = true }
+        // One that waits from its arrival (it took its file's identity) is looked at.
+        if waiter.checksCancellation, waiter.identityTaken { batches[Int(batch)].checksCancellation = true }
+        return index
     }
 
     /// Removes waiter `index` (whose predecessor is `previous`) from `batch` and frees its node.
@@ -522,7 +531,7 @@ struct EngineState {
         batches[Int(batch)].count -= 1
         outstanding -= 1
         let waiter = waiters[Int(index)]!
-        if waiter.checksCancellation { unhandledTasks[waiter.id] = nil }
+        waiterTasks[Int(index)] = nil
         waiters[Int(index)] = nil
         freeWaiters.append(index)
         return waiter
@@ -531,7 +540,7 @@ struct EngineState {
     private mutating func takeWaiters(of batch: Int32, into list: inout [Waiter]) {
         var index = batches[Int(batch)].first
         while index >= 0 {
-            if waiters[Int(index)]!.checksCancellation { unhandledTasks[waiters[Int(index)]!.id] = nil }
+            waiterTasks[Int(index)] = nil
             list.append(waiters[Int(index)]!)
             waiters[Int(index)] = nil
             freeWaiters.append(index)
@@ -620,6 +629,10 @@ struct Int32Queue {
     mutating func removeAll() {
         storage.removeAll(keepingCapacity: true)
         head = 0
+    }
+
+    func forEach(_ body: (Int32) -> Void) {
+        for value in storage[head...] { body(value) }
     }
 }
 

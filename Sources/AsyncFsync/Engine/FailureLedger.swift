@@ -190,6 +190,6 @@ final class FailureLedger: Sendable {
 
 /// A backend whose durability failures are kept in a ``FailureLedger``, so that a layer above it
 /// (``GroupCommit``) can apply the in-flight rule from its own requests' arrival.
-protocol FailureLedgerProviding {
+protocol FailureLedgerProviding: Sendable {
     var failureLedger: FailureLedger? { get }
 }

@@ -69,8 +69,13 @@ public final class GroupCommit: AsyncSyncBackend {
 
     private let state = Locked(State())
     private let system: SystemCalls
-    /// The wrapped backend's failure ledger, when it is one of this library's backends.
-    private let ledger: FailureLedger?
+    /// The wrapped backend's failure ledger, when it is one of this library's backends and has it
+    /// already.
+    private let fixedLedger: FailureLedger?
+    /// A wrapped backend whose ledger exists only later (``AsyncSync/shared``, made at first use).
+    private let lateLedger: (any FailureLedgerProviding)?
+    /// The wrapped backend's failure ledger, if it has one (now).
+    private var ledger: FailureLedger? { fixedLedger ?? lateLedger?.failureLedger }
     /// Descriptors recently found not to be on a memory file system.
     private let memoryHints = DescriptorHints()
     /// How long each batch's leader waits before starting the shared sync, so that more requests
@@ -92,7 +97,9 @@ public final class GroupCommit: AsyncSyncBackend {
         self.wrapped = backend
         self.delay = delay
         self.system = system
-        self.ledger = (backend as? any FailureLedgerProviding)?.failureLedger
+        let provider = backend as? any FailureLedgerProviding
+        self.fixedLedger = provider?.failureLedger
+        self.lateLedger = fixedLedger == nil ? provider : nil
     }
 
     /// Syncs `fd`, sharing the sync with concurrent requests of the same file.
@@ -119,7 +126,11 @@ public final class GroupCommit: AsyncSyncBackend {
         }
         // The wrapped backend's sticky rule for this request's own descriptor: its batch may be
         // synced through another descriptor, which the rule would not stop.
+        // A ledger that does not exist yet (the shared backend, not made) has recorded nothing:
+        // stamped 0, the request is judged against every failure it will record.
+        let ledger = self.ledger
         let arrival = try ledger.map { try $0.admit(fd, stamp: $0.stamp(), mode: mode, backend: kind).get() }
+            ?? (lateLedger == nil ? nil : 0)
         guard case .success(let file) = system.fileIdentity(fd.rawValue) else {
             // Not a file we can identify (closed descriptor…): the wrapped backend reports it.
             return try await wrapped.sync(fd, mode: mode)

@@ -49,22 +49,33 @@ final class SharedBackend: AsyncSyncBackend, CustomStringConvertible {
         case .ready(let result):
             return try result.get()
         case .wait(let pending):
-            while true {
-                if let result = await pending.value(timeout: .seconds(3600)) { return try result.get() }
-            }
+            return try await wait(for: pending)
         case .make(let pending):
-            let result: Result<any AsyncSyncBackend, AsyncSyncError>
-            do {
-                result = .success(try await AsyncSync.makeBackend())
-            } catch let error as AsyncSyncError {
-                result = .failure(error)
-            } catch {
-                result = .failure(AsyncSyncError(code: .backendUnavailable, errno: nil, operation: .setup, step: .setup,
-                                                 backend: nil, message: "\(error)"))
+            // In a task of its own: a cancelled first caller must not decide the process-wide
+            // backend (its probes would end at once, unanswered).
+            Task.detached { [self] in
+                let result: Result<any AsyncSyncBackend, AsyncSyncError>
+                do {
+                    result = .success(try await AsyncSync.makeBackend())
+                } catch let error as AsyncSyncError {
+                    result = .failure(error)
+                } catch {
+                    result = .failure(AsyncSyncError(code: .backendUnavailable, errno: nil, operation: .setup, step: .setup,
+                                                     backend: nil, message: "\(error)"))
+                }
+                state.withLock { $0 = .made(result) }
+                pending.fulfill(result)
             }
-            state.withLock { $0 = .made(result) }
-            pending.fulfill(result)
-            return try result.get()
+            return try await wait(for: pending)
+        }
+    }
+
+    /// Waits for the backend being made; a cancelled caller throws `CancellationError` instead of
+    /// waiting (`OneShot.value` returns at once for it, so looping would spin).
+    private func wait(for pending: OneShot<Result<any AsyncSyncBackend, AsyncSyncError>>) async throws -> any AsyncSyncBackend {
+        while true {
+            if let result = await pending.value(timeout: .seconds(3600)) { return try result.get() }
+            try Task.checkCancellation()
         }
     }
 
@@ -145,5 +156,16 @@ extension AsyncSyncBackend {
     /// - Throws: See ``AsyncSyncBackend/sync(_:mode:)``.
     public func sync(_ fileDescriptor: CInt, mode: SyncMode) async throws {
         try await sync(FileDescriptor(rawValue: fileDescriptor), mode: mode)
+    }
+}
+
+extension SharedBackend: FailureLedgerProviding {
+    /// The made backend's ledger; nil until it is made (``GroupCommit`` looks again at each request).
+    var failureLedger: FailureLedger? {
+        let made = state.withLock { state -> (any AsyncSyncBackend)? in
+            if case .made(.success(let backend)) = state { return backend }
+            return nil
+        }
+        return (made as? any FailureLedgerProviding)?.failureLedger
     }
 }

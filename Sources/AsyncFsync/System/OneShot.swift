@@ -11,7 +11,9 @@ final class OneShot<Value: Sendable>: @unchecked Sendable {
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
     private let condition: UnsafeMutablePointer<pthread_cond_t>
     private var value: Value?
-    private var continuation: UnsafeContinuation<Value?, Never>?
+    /// The async waiters, each under an id of its own (several tasks may wait for one value).
+    private var continuations: [UInt64: UnsafeContinuation<Value?, Never>] = [:]
+    private var nextWaiter: UInt64 = 0
 
     init() {
         mutex = .allocate(capacity: 1)
@@ -41,11 +43,11 @@ final class OneShot<Value: Sendable>: @unchecked Sendable {
             return
         }
         value = newValue
-        let waiting = continuation
-        continuation = nil
+        let waiting = continuations
+        continuations = [:]
         pthread_cond_broadcast(condition)
         pthread_mutex_unlock(mutex)
-        waiting?.resume(returning: newValue)
+        for (_, continuation) in waiting { continuation.resume(returning: newValue) }
     }
 
     /// Blocks until the value arrives or `timeout` has passed; nil on timeout.
@@ -86,7 +88,11 @@ final class OneShot<Value: Sendable>: @unchecked Sendable {
 
     /// The value, or nil when the waiting task is cancelled first.
     private func awaitValue() async -> Value? {
-        await withTaskCancellationHandler {
+        pthread_mutex_lock(mutex)
+        nextWaiter += 1
+        let id = nextWaiter
+        pthread_mutex_unlock(mutex)
+        return await withTaskCancellationHandler {
             await withUnsafeContinuation { (continuation: UnsafeContinuation<Value?, Never>) in
                 pthread_mutex_lock(mutex)
                 if let value {
@@ -101,13 +107,12 @@ final class OneShot<Value: Sendable>: @unchecked Sendable {
                     continuation.resume(returning: nil)
                     return
                 }
-                self.continuation = continuation
+                continuations[id] = continuation
                 pthread_mutex_unlock(mutex)
             }
         } onCancel: {
             pthread_mutex_lock(mutex)
-            let waiting = continuation
-            continuation = nil
+            let waiting = continuations.removeValue(forKey: id)
             pthread_mutex_unlock(mutex)
             waiting?.resume(returning: nil)
         }
