@@ -151,29 +151,29 @@ extension AsyncFsyncTests {
                 return SystemCalls.live.ioSubmit(context, count, list)
             }
             system.reapCompletions = { context, events, maximum in
-                if hold.exchange(false, ordering: .relaxed) { usleep(50_000) }  // let all three complete
+                // Once the failing sync is in the system, hold the first look so that all three
+                // complete (an idle look before any request arrived must not use the hold up).
+                if failingControls.withLock({ !$0.isEmpty }), hold.exchange(false, ordering: .relaxed) { usleep(50_000) }
                 let result = SystemCalls.live.reapCompletions(context, events, maximum)
                 if case .success(let count) = result {
-                    for index in 0..<count where failingControls.withLock({ $0.contains(UInt(events[index].obj)) }) {
+                    for index in 0..<count where failingControls.withLock({ $0.remove(UInt(events[index].obj)) != nil }) {
                         events[index].res = -Int64(Errno.ioError.rawValue)
                     }
                 }
                 return result
             }
-            system.aioSuspend = { list, count, timeout in
-                if hold.exchange(false, ordering: .relaxed) { usleep(50_000) }
-                return SystemCalls.live.aioSuspend(list, count, timeout)
-            }
+            let failingSubmitted = Atomic<Bool>(false)
             system.aioFsync = { mode, control in
-                if control.pointee.aio_fildes == failing {
-                    failingControls.withLock { _ = $0.insert(UInt(bitPattern: control)) }
-                }
+                if control.pointee.aio_fildes == failing { failingSubmitted.store(true, ordering: .sequentiallyConsistent) }
                 return SystemCalls.live.aioFsync(mode, control)
+            }
+            system.aioSuspend = { list, count, timeout in
+                if failingSubmitted.load(ordering: .sequentiallyConsistent), hold.exchange(false, ordering: .relaxed) { usleep(50_000) }
+                return SystemCalls.live.aioSuspend(list, count, timeout)
             }
             system.aioError = { control in
                 let status = SystemCalls.live.aioError(control)
-                let isFailing = failingControls.withLock { $0.contains(UInt(bitPattern: control)) }
-                return status == .succeeded && isFailing ? .failed(.ioError) : status
+                return status == .succeeded && control.pointee.aio_fildes == failing ? .failed(.ioError) : status
             }
             let backend = try makeBackend(kind, system: system)
             let tasks = [wal, walAgain, other].map { fd in Task { await caughtError { try await backend.fdatasync(fd) } } }
