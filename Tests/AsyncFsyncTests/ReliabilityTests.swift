@@ -135,45 +135,64 @@ extension AsyncFsyncTests {
             defer { try? wal.close(); try? walAgain.close(); try? other.close() }
             // The sync of `wal` fails with EIO; all three completions are reaped in one look.
             let failing = wal.rawValue
-            let hold = Atomic<Bool>(true)
-            // The control blocks of the failing descriptor, noted where they are submitted (the
-            // submitting thread wrote them); the completion side looks them up under the lock
-            // instead of reading memory the kernel handed back (a hand-off ThreadSanitizer
-            // cannot see).
-            let failingControls = Locked<Set<UInt>>([])
+            // libaio: the control blocks of the three, noted where they are submitted (the
+            // submitting thread wrote them; the completion side looks them up under the lock
+            // instead of reading memory the kernel handed back, a hand-off ThreadSanitizer cannot
+            // see). Their completion events are held back until all three have come, then handed
+            // to the engine in one look.
+            let controls = Locked<[UInt: CInt]>([:])
+            let held = Locked<[io_event]>([])
+            let ours: Set<CInt> = [wal.rawValue, walAgain.rawValue, other.rawValue]
             var system = SystemCalls.live
             system.ioSubmit = { context, count, list in
-                failingControls.withLock { controls in
-                    for index in 0..<count where list[index]!.pointee.aio_fildes == UInt32(failing) {
-                        controls.insert(UInt(bitPattern: list[index]))
+                controls.withLock { controls in
+                    for index in 0..<count where ours.contains(CInt(list[index]!.pointee.aio_fildes)) {
+                        controls[UInt(bitPattern: list[index])] = CInt(list[index]!.pointee.aio_fildes)
                     }
                 }
                 return SystemCalls.live.ioSubmit(context, count, list)
             }
             system.reapCompletions = { context, events, maximum in
-                // Once the failing sync is in the system, hold the first look so that all three
-                // complete (an idle look before any request arrived must not use the hold up).
-                if failingControls.withLock({ !$0.isEmpty }), hold.exchange(false, ordering: .relaxed) { usleep(50_000) }
                 let result = SystemCalls.live.reapCompletions(context, events, maximum)
-                if case .success(let count) = result {
-                    for index in 0..<count where failingControls.withLock({ $0.remove(UInt(events[index].obj)) != nil }) {
-                        events[index].res = -Int64(Errno.ioError.rawValue)
+                guard case .success(let count) = result else { return result }
+                return controls.withLock { controls in
+                    held.withLock { held in
+                        var kept = 0
+                        for index in 0..<count {
+                            if controls[UInt(events[index].obj)] != nil { held.append(events[index]) } else {
+                                events[kept] = events[index]
+                                kept += 1
+                            }
+                        }
+                        guard held.count == ours.count, kept + held.count <= maximum else { return .success(kept) }
+                        for var event in held {
+                            if controls[UInt(event.obj)] == failing { event.res = -Int64(Errno.ioError.rawValue) }
+                            events[kept] = event
+                            kept += 1
+                        }
+                        held.removeAll()
+                        controls.removeAll()
+                        return .success(kept)
                     }
                 }
-                return result
             }
-            let failingSubmitted = Atomic<Bool>(false)
-            system.aioFsync = { mode, control in
-                if control.pointee.aio_fildes == failing { failingSubmitted.store(true, ordering: .sequentiallyConsistent) }
-                return SystemCalls.live.aioFsync(mode, control)
-            }
-            system.aioSuspend = { list, count, timeout in
-                if failingSubmitted.load(ordering: .sequentiallyConsistent), hold.exchange(false, ordering: .relaxed) { usleep(50_000) }
-                return SystemCalls.live.aioSuspend(list, count, timeout)
-            }
+            // POSIX: aio_error reports each of the three as still running until a look of the
+            // completion thread finds all three completed; the next look reaps them together.
+            let completed = Locked<Set<CInt>>([])
+            let released = Atomic<Bool>(false)
             system.aioError = { control in
                 let status = SystemCalls.live.aioError(control)
-                return status == .succeeded && control.pointee.aio_fildes == failing ? .failed(.ioError) : status
+                let fd = control.pointee.aio_fildes
+                guard ours.contains(fd), status != .inProgress else { return status }
+                if !released.load(ordering: .sequentiallyConsistent) {
+                    let all = completed.withLock { completed in
+                        completed.insert(fd)
+                        return completed.count == ours.count
+                    }
+                    if all { released.store(true, ordering: .sequentiallyConsistent) }
+                    return .inProgress  // also the call that saw the last one: the next look reaps all three
+                }
+                return status == .succeeded && fd == failing ? .failed(.ioError) : status
             }
             let backend = try makeBackend(kind, system: system)
             let tasks = [wal, walAgain, other].map { fd in Task { await caughtError { try await backend.fdatasync(fd) } } }
