@@ -67,6 +67,9 @@ public struct WriteAheadLogOptions: Sendable {
     /// Tests only: skip the directory sync after a new segment's creation, so that the segment's
     /// name (and every record acknowledged in it) can vanish in a power loss. Wrong on purpose.
     var unsafeSkipDirectorySync = false
+    /// Tests only: acknowledge appends without their data sync (rotations still sync). Wrong on
+    /// purpose.
+    var unsafeSkipDataSync = false
     /// Tests only: called at each step of a rotation, inside the log's actor.
     var rotationHook: (@Sendable (RotationStep) async -> Void)?
 

@@ -236,7 +236,7 @@ public actor WriteAheadLog {
         defer { syncEnded(segment) }
         stats.dataSyncRequests += 1
         do {
-            try await durability.sync(segment.fd, mode: .fdatasync)
+            if !options.unsafeSkipDataSync { try await durability.sync(segment.fd, mode: .fdatasync) }
         } catch is CancellationError {
             throw CancellationError()
         } catch {
