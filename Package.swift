@@ -33,6 +33,8 @@ let package = Package(
         // Examples/WriteAheadLog: a reference write-ahead log over GroupCommit, and its benchmark.
         // Targets of the root package so that `swift test` runs its tests; not a product.
         .target(name: "WriteAheadLog", dependencies: ["AsyncFsync"], path: "Examples/WriteAheadLog/Sources/WriteAheadLog"),
+        .executableTarget(name: "asyncfsync-wal-bench", dependencies: ["WriteAheadLog"],
+                          path: "Examples/WriteAheadLog/Sources/wal-bench"),
         .testTarget(
             name: "AsyncFsyncTests",
             dependencies: [
