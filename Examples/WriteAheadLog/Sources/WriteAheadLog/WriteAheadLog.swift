@@ -54,7 +54,7 @@ public actor WriteAheadLog {
         /// Data syncs the log asked for: one per append, plus one per rotation and at close. With
         /// group commit, concurrent requests share syncs, so the system runs fewer.
         public var dataSyncRequests = 0
-        /// Directory syncs (one per rotation, at open, and for a directory the log created).
+        /// Directory syncs: two at open (the log's directory and its parent), one per rotation.
         public var directorySyncs = 0
         /// Segments started by rotation.
         public var rotations = 0
@@ -98,8 +98,8 @@ public actor WriteAheadLog {
     /// Recovery reads the segments with blocking `pread(2)` on the caller's executor.
     ///
     /// - Parameters:
-    ///   - directory: The log's directory. A directory this call creates is made durable (its
-    ///     parent is fsynced).
+    ///   - directory: The log's directory, created if it does not exist. Its parent is fsynced, so
+    ///     that its name is durable too.
     ///   - options: Segment size, record size limit, durability. Default: ``WriteAheadLogOptions/init(segmentSize:maxRecordSize:durability:)``.
     ///   - replay: Called with every recovered record, in LSN order, before this returns. An error
     ///     it throws ends the open (and is thrown from it).
@@ -113,18 +113,15 @@ public actor WriteAheadLog {
         replay: (LogRecord) throws -> Void = { _ in }
     ) async throws -> WriteAheadLog {
         let durability = options.durability
-        var directorySyncs = 0
-        if mkdir(directory.string, 0o755) == 0 {
-            // The new directory's name lives in its parent.
-            var parent = directory.removingLastComponent()
-            if parent.isEmpty { parent = "." }
-            let parentFile = OwnedDescriptor(try FileDescriptor.open(parent, .readOnly, options: .directory))
-            try await durability.sync(parentFile.fd, mode: .fsync)
-            parentFile.close()
-            directorySyncs += 1
-        } else if errno != EEXIST {
-            throw Errno(rawValue: errno)
-        }
+        if mkdir(directory.string, 0o755) != 0, errno != EEXIST { throw Errno(rawValue: errno) }
+        // The directory's name lives in its parent. Synced at every open, not only when this call
+        // made the directory: an earlier open may have made it and stopped before its sync.
+        var parent = directory.removingLastComponent()
+        if parent.isEmpty { parent = "." }
+        let parentFile = OwnedDescriptor(try FileDescriptor.open(parent, .readOnly, options: .directory))
+        try await durability.sync(parentFile.fd, mode: .fsync)
+        parentFile.close()
+        var directorySyncs = 1
         let directoryFile = OwnedDescriptor(try FileDescriptor.open(directory, .readOnly, options: .directory))
 
         var recovery = Recovery()
