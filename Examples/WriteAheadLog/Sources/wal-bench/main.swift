@@ -1,6 +1,6 @@
 // asyncfsync-wal-bench: appends of small records to WriteAheadLog by 1, 16 and 64 writer tasks,
-// with group commit over an AsyncFsync backend and with a blocking fdatasync(2) in the log's
-// actor, interleaved per round; prints appends/s, syncs per append and latency percentiles, and
+// with group commit over an AsyncFsync backend (writer tasks on the cooperative pool, and on the
+// backend's executor) and with a blocking fdatasync(2) in the log's actor, interleaved per round; prints appends/s, syncs per append and latency percentiles, and
 // the medians over the rounds.
 //
 //   swift build -c release --product asyncfsync-wal-bench
@@ -53,7 +53,12 @@ final class SyncCounter: AsyncSyncObserver {
 }
 
 enum Variant: String, CaseIterable {
+    /// Group commit; the writer tasks on the cooperative pool.
     case groupCommit = "group commit"
+    /// Group commit; the writer tasks prefer the backend's completion thread as their executor
+    /// (the log's actor, a default actor, then runs there too): no hop to the pool after a sync.
+    case groupCommitOnExecutor = "group commit, executor"
+    /// A blocking fdatasync(2) inside the log's actor.
     case blocking = "blocking fdatasync"
 }
 
@@ -76,7 +81,8 @@ func median(_ values: [Double]) -> Double {
 
 func measure(_ variant: Variant, writers: Int, settings: Settings, backend: any AsyncSyncBackend,
              counter: SyncCounter, directory: FilePath) async throws -> Measurement {
-    let durability: Durability = variant == .groupCommit ? .groupCommit(backend) : .blockingFdatasync
+    let durability: Durability = variant == .blocking ? .blockingFdatasync : .groupCommit(backend)
+    let executor = variant == .groupCommitOnExecutor ? backend.preferredTaskExecutor : nil
     let log = try await WriteAheadLog.open(directory: directory, options: WriteAheadLogOptions(durability: durability))
     let payload = (0..<settings.recordSize).map { UInt8(truncatingIfNeeded: $0 &* 31) }
     let syncsBefore = counter.dataSyncs.load(ordering: .relaxed)
@@ -86,7 +92,7 @@ func measure(_ variant: Variant, writers: Int, settings: Settings, backend: any 
     let deadline = start + .milliseconds(Int(settings.seconds * 1000))
     let latencies = try await withThrowingTaskGroup(of: [Int64].self) { group in
         for _ in 0..<writers {
-            group.addTask {
+            group.addTask(executorPreference: executor) {
                 var mine: [Int64] = []
                 mine.reserveCapacity(1 << 14)
                 while clock.now < deadline {
@@ -102,9 +108,9 @@ func measure(_ variant: Variant, writers: Int, settings: Settings, backend: any 
     }
     let elapsed = clock.now - start
     let statistics = await log.statistics
-    let syncs = variant == .groupCommit
-        ? counter.dataSyncs.load(ordering: .relaxed) - syncsBefore
-        : statistics.dataSyncRequests - requestsBefore  // each request is one fdatasync(2)
+    let syncs = variant == .blocking
+        ? statistics.dataSyncRequests - requestsBefore  // each request is one fdatasync(2)
+        : counter.dataSyncs.load(ordering: .relaxed) - syncsBefore
     try await log.close()
     try FileManager.default.removeItem(atPath: directory.string)
     let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
@@ -146,15 +152,15 @@ var results: [String: [Measurement]] = [:]
 func key(_ variant: Variant, _ writers: Int) -> String { "\(variant.rawValue)/\(writers)" }
 for round in 0..<settings.rounds {
     for writers in settings.writers {
-        // Interleaved: the order of the two logs alternates per round, so a slow stretch of the
+        // Interleaved: the order of the variants alternates per round, so a slow stretch of the
         // disk does not always fall on the same one.
         let order = round % 2 == 0 ? Variant.allCases : Variant.allCases.reversed()
         for variant in order {
-            let directory = scratch.appending("round\(round)-\(writers)-\(variant == .groupCommit ? "gc" : "blocking")")
+            let directory = scratch.appending("round\(round)-\(writers)-\(Variant.allCases.firstIndex(of: variant)!)")
             let measurement = try await measure(variant, writers: writers, settings: settings, backend: backend,
                                                 counter: counter, directory: directory)
             results[key(variant, writers), default: []].append(measurement)
-            let name = variant.rawValue.padding(toLength: 18, withPad: " ", startingAt: 0)
+            let name = variant.rawValue.padding(toLength: 22, withPad: " ", startingAt: 0)
             print("round \(round + 1)  \(name)" + String(format: " %3d writers  %9.0f appends/s  %.3f syncs/append  p50 %8.0f µs  p99 %8.0f µs",
                          writers, measurement.appendsPerSecond, measurement.syncsPerAppend, measurement.p50, measurement.p99))
         }
