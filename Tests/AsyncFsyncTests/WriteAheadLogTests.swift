@@ -68,20 +68,20 @@ extension AsyncFsyncTests {
             #expect(CRC32C.checksum(Array("123456789".utf8)) == 0xE306_9283)
             let payload = Self.payload(3, 5)
             let frame = Frame.encode(lsn: 42, payload: payload)
-            #expect(Frame.decode(frame, at: 0, lsn: 42, maxPayload: 1 << 20)
+            #expect(Frame.decode(frame, at: 0, lsn: 42)
                     == .record(payload: Frame.headerSize..<frame.count, next: frame.count))
-            #expect(Frame.decode(frame, at: frame.count, lsn: 43, maxPayload: 1 << 20) == .end)
-            #expect(Frame.decode(frame, at: 0, lsn: 41, maxPayload: 1 << 20) != .record(payload: Frame.headerSize..<frame.count, next: frame.count))
+            #expect(Frame.decode(frame, at: frame.count, lsn: 43) == .end)
+            #expect(Frame.decode(frame, at: 0, lsn: 41) != .record(payload: Frame.headerSize..<frame.count, next: frame.count))
             for index in frame.indices {
                 var damaged = frame
                 damaged[index] ^= 0x20
-                guard case .invalid = Frame.decode(damaged, at: 0, lsn: 42, maxPayload: 1 << 20) else {
+                guard case .invalid = Frame.decode(damaged, at: 0, lsn: 42) else {
                     Issue.record("a flipped byte at \(index) went unnoticed")
                     continue
                 }
             }
             for cut in 1..<frame.count {
-                guard case .invalid = Frame.decode(Array(frame[..<cut]), at: 0, lsn: 42, maxPayload: 1 << 20) else {
+                guard case .invalid = Frame.decode(Array(frame[..<cut]), at: 0, lsn: 42) else {
                     Issue.record("a frame cut after \(cut) bytes went unnoticed")
                     continue
                 }
@@ -223,6 +223,23 @@ extension AsyncFsyncTests {
             try await third.close()
         }
 
+        @Test("record size: a payload above the limit is refused without poisoning the log; a log reopened with a smaller limit keeps its larger records")
+        func recordSizeLimit() async throws {
+            let scratch = try ScratchDirectory.onDisk()
+            let directory = scratch.path.appending("wal")
+            let (log, _) = try await Self.open(directory, WriteAheadLogOptions(segmentSize: 4096, maxRecordSize: 10_000))
+            let big = [UInt8](repeating: 7, count: 10_000)
+            let error = await #expect(throws: WriteAheadLogError.self) { _ = try await log.append(big + [0]) }
+            #expect(error?.code == .recordTooLarge)
+            #expect(try await log.append(big) == LSN(rawValue: 1), "a segment of its own, larger than the segment size")
+            #expect(try await log.append([1, 2, 3]) == LSN(rawValue: 2))
+            try await log.close()
+            let (again, records) = try await Self.open(directory, WriteAheadLogOptions(maxRecordSize: 100))
+            #expect(records.map(\.payload) == [big, [1, 2, 3]])
+            #expect(again.recovery.truncatedBytes == 0)
+            try await again.close()
+        }
+
         @Test("damage in a segment that is not the last is corruption: open refuses instead of dropping the segments after it")
         func damageBeforeTheLastSegment() async throws {
             let scratch = try ScratchDirectory.onDisk()
@@ -287,7 +304,7 @@ extension AsyncFsyncTests {
             let durable = try fs.durableContents(of: directory + "/" + segment.name)
             var offset = 0
             var next = segment.firstLSN
-            while case .record(let range, let end) = Frame.decode(durable, at: offset, lsn: next, maxPayload: 1 << 20) {
+            while case .record(let range, let end) = Frame.decode(durable, at: offset, lsn: next) {
                 if next == lsn.rawValue { return Array(durable[range]) == payload }
                 offset = end
                 next += 1

@@ -58,14 +58,17 @@ enum Frame {
     }
 
     /// Decodes the frame at `offset` of `bytes`, which must be record `lsn`.
-    static func decode(_ bytes: [UInt8], at offset: Int, lsn: UInt64, maxPayload: Int) -> Decoded {
+    ///
+    /// A length is believed up to the end of `bytes` (the checksum then decides), never against
+    /// the append limit: a log reopened with a smaller ``WriteAheadLogOptions/maxRecordSize``
+    /// must not cut off a durable record.
+    static func decode(_ bytes: [UInt8], at offset: Int, lsn: UInt64) -> Decoded {
         let remaining = bytes.count - offset
         if remaining == 0 { return .end }
         if remaining < headerSize { return .invalid("a partial header (\(remaining) of \(headerSize) bytes)") }
         let foundMagic: UInt32 = load(bytes, offset)
         guard foundMagic == magic else { return .invalid("no frame magic") }
         let length = Int(load(bytes, offset + 4) as UInt32)
-        guard length <= maxPayload else { return .invalid("a length of \(length) bytes, above the limit") }
         guard length <= remaining - headerSize else {
             return .invalid("a partial payload (\(remaining - headerSize) of \(length) bytes)")
         }

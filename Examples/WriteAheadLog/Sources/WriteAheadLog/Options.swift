@@ -57,8 +57,8 @@ public struct WriteAheadLogOptions: Sendable {
     /// A segment that would grow past this size with the next record is closed and a new one is
     /// started (a record larger than this gets a segment of its own). Default: 16 MiB.
     public var segmentSize: Int
-    /// The largest payload ``WriteAheadLog/append(_:)`` accepts, and the largest length recovery
-    /// believes. Default: 1 MiB.
+    /// The largest payload ``WriteAheadLog/append(_:)`` accepts. Default: 1 MiB (the frame's
+    /// length field allows up to 4 GiB - 1).
     public var maxRecordSize: Int
     /// How records are made durable. Default: ``Durability/groupCommit(_:delay:)`` over
     /// `AsyncSync.shared`.

@@ -138,7 +138,7 @@ public actor WriteAheadLog {
             let bytes = try Segment.readAll(file.fd)
             var offset = 0
             scan: while true {
-                switch Frame.decode(bytes, at: offset, lsn: next, maxPayload: options.maxRecordSize) {
+                switch Frame.decode(bytes, at: offset, lsn: next) {
                 case .record(let payload, let end):
                     try replay(LogRecord(lsn: LSN(rawValue: next), payload: Array(bytes[payload])))
                     next += 1
@@ -199,7 +199,7 @@ public actor WriteAheadLog {
     ///   cancelled before its sync was handed to the system (the record stays in the log,
     ///   unacknowledged).
     public func append(_ payload: [UInt8]) async throws -> LSN {
-        guard payload.count <= options.maxRecordSize else {
+        guard payload.count <= min(options.maxRecordSize, Int(UInt32.max)) else {
             throw WriteAheadLogError(code: .recordTooLarge, message: "a record of \(payload.count) bytes is above the limit of \(options.maxRecordSize)", underlying: nil)
         }
         let frameSize = Frame.headerSize + payload.count
