@@ -1,6 +1,7 @@
 /// An error of the log itself. Errors of the system calls it makes (`AsyncSyncError` of a failed
 /// sync, `Errno` of a failed write) are thrown as they are to the append that met them.
 public struct WriteAheadLogError: Error, Sendable, CustomStringConvertible {
+    /// The kinds of failure of the log itself.
     public enum Code: Sendable, Equatable {
         /// An earlier write or sync failed: the log accepts no more appends, because it cannot
         /// know which of its records are durable. Reopen it to recover what is.
@@ -15,7 +16,9 @@ public struct WriteAheadLogError: Error, Sendable, CustomStringConvertible {
         case recordTooLarge
     }
 
+    /// What went wrong; branch on this.
     public let code: Code
+    /// A sentence for a person: what was found, and where.
     public let message: String
     /// For ``Code/poisoned``: the failure that poisoned the log.
     public let underlying: (any Error)?

@@ -1,8 +1,10 @@
 /// The position of a record in the log: its sequence number, 1 for the first record ever
 /// appended, one more for each record after it.
 public struct LSN: RawRepresentable, Hashable, Comparable, Sendable, CustomStringConvertible {
+    /// The sequence number.
     public let rawValue: UInt64
 
+    /// The LSN with sequence number `rawValue`.
     public init(rawValue: UInt64) { self.rawValue = rawValue }
 
     public static func < (lhs: LSN, rhs: LSN) -> Bool { lhs.rawValue < rhs.rawValue }
