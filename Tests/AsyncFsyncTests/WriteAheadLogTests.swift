@@ -116,6 +116,8 @@ extension AsyncFsyncTests {
             #expect(again.recovery.segments == statistics.rotations + 1)
             #expect(try Self.segmentNames(directory).count == statistics.rotations + 1)
             #expect(again.recovery.truncatedBytes == 0)
+            #expect(again.recovery.nextLSN == LSN(rawValue: 201))
+            #expect(await again.nextRecord == LSN(rawValue: 201))
             for index in 200..<250 {
                 expected.append(Self.payload(0, index))
                 #expect(try await again.append(expected.last!) == LSN(rawValue: UInt64(index + 1)))

@@ -20,21 +20,15 @@ final class OwnedDescriptor {
 /// back to back from offset 0. Only the log's actor touches it.
 final class Segment {
     let file: OwnedDescriptor
-    let firstLSN: UInt64
-    let path: FilePath
     /// Where the next record goes: the end of the last record written.
     var size: Int
     /// Appends that wrote here and wait for their sync (the descriptor must stay open for them).
     var syncsInFlight = 0
-    /// A newer segment took over; close when no sync waits any more.
-    var retired = false
 
     var fd: FileDescriptor { file.fd }
 
-    init(_ file: OwnedDescriptor, firstLSN: UInt64, path: FilePath, size: Int) {
+    init(_ file: OwnedDescriptor, size: Int) {
         self.file = file
-        self.firstLSN = firstLSN
-        self.path = path
         self.size = size
     }
 

@@ -63,7 +63,7 @@ public actor WriteAheadLog {
     private let durability: Durability
     private let directoryFile: OwnedDescriptor
     private var current: Segment
-    /// Full segments whose appends still wait for their syncs.
+    /// Full segments whose appends still wait for their syncs (closed when the last one ends).
     private var retired: [Segment] = []
     private var nextLSN: UInt64
     /// The first write or sync failure: the log is poisoned.
@@ -159,7 +159,7 @@ public actor WriteAheadLog {
                 if recovery.truncatedBytes > 0 { try file.fd.resize(to: Int64(offset)) }
                 // The replayed records, and the truncation, are durable before anyone acts on them.
                 try await durability.sync(file.fd, mode: .fdatasync)
-                last = Segment(file, firstLSN: firstLSN, path: path, size: offset)
+                last = Segment(file, size: offset)
             }
         }
         recovery.nextLSN = LSN(rawValue: next)
@@ -170,7 +170,7 @@ public actor WriteAheadLog {
             let path = directory.appending(Segment.name(firstLSN: next))
             let fd = try FileDescriptor.open(path, .readWrite, options: [.create, .exclusiveCreate],
                                              permissions: [.ownerReadWrite, .groupRead, .otherRead])
-            current = Segment(OwnedDescriptor(fd), firstLSN: next, path: path, size: 0)
+            current = Segment(OwnedDescriptor(fd), size: 0)
         }
         // The segments' names (a new first segment, or one whose rotation was cut short) are
         // durable before any record in them is acknowledged.
@@ -258,9 +258,9 @@ public actor WriteAheadLog {
             let path = directory.appending(Segment.name(firstLSN: nextLSN))
             let fd = try FileDescriptor.open(path, .readWrite, options: [.create, .exclusiveCreate],
                                              permissions: [.ownerReadWrite, .groupRead, .otherRead])
-            current = Segment(OwnedDescriptor(fd), firstLSN: nextLSN, path: path, size: 0)
+            current = Segment(OwnedDescriptor(fd), size: 0)
             stats.rotations += 1
-            old.retired = true
+            // Its descriptor stays open while appends that wrote to it wait for their syncs.
             if old.syncsInFlight == 0 { old.file.close() } else { retired.append(old) }
             await options.rotationHook?(.newSegmentCreated)
             if !options.unsafeSkipDirectorySync {
@@ -276,7 +276,7 @@ public actor WriteAheadLog {
     private func syncEnded(_ segment: Segment) {
         segment.syncsInFlight -= 1
         syncsInFlight -= 1
-        if segment.retired, segment.syncsInFlight == 0 {
+        if segment !== current, segment.syncsInFlight == 0 {
             segment.file.close()
             retired.removeAll { $0 === segment }
         }
