@@ -30,11 +30,17 @@ let package = Package(
         .executableTarget(name: "asyncfsync-stress", dependencies: ["AsyncFsync"]),
         // Test-only C helpers (aio_init, ext4 shutdown ioctl); never part of the library.
         .target(name: "CTestSupport", path: "Tests/CTestSupport"),
+        // Examples/WriteAheadLog: a reference write-ahead log over GroupCommit, and its benchmark.
+        // Targets of the root package so that `swift test` runs its tests; not a product.
+        .target(name: "WriteAheadLog", dependencies: ["AsyncFsync"], path: "Examples/WriteAheadLog/Sources/WriteAheadLog"),
+        .executableTarget(name: "asyncfsync-wal-bench", dependencies: ["WriteAheadLog"],
+                          path: "Examples/WriteAheadLog/Sources/wal-bench"),
         .testTarget(
             name: "AsyncFsyncTests",
             dependencies: [
                 "AsyncFsync",
                 "CTestSupport",
+                "WriteAheadLog",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),

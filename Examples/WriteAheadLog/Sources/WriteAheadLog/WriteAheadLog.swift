@@ -1,0 +1,337 @@
+import Glibc
+
+/// A write-ahead log: records appended to segment files in one directory, each acknowledged only
+/// once it is durable, and read back after a crash.
+///
+/// ```swift
+/// let log = try await WriteAheadLog.open(directory: "/var/lib/db/wal") { record in
+///     try apply(record.payload)                 // what survived the last run, in order
+/// }
+/// let lsn = try await log.append(Array("set x=1".utf8))   // durable when it returns
+/// try await log.close()
+/// ```
+///
+/// Durability rules (why each sync is where it is):
+/// - An append writes its frame at the end of the current segment (`pwrite(2)`; writes are
+///   serialized by the actor, so records never interleave) and then awaits an `fdatasync` of the
+///   segment that started after the write. Through `GroupCommit` (the default), concurrent
+///   appends share that sync.
+/// - A full segment is synced before the next one is created, so a segment that has a successor
+///   is complete and recovery treats damage there as corruption rather than a torn write.
+/// - A new segment is created with `O_CREAT | O_EXCL`, and the directory is fsynced before any
+///   record is written to it: a record acknowledged in a segment whose name could still vanish in
+///   a power loss would be lost with it.
+/// - Opening the log truncates a torn tail of the last segment, syncs that segment and the
+///   directory: the recovered records are durable when ``open(directory:options:replay:)``
+///   returns, and new records start on a clean boundary.
+/// - A failed write or sync fails its append and poisons the log: every later append fails with
+///   ``WriteAheadLogError/Code/poisoned``. A sync is never retried: the kernel reports a lost
+///   writeback once, and the retry's success would acknowledge lost data.
+public actor WriteAheadLog {
+    /// The directory holding the segments.
+    public nonisolated let directory: FilePath
+    /// The settings the log was opened with.
+    public nonisolated let options: WriteAheadLogOptions
+    /// What ``open(directory:options:replay:)`` found.
+    public nonisolated let recovery: Recovery
+
+    /// What recovery found when the log was opened.
+    public struct Recovery: Sendable {
+        /// Segments read.
+        public var segments = 0
+        /// Records replayed.
+        public var records = 0
+        /// Bytes cut from the end of the last segment: a torn or damaged tail.
+        public var truncatedBytes = 0
+        /// The LSN the next append gets.
+        public var nextLSN = LSN(rawValue: 1)
+    }
+
+    /// Counters of one open log.
+    public struct Statistics: Sendable {
+        /// Appends acknowledged.
+        public var appends = 0
+        /// Data syncs the log asked for: one per append, plus one per rotation and at close. With
+        /// group commit, concurrent requests share syncs, so the system runs fewer.
+        public var dataSyncRequests = 0
+        /// Directory syncs: two at open (the log's directory and its parent), one per rotation.
+        public var directorySyncs = 0
+        /// Segments started by rotation.
+        public var rotations = 0
+    }
+
+    private let durability: Durability
+    private let directoryFile: OwnedDescriptor
+    private var current: Segment
+    /// Full segments whose appends still wait for their syncs (closed when the last one ends).
+    private var retired: [Segment] = []
+    private var nextLSN: UInt64
+    /// The first write or sync failure: the log is poisoned.
+    private var failure: (any Error)?
+    private var closing: Task<Void, any Error>?
+    private var rotation: Task<Void, Never>?
+    private var syncsInFlight = 0
+    private var idleWaiters: [CheckedContinuation<Void, Never>] = []
+    private var stats = Statistics()
+
+    private init(directory: FilePath, options: WriteAheadLogOptions, directoryFile: OwnedDescriptor,
+                 current: Segment, recovery: Recovery, directorySyncs: Int) {
+        self.directory = directory
+        self.options = options
+        self.durability = options.durability
+        self.directoryFile = directoryFile
+        self.current = current
+        self.nextLSN = recovery.nextLSN.rawValue
+        self.recovery = recovery
+        self.stats.directorySyncs = directorySyncs
+    }
+
+    /// Opens the log in `directory` (creating the directory if needed), replays its records in
+    /// order, and makes it ready for appends.
+    ///
+    /// Segments are read in LSN order. Replay stops at the first record of the last segment that is
+    /// torn or damaged (a partial header or payload, a bad checksum, a wrong magic or sequence
+    /// number); that tail is truncated and the segment synced, so the next append starts on a
+    /// clean boundary. Damage in any other segment is an error: the log syncs a segment before it
+    /// starts the next one, so only the last can have a torn tail.
+    ///
+    /// Recovery reads the segments with blocking `pread(2)` on the caller's executor.
+    ///
+    /// - Parameters:
+    ///   - directory: The log's directory, created if it does not exist. Its parent is fsynced, so
+    ///     that its name is durable too.
+    ///   - options: Segment size, record size limit, durability. Default: ``WriteAheadLogOptions/init(segmentSize:maxRecordSize:durability:)``.
+    ///   - replay: Called with every recovered record, in LSN order, before this returns. An error
+    ///     it throws ends the open (and is thrown from it).
+    /// - Returns: The open log; ``recovery`` says what was found.
+    /// - Throws: ``WriteAheadLogError/Code/corrupt`` for damage recovery must not guess about;
+    ///   `Errno` of a failed `mkdir`, `open`, `read` or `ftruncate`; `AsyncSyncError` of a failed
+    ///   sync; what `replay` throws.
+    nonisolated(nonsending)
+    public static func open(
+        directory: FilePath, options: WriteAheadLogOptions = WriteAheadLogOptions(),
+        replay: (LogRecord) throws -> Void = { _ in }
+    ) async throws -> WriteAheadLog {
+        let durability = options.durability
+        if mkdir(directory.string, 0o755) != 0, errno != EEXIST { throw Errno(rawValue: errno) }
+        // The directory's name lives in its parent. Synced at every open, not only when this call
+        // made the directory: an earlier open may have made it and stopped before its sync.
+        var parent = directory.removingLastComponent()
+        if parent.isEmpty { parent = "." }
+        let parentFile = OwnedDescriptor(try FileDescriptor.open(parent, .readOnly, options: .directory))
+        try await durability.sync(parentFile.fd, mode: .fsync)
+        parentFile.close()
+        var directorySyncs = 1
+        let directoryFile = OwnedDescriptor(try FileDescriptor.open(directory, .readOnly, options: .directory))
+
+        var recovery = Recovery()
+        var last: Segment?
+        let segments = try Segment.list(in: directory)
+        var next: UInt64 = segments.first?.firstLSN ?? 1
+        for (index, (firstLSN, name)) in segments.enumerated() {
+            let isLast = index == segments.count - 1
+            guard firstLSN == next else {
+                throw WriteAheadLogError(code: .corrupt, message: "\(name) starts at record \(firstLSN), but the segment before it ends before record \(next)", underlying: nil)
+            }
+            let path = directory.appending(name)
+            let file = OwnedDescriptor(try FileDescriptor.open(path, isLast ? .readWrite : .readOnly))
+            let bytes = try Segment.readAll(file.fd)
+            var offset = 0
+            scan: while true {
+                switch Frame.decode(bytes, at: offset, lsn: next) {
+                case .record(let payload, let end):
+                    try replay(LogRecord(lsn: LSN(rawValue: next), payload: Array(bytes[payload])))
+                    next += 1
+                    recovery.records += 1
+                    offset = end
+                case .end:
+                    break scan
+                case .invalid(let reason):
+                    guard isLast else {
+                        throw WriteAheadLogError(code: .corrupt, message: "\(name) is damaged at offset \(offset) (\(reason)), and it is not the last segment", underlying: nil)
+                    }
+                    recovery.truncatedBytes = bytes.count - offset
+                    break scan
+                }
+            }
+            recovery.segments += 1
+            if isLast {
+                if recovery.truncatedBytes > 0 { try file.fd.resize(to: Int64(offset)) }
+                // The replayed records, and the truncation, are durable before anyone acts on them.
+                try await durability.sync(file.fd, mode: .fdatasync)
+                last = Segment(file, size: offset)
+            }
+        }
+        recovery.nextLSN = LSN(rawValue: next)
+        let current: Segment
+        if let last {
+            current = last
+        } else {
+            let path = directory.appending(Segment.name(firstLSN: next))
+            let fd = try FileDescriptor.open(path, .readWrite, options: [.create, .exclusiveCreate],
+                                             permissions: [.ownerReadWrite, .groupRead, .otherRead])
+            current = Segment(OwnedDescriptor(fd), size: 0)
+        }
+        // The segments' names (a new first segment, or one whose rotation was cut short) are
+        // durable before any record in them is acknowledged.
+        try await durability.sync(directoryFile.fd, mode: .fsync)
+        directorySyncs += 1
+        return WriteAheadLog(directory: directory, options: options, directoryFile: directoryFile,
+                             current: current, recovery: recovery, directorySyncs: directorySyncs)
+    }
+
+    /// Appends one record and returns once it is durable.
+    ///
+    /// The frame is written at the end of the current segment (a new segment is started first
+    /// when this one would grow past ``WriteAheadLogOptions/segmentSize``), then an `fdatasync` of
+    /// the segment that started after the write must succeed. With group commit, appends of
+    /// concurrent tasks share that sync.
+    ///
+    /// A record whose append threw may still be recovered after a restart (its bytes may have
+    /// reached the disk); one whose append returned always is.
+    ///
+    /// - Parameter payload: The record's bytes, at most ``WriteAheadLogOptions/maxRecordSize``.
+    /// - Returns: The record's LSN: one more than the previous record's.
+    /// - Throws: The `AsyncSyncError` (or `Errno`) of a failed sync or write, which poisons the
+    ///   log; then ``WriteAheadLogError/Code/poisoned`` for every later append;
+    ///   ``WriteAheadLogError/Code/closed`` after ``close()``;
+    ///   ``WriteAheadLogError/Code/recordTooLarge``; `CancellationError` when the task was
+    ///   cancelled before its sync was handed to the system (the record stays in the log,
+    ///   unacknowledged).
+    public func append(_ payload: [UInt8]) async throws -> LSN {
+        guard payload.count <= min(options.maxRecordSize, Int(UInt32.max)) else {
+            throw WriteAheadLogError(code: .recordTooLarge, message: "a record of \(payload.count) bytes is above the limit of \(options.maxRecordSize)", underlying: nil)
+        }
+        let frameSize = Frame.headerSize + payload.count
+        while true {
+            try ensureUsable()
+            if let rotation {
+                await rotation.value
+                continue
+            }
+            if current.size > 0, current.size + frameSize > options.segmentSize {
+                rotation = Task { await self.rotate() }
+                continue
+            }
+            break
+        }
+        // No suspension from here to the end of the write: records never interleave.
+        let lsn = nextLSN
+        let segment = current
+        let frame = Frame.encode(lsn: lsn, payload: payload)
+        do {
+            try segment.fd.writeAll(toAbsoluteOffset: Int64(segment.size), frame)
+        } catch {
+            poison(error)  // part of the frame may be in the file: recovery will cut it
+            throw error
+        }
+        nextLSN += 1
+        segment.size += frame.count
+
+        segment.syncsInFlight += 1
+        syncsInFlight += 1
+        defer { syncEnded(segment) }
+        stats.dataSyncRequests += 1
+        do {
+            if !options.unsafeSkipDataSync { try await durability.sync(segment.fd, mode: .fdatasync) }
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch {
+            poison(error)
+            throw error
+        }
+        // A failure seen meanwhile may concern data written before this record: do not
+        // acknowledge a record that recovery could cut off behind a lost one.
+        if let failure { throw WriteAheadLogError.poisoned(failure) }
+        stats.appends += 1
+        return LSN(rawValue: lsn)
+    }
+
+    /// Closes the full segment and starts the next (the one rotation; appends wait for it).
+    private func rotate() async {
+        defer { rotation = nil }
+        let old = current
+        do {
+            stats.dataSyncRequests += 1
+            try await durability.sync(old.fd, mode: .fdatasync)
+            await options.rotationHook?(.oldSegmentSynced)
+            let path = directory.appending(Segment.name(firstLSN: nextLSN))
+            let fd = try FileDescriptor.open(path, .readWrite, options: [.create, .exclusiveCreate],
+                                             permissions: [.ownerReadWrite, .groupRead, .otherRead])
+            current = Segment(OwnedDescriptor(fd), size: 0)
+            stats.rotations += 1
+            // Its descriptor stays open while appends that wrote to it wait for their syncs.
+            if old.syncsInFlight == 0 { old.file.close() } else { retired.append(old) }
+            await options.rotationHook?(.newSegmentCreated)
+            if !options.unsafeSkipDirectorySync {
+                stats.directorySyncs += 1
+                try await durability.sync(directoryFile.fd, mode: .fsync)
+            }
+            await options.rotationHook?(.directorySynced)
+        } catch {
+            poison(error)
+        }
+    }
+
+    private func syncEnded(_ segment: Segment) {
+        segment.syncsInFlight -= 1
+        syncsInFlight -= 1
+        if segment !== current, segment.syncsInFlight == 0 {
+            segment.file.close()
+            retired.removeAll { $0 === segment }
+        }
+        if syncsInFlight == 0 {
+            let waiters = idleWaiters
+            idleWaiters = []
+            for waiter in waiters { waiter.resume() }
+        }
+    }
+
+    private func poison(_ error: any Error) {
+        if failure == nil { failure = error }
+    }
+
+    private func ensureUsable() throws {
+        if closing != nil { throw WriteAheadLogError.closed }
+        if let failure { throw WriteAheadLogError.poisoned(failure) }
+    }
+
+    /// Counters since the log was opened.
+    public var statistics: Statistics { stats }
+
+    /// The LSN the next append will get.
+    public var nextRecord: LSN { LSN(rawValue: nextLSN) }
+
+    /// Refuses new appends, waits for the appends in flight, syncs the current segment and closes
+    /// every descriptor. Calling it again waits for the first call and returns its result.
+    ///
+    /// - Throws: The error of the final sync (the log is then poisoned, and closed anyway).
+    public func close() async throws {
+        if let closing { return try await closing.value }
+        let task = Task { try await self.closeNow() }
+        closing = task
+        try await task.value
+    }
+
+    private func closeNow() async throws {
+        if let rotation { await rotation.value }
+        while syncsInFlight > 0 {
+            await withCheckedContinuation { idleWaiters.append($0) }
+        }
+        defer {
+            current.file.close()
+            for segment in retired { segment.file.close() }
+            retired = []
+            directoryFile.close()
+        }
+        if failure == nil {
+            stats.dataSyncRequests += 1
+            do {
+                try await durability.sync(current.fd, mode: .fdatasync)
+            } catch {
+                poison(error)
+                throw error
+            }
+        }
+    }
+}
