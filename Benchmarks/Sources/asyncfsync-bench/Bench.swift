@@ -73,6 +73,7 @@ enum Method: String, CaseIterable {
     // The wal-actor workload (WAL.swift): one actor owns the log; its append syncs with …
     case walBlocking = "wal-blocking", walBackend = "wal-backend", walGroupCommit = "wal-group-commit"
     case walSerialExecutor = "wal-serial-executor", walSerialGroupCommit = "wal-serial-group-commit"
+    case walSerialWriters = "wal-serial-writers"
 
     var summary: String {
         switch self {
@@ -96,6 +97,7 @@ enum Method: String, CaseIterable {
         case .walGroupCommit: "wal-actor: the log actor awaits GroupCommit(wrapping: AsyncSync.makeBackend())"
         case .walSerialExecutor: "wal-actor: the log actor runs on backend.preferredSerialExecutor (the completion thread) and awaits backend.sync"
         case .walSerialGroupCommit: "wal-actor: the log actor on backend.preferredSerialExecutor, syncing through GroupCommit"
+        case .walSerialWriters: "wal-actor: as wal-serial-executor, and the writer tasks prefer backend.preferredTaskExecutor (all on the completion thread)"
         case .runtimeFloorExecutor: "Swift runtime floor of the *-executor methods: the tasks prefer that C thread as their task executor"
         }
     }
@@ -120,7 +122,7 @@ enum Method: String, CaseIterable {
     /// A method of the wal-actor workload (its cells only).
     var isWAL: Bool {
         switch self {
-        case .walBlocking, .walBackend, .walGroupCommit, .walSerialExecutor, .walSerialGroupCommit: true
+        case .walBlocking, .walBackend, .walGroupCommit, .walSerialExecutor, .walSerialGroupCommit, .walSerialWriters: true
         default: false
         }
     }
@@ -357,7 +359,7 @@ struct AsyncFsyncBench: AsyncParsableCommand {
                 // NIOFileSystem has fsync only (no fdatasync): both workloads use synchronize().
                 try await byDescriptor[fd.rawValue]!.synchronize()
             }
-        case .walBlocking, .walBackend, .walGroupCommit, .walSerialExecutor, .walSerialGroupCommit:
+        case .walBlocking, .walBackend, .walGroupCommit, .walSerialExecutor, .walSerialGroupCommit, .walSerialWriters:
             preconditionFailure("\(method) runs in wal-actor cells only (measureWAL)")
         }
         for handle in handles { try? await handle.close() }

@@ -15,7 +15,9 @@ import SystemPackage
 // - wal-group-commit: the same through `GroupCommit(wrapping:)`: concurrent syncs of the log share
 //   one sync, and each append is acknowledged only by a sync that started after its write.
 // - wal-serial-executor: the actor of wal-backend on the backend's serial executor (its completion
-//   thread); wal-serial-group-commit: that actor syncing through GroupCommit.
+//   thread); wal-serial-group-commit: that actor syncing through GroupCommit; wal-serial-writers:
+//   that actor, and the writer tasks prefer the backend's task executor (the same thread), so that
+//   calling the actor and returning from it are no hop either.
 
 /// Bytes per record: a small log record (a header and a short payload).
 let walRecordSize = 128
@@ -105,6 +107,7 @@ extension AsyncFsyncBench {
         if directoryDescriptor >= 0 { _ = fsync(directoryDescriptor); close(directoryDescriptor) }
 
         var counting: CountingBackend?
+        var writersExecutor: (any TaskExecutor)? = nil
         let log: any WriteAheadLog
         switch method {
         case .walBlocking:
@@ -123,12 +126,16 @@ extension AsyncFsyncBench {
             counting = CountingBackend(backend)
             log = WALOnBackendExecutor(descriptor: descriptor, backend: GroupCommit(wrapping: counting!),
                                        executor: backend.preferredSerialExecutor!)
+        case .walSerialWriters:
+            let backend = try await AsyncSync.makeBackend()
+            log = WALOnBackendExecutor(descriptor: descriptor, backend: backend, executor: backend.preferredSerialExecutor!)
+            writersExecutor = backend.preferredTaskExecutor
         #endif
         default:
             preconditionFailure("\(method) is not a wal-actor method")
         }
         let clonesBefore = systemClones()
-        let loop = try await runSlots(cell.depth) { _, _ in try await log.append(walRecord) }
+        let loop = try await runSlots(cell.depth, executor: writersExecutor) { _, _ in try await log.append(walRecord) }
         m.clones += systemClones() - clonesBefore
         if case .backend(let backend) = await log.sync { await backend.shutdown() }
         m.add(loop)
