@@ -978,6 +978,161 @@ extension AsyncFsyncTests {
             await backend.shutdown()
         }
 
+        // Checked (review 4): OneShot with several async waiters, a value set from another thread
+        // racing each waiter's cancellation and its deadline, and waiters that arrive after the
+        // value. Every waiter returns exactly once (a continuation resumed twice traps, one never
+        // resumed hangs its task group): with the value, or nil when it was cancelled or its
+        // deadline passed first; one neither cancelled nor timed out always gets the value.
+        @Test("checked: OneShot waiters racing fulfil, cancellation and deadline all return once")
+        func oneShotRaces() async throws {
+            for round in 0..<300 {
+                let shot = OneShot<Int>()
+                let patient = (0..<3).map { _ in Watched { await shot.value(timeout: .seconds(60)) } }
+                let cancelled = (0..<3).map { _ in Watched { await shot.value(timeout: .seconds(60)) } }
+                let hasty = (0..<2).map { _ in Watched { await shot.value(timeout: .microseconds(Int64(round % 50))) } }
+                if round % 3 == 0 { await Task.yield() }
+                let fulfilled = Flag()
+                Thread.detachNewThread {
+                    if round % 2 == 0 { usleep(UInt32(round % 7) * 20) }
+                    shot.fulfill(round)
+                    fulfilled.raise()
+                }
+                for waiter in cancelled { waiter.task.cancel() }
+                let late = Watched { await shot.value(timeout: .seconds(60)) }
+                let all = patient + cancelled + hasty + [late]
+                let ended = await eventually(10) { fulfilled.isRaised && all.allSatisfy(\.isDone) }
+                try #require(ended, "round \(round): \(all.filter { !$0.isDone }.count) waiters never returned")
+                for waiter in patient + [late] {
+                    guard case .success(let value) = waiter.outcome else { Issue.record("round \(round): no outcome"); continue }
+                    #expect(value == round, "round \(round): a waiter neither cancelled nor timed out got \(String(describing: value))")
+                }
+                for waiter in cancelled + hasty {
+                    guard case .success(let value) = waiter.outcome else { Issue.record("round \(round): no outcome"); continue }
+                    #expect(value == nil || value == round)
+                }
+            }
+        }
+
+        // Checked (review 4): GroupCommit over a shared backend that is not made yet when its
+        // requests arrive. Both are stamped 0 (no ledger to stamp against); the ledger is looked
+        // up again when each is judged, so the follower, which arrived before S1's EIO, is not
+        // acknowledged by S2 after the failure was cleared.
+        @Test("checked: GroupCommit requests that arrive before AsyncSync.shared is made are judged against its ledger")
+        func groupCommitOverUnmadeShared() async throws {
+            guard TestEnvironment.require(FaultFS.canRun, "needs root, /dev/fuse and libfuse3") else { return }
+            let fs = try FaultFS()
+            let fd = try fs.open("wal")
+            defer { try? fd.close() }
+            let observer = HoldingObserver.shared
+            let shared = SharedBackend()
+            let group = GroupCommit(wrapping: shared, delay: .milliseconds(300))
+            try fs.control("reset")
+            try fs.control("delay_ms=300")
+            try fs.control("errno=EIO count=1")
+            observer.arm()
+            let leader = Watched { try await group.fdatasync(fd) }
+            try #require(await eventually(10) { observer.isHolding }, "the shared backend's creation reached its selection")
+            let follower = Watched { try await group.fdatasync(fd) }
+            try #require(await eventually { group.queuedCount == 1 })
+            #expect(shared.failureLedger == nil)
+            observer.release()
+            try #require(await eventually(5) { leader.isDone })
+            #expect((leader.error as? AsyncSyncError)?.errno == .ioError)
+            #expect(try group.clearFailure(of: fd))
+            try #require(await eventually(5) { follower.isDone })
+            #expect((follower.error as? AsyncSyncError)?.code == .concurrentFailure,
+                    "F arrived before S1's EIO was recorded and was acknowledged by S2: \(String(describing: follower.outcome))")
+            #expect(try fs.counter("fdatasync") == 2)
+            await group.shutdown()
+            await (try? shared.backend())?.shutdown()
+        }
+
+        // Checked (review 4): the kept tasks are indexed by waiter node, and nodes are reused. A
+        // request without a handler whose task is cancelled completes; its node goes to a request
+        // with a handler, whose batch is put back by an EAGAIN (so it is looked at again), merged
+        // with a later batch holding another request without a handler. Only the latter, whose
+        // own task is cancelled, is dropped: nothing of the first request's task is left on its node.
+        @Test("checked: a reused waiter node does not carry the cancelled task of its former request")
+        func reusedNodeForgetsTask() async throws {
+            let parked = Parked()
+            let c = try await parked.make(4)
+            final class Box: @unchecked Sendable { var state = EngineState(slotCount: 2) }
+            let box = Box()
+            var first = Waiter(id: 1, descriptor: FileDescriptor(rawValue: 7), mode: .fdatasync, continuation: c[0],
+                               arrival: 0, identity: nil, identityTaken: false)
+            first.checksCancellation = true
+            var joining = Waiter(id: 4, descriptor: FileDescriptor(rawValue: 8), mode: .fdatasync, continuation: c[3],
+                                 arrival: 0, identity: FileIdentity(device: 1, inode: 8), identityTaken: true)
+            joining.checksCancellation = true
+            let requests = Unchecked((first, joining))
+            let step = Locked(0)
+            let go = Locked<CheckedContinuation<Void, Never>?>(nil)
+            let finish = Locked<CheckedContinuation<Void, Never>?>(nil)
+            // A cancelled task that stays suspended while the state may hold it.
+            let cancelledTask = Task {
+                withUnsafeCurrentTask { $0?.cancel() }
+                withUnsafeCurrentTask { task in
+                    let arrival1 = box.state.arrive(requests.value.0, isCancelled: false, onCompletionThread: false, task: task)
+                    #expect(arrival1 == .submit)
+                }
+                await withCheckedContinuation { continuation in
+                    go.withLock { $0 = continuation }
+                    step.withLock { $0 = 1 }
+                }
+                withUnsafeCurrentTask { task in
+                    let arrival2 = box.state.arrive(requests.value.1, isCancelled: false, onCompletionThread: false, task: task)
+                    #expect(arrival2 == .queued)
+                }
+                await withCheckedContinuation { continuation in
+                    finish.withLock { $0 = continuation }
+                    step.withLock { $0 = 2 }
+                }
+            }
+            try await waitUntil { step.withLock { $0 } == 1 }
+            var prepared: [EngineState.Prepared] = []
+            var cancelled: [Waiter] = []
+            _ = box.state.takeBatches(into: &prepared, cancelled: &cancelled)
+            #expect(prepared.count == 1 && cancelled.isEmpty, "handed over at once: not looked at")
+            var none: [EngineState.Prepared] = []
+            _ = box.state.takeBatches(into: &none, cancelled: &cancelled)
+            var done: [Waiter] = []
+            _ = box.state.completed(slot: prepared[0].slot, result: .success(()), into: &done)
+            #expect(done.map(\.id) == [1])
+            // Its node is reused by a request with a handler (fd 8), submitted with one for fd 9.
+            let handled = Waiter(id: 2, descriptor: FileDescriptor(rawValue: 8), mode: .fdatasync, continuation: c[1],
+                                 arrival: 0, identity: nil, identityTaken: false)
+            let other = Waiter(id: 3, descriptor: FileDescriptor(rawValue: 9), mode: .fdatasync, continuation: c[2],
+                               arrival: 0, identity: nil, identityTaken: false)
+            let arrival3 = box.state.arrive(handled, isCancelled: false, onCompletionThread: false)
+            #expect(arrival3 == .submit)
+            let arrival4 = box.state.arrive(other, isCancelled: false, onCompletionThread: false)
+            #expect(arrival4 == .queued)
+            prepared.removeAll()
+            _ = box.state.takeBatches(into: &prepared, cancelled: &cancelled)
+            #expect(prepared.count == 2)
+            // A request without a handler (the cancelled task) joins fd 8's next batch meanwhile.
+            go.withLock { $0 }!.resume()
+            try await waitUntil { step.withLock { $0 } == 2 }
+            // fd 8's submission gets EAGAIN, fd 9's sync is in flight: back to the ready queue, merged.
+            let slot8 = prepared.first { $0.descriptor == 8 }!.slot
+            let slot9 = prepared.first { $0.descriptor == 9 }!.slot
+            var failed: [Waiter] = []
+            _ = [slot8].withUnsafeBufferPointer { box.state.exhausted($0, into: &failed) }
+            #expect(failed.isEmpty)
+            _ = box.state.takeBatches(into: &none, cancelled: &cancelled)  // blocked: the role is given up
+            _ = box.state.completed(slot: slot9, result: .success(()), into: &done)
+            let role = box.state.takeSubmitterRole()
+            #expect(role)
+            prepared.removeAll()
+            _ = box.state.takeBatches(into: &prepared, cancelled: &cancelled)
+            #expect(cancelled.map(\.id) == [4], "only the request whose own task was cancelled is dropped")
+            #expect(prepared.count == 1 && prepared[0].descriptor == 8, "the handled request's sync is submitted")
+            #expect(box.state.outstanding == 1)
+            finish.withLock { $0 }!.resume()
+            await cancelledTask.value
+            await parked.finish()
+        }
+
         // @@MORE@@
     }
 }
