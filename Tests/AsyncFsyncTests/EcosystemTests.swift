@@ -76,7 +76,7 @@ extension AsyncFsyncTests {
         func rawDescriptor() async throws {
             let directory = try ScratchDirectory.onDisk()
             let path = directory.path.appending("raw").string
-            FileManager.default.createFile(atPath: path, contents: Data("record\n".utf8))
+            _ = FileManager.default.createFile(atPath: path, contents: Data("record\n".utf8))
             let handle = try #require(FileHandle(forUpdatingAtPath: path))
             defer { try? handle.close() }
             let backend = try await AsyncSync.makeBackend(directory: directory.path)

@@ -1,3 +1,4 @@
+import Synchronization
 import SystemPackage
 
 extension AsyncSync {
@@ -32,8 +33,33 @@ final class SharedBackend: AsyncSyncBackend, CustomStringConvertible {
     }
     private let state = Locked(State.empty)
 
+    /// The made backend and its ledger, published once when `state` becomes `.made(.success)`:
+    /// every sync and every GroupCommit request reads it with one acquiring load instead of
+    /// taking the lock (and casting) each time.
+    private final class Made: Sendable {
+        let backend: any AsyncSyncBackend
+        let ledger: FailureLedger?
+        init(_ backend: any AsyncSyncBackend) {
+            self.backend = backend
+            self.ledger = (backend as? any FailureLedgerProviding)?.failureLedger
+        }
+    }
+    private let made = Atomic<Unmanaged<Made>?>(nil)
+
+    deinit { made.load(ordering: .acquiring)?.release() }
+
+    /// Sets `state` to `.made(result)` (under its lock; called once) and publishes a success.
+    private static func settle(_ state: inout State, _ result: Result<any AsyncSyncBackend, AsyncSyncError>,
+                               publishingIn made: borrowing Atomic<Unmanaged<Made>?>) {
+        state = .made(result)
+        if case .success(let backend) = result {
+            made.store(Unmanaged.passRetained(Made(backend)), ordering: .releasing)
+        }
+    }
+
     /// The backend, made now if it has not been (the async probes: no thread of the pool blocks).
     func backend() async throws -> any AsyncSyncBackend {
+        if let made = made.load(ordering: .acquiring) { return made.takeUnretainedValue().backend }
         enum Step { case ready(Result<any AsyncSyncBackend, AsyncSyncError>), wait(OneShot<Result<any AsyncSyncBackend, AsyncSyncError>>), make(OneShot<Result<any AsyncSyncBackend, AsyncSyncError>>) }
         let step = state.withLock { state -> Step in
             switch state {
@@ -63,7 +89,7 @@ final class SharedBackend: AsyncSyncBackend, CustomStringConvertible {
                     result = .failure(AsyncSyncError(code: .backendUnavailable, errno: nil, operation: .setup, step: .setup,
                                                      backend: nil, message: "\(error)"))
                 }
-                state.withLock { $0 = .made(result) }
+                state.withLock { Self.settle(&$0, result, publishingIn: made) }
                 pending.fulfill(result)
             }
             return try await wait(for: pending)
@@ -81,11 +107,12 @@ final class SharedBackend: AsyncSyncBackend, CustomStringConvertible {
 
     /// The backend made from a synchronous context (it may probe, blocking for a moment).
     private func madeBackend() -> (any AsyncSyncBackend)? {
-        let made = state.withLock { state -> Result<any AsyncSyncBackend, AsyncSyncError>? in
+        if let made = made.load(ordering: .acquiring) { return made.takeUnretainedValue().backend }
+        let settled = state.withLock { state -> Result<any AsyncSyncBackend, AsyncSyncError>? in
             if case .made(let result) = state { return result }
             return nil
         }
-        if let made { return try? made.get() }
+        if let settled { return try? settled.get() }
         let result = Result { () throws(AsyncSyncError) -> any AsyncSyncBackend in
             do { return try AsyncSync.makeBackend() } catch let error as AsyncSyncError { throw error } catch {
                 throw AsyncSyncError(code: .backendUnavailable, errno: nil, operation: .setup, step: .setup, backend: nil, message: "\(error)")
@@ -95,7 +122,7 @@ final class SharedBackend: AsyncSyncBackend, CustomStringConvertible {
             switch state {
             case .made(let existing): return existing
             case .empty:
-                state = .made(result)
+                Self.settle(&state, result, publishingIn: made)
                 return result
             case .making: return nil  // an async first use is making it; use this one meanwhile
             }
@@ -122,11 +149,8 @@ final class SharedBackend: AsyncSyncBackend, CustomStringConvertible {
     var preferredSerialExecutor: (any SerialExecutor)? { madeBackend()?.preferredSerialExecutor }
 
     var description: String {
-        let made = state.withLock { state -> (any AsyncSyncBackend)? in
-            if case .made(.success(let backend)) = state { return backend }
-            return nil
-        }
-        return "shared " + (made.map { "\($0)" } ?? "backend (not made yet)")
+        let backend = made.load(ordering: .acquiring)?.takeUnretainedValue().backend
+        return "shared " + (backend.map { "\($0)" } ?? "backend (not made yet)")
     }
 }
 
@@ -162,10 +186,6 @@ extension AsyncSyncBackend {
 extension SharedBackend: FailureLedgerProviding {
     /// The made backend's ledger; nil until it is made (``GroupCommit`` looks again at each request).
     var failureLedger: FailureLedger? {
-        let made = state.withLock { state -> (any AsyncSyncBackend)? in
-            if case .made(.success(let backend)) = state { return backend }
-            return nil
-        }
-        return (made as? any FailureLedgerProviding)?.failureLedger
+        made.load(ordering: .acquiring)?.takeUnretainedValue().ledger
     }
 }
