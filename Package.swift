@@ -3,6 +3,9 @@ import PackageDescription
 
 let package = Package(
     name: "swift-async-fsync",
+    // macOS 15 / iOS 18: TaskExecutor (preferredTaskExecutor) and Synchronization's Atomic. Off
+    // Linux the portable backend is used (docs/design.md, "The portable backend").
+    platforms: [.macOS(.v15), .iOS(.v18), .tvOS(.v18), .watchOS(.v11), .visionOS(.v2)],
     products: [
         .library(name: "AsyncFsync", targets: ["AsyncFsync"]),
         .executable(name: "asyncfsync-demo", targets: ["asyncfsync-demo"]),

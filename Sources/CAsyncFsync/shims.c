@@ -1,19 +1,30 @@
+#if defined(__linux__)
 #define _GNU_SOURCE
+#endif
 #include "CAsyncFsync.h"
 
 #include <string.h>
 #include <pthread.h>
-#include <sys/eventfd.h>
-#include <sys/mman.h>
-#include <sys/syscall.h>
-#include <sys/vfs.h>
 #include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <fcntl.h>
 #include <errno.h>
 #include <unistd.h>
+#if defined(__linux__)
+#include <sys/vfs.h>
+#include <sys/sysmacros.h>
+#else
+#include <sys/param.h>
+#include <sys/mount.h>
+#endif
+#if CASYNCFSYNC_LINUX_AIO
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#endif
 
 int casyncfsync_errno(void) { return errno; }
+
+#if CASYNCFSYNC_LINUX_AIO
 
 // syscall(2) returns -1 and sets errno; turn that into libaio's -errno.
 static long negative_errno(long rc) { return rc < 0 ? -(long)errno : rc; }
@@ -100,6 +111,9 @@ int casyncfsync_aio_suspend(const struct aiocb *const list[], int n, const struc
 
 int casyncfsync_aio_cancel(int fd, struct aiocb *cb) { return aio_cancel(fd, cb); }
 
+const int casyncfsync_EINPROGRESS = EINPROGRESS;
+const int casyncfsync_AIO_NOTCANCELED = AIO_NOTCANCELED;
+
 
 int casyncfsync_eventfd(void) { return eventfd(0, EFD_CLOEXEC); }
 
@@ -110,11 +124,13 @@ int casyncfsync_eventfd_read(int fd, uint64_t *value) {
     return -1;
 }
 
+int casyncfsync_memfd(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
+#endif  // CASYNCFSYNC_LINUX_AIO
+
 // initial-exec: read without a __tls_get_addr call (the shim is linked into the program).
 static __thread void *thread_marker __attribute__((tls_model("initial-exec")));
 void casyncfsync_set_thread_marker(void *marker) { thread_marker = marker; }
 void *casyncfsync_thread_marker(void) { return thread_marker; }
-int casyncfsync_memfd(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
 
 int casyncfsync_fstatfs_type(int fd, long *type) {
     struct statfs info;
@@ -127,13 +143,25 @@ void casyncfsync_set_thread_name(const char *name) {
     char shortName[16];
     strncpy(shortName, name, sizeof shortName - 1);
     shortName[sizeof shortName - 1] = 0;
+#if defined(__APPLE__)
+    pthread_setname_np(shortName);  // Darwin names the calling thread only
+#else
     pthread_setname_np(pthread_self(), shortName);
+#endif
 }
 
-const int casyncfsync_EINPROGRESS = EINPROGRESS;
-const int casyncfsync_AIO_NOTCANCELED = AIO_NOTCANCELED;
+int casyncfsync_full_fsync(int fd) {
+#if defined(F_FULLFSYNC)
+    return fcntl(fd, F_FULLFSYNC);
+#else
+    (void)fd;
+    errno = ENOTSUP;
+    return -1;
+#endif
+}
 
 int casyncfsync_file_status(int fd, uint64_t *device, uint64_t *inode, unsigned *type) {
+#if defined(__linux__) && defined(STATX_INO)
     struct statx info;
     if (statx(fd, "", AT_EMPTY_PATH, STATX_TYPE | STATX_INO, &info) == 0) {
         *device = (uint64_t)makedev(info.stx_dev_major, info.stx_dev_minor);
@@ -142,6 +170,7 @@ int casyncfsync_file_status(int fd, uint64_t *device, uint64_t *inode, unsigned 
         return 0;
     }
     if (errno != ENOSYS) return -1;
+#endif
     struct stat fallback;
     if (fstat(fd, &fallback) != 0) return -1;
     *device = (uint64_t)fallback.st_dev;

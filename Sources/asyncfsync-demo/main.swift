@@ -4,6 +4,10 @@ import AsyncFsync
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#elseif canImport(Musl)
+import Musl
 #endif
 
 let directory = FilePath(".")
@@ -34,12 +38,22 @@ func run(_ backend: any AsyncSyncBackend, label: String) async {
 }
 
 print("Syncing \(path):")
+/// The backends this build can make (the Linux ones exist on Linux only).
+func makeBackend(_ kind: BackendKind) throws -> (any AsyncSyncBackend)? {
+    switch kind {
+    case .portable: return try PortableBackend()
+    #if os(Linux) && !ASYNC_FSYNC_PORTABLE
+    case .libaio: return try LibaioBackend()
+    case .posix: return try PosixAIOBackend()
+    #else
+    case .libaio, .posix: return nil
+    #endif
+    }
+}
+
 for kind in BackendKind.allCases {
     do {
-        let backend: any AsyncSyncBackend = switch kind {
-        case .libaio: try LibaioBackend()
-        case .posix: try PosixAIOBackend()
-        }
+        guard let backend = try makeBackend(kind) else { continue }
         await run(backend, label: kind.rawValue)
     } catch {
         print("  \(kind): \(error)")

@@ -18,6 +18,10 @@ import AsyncFsync
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#elseif canImport(Musl)
+import Musl
 #endif
 
 let arguments = CommandLine.arguments.dropFirst()

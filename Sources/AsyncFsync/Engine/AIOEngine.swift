@@ -1,3 +1,6 @@
+// Linux only: compiled out off Linux and under ASYNC_FSYNC_PORTABLE (see docs/design.md, "The portable
+// backend").
+#if os(Linux) && !ASYNC_FSYNC_PORTABLE
 import CAsyncFsync
 import Synchronization
 import SystemPackage
@@ -429,3 +432,4 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         shared.withLock { $0.machine.waitingCount }
     }
 }
+#endif  // os(Linux) && !ASYNC_FSYNC_PORTABLE

@@ -1,3 +1,6 @@
+// Linux only: compiled out off Linux and under ASYNC_FSYNC_PORTABLE (see docs/design.md, "The portable
+// backend").
+#if os(Linux) && !ASYNC_FSYNC_PORTABLE
 import CAsyncFsync
 import SystemPackage
 
@@ -375,7 +378,7 @@ final class CompletionHub: TaskExecutor, @unchecked Sendable {
         case .libaio:
             // Every completion and every wake-up adds to the counter; a read takes them all.
             _ = system.eventfdRead(eventDescriptor)
-        case .posix:
+        case .posix, .portable:  // no hub is made for .portable (it has no completion thread)
             suspendOnList(clients)
         }
     }
@@ -536,3 +539,4 @@ final class SerialLane: @unchecked Sendable {
         }
     }
 }
+#endif  // os(Linux) && !ASYNC_FSYNC_PORTABLE

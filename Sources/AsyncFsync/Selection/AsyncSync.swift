@@ -5,8 +5,12 @@ public enum AsyncSync {
     /// The environment variable that chooses the backend: `ASYNC_FSYNC_BACKEND`.
     ///
     /// Values: `auto` (the default, also when unset or empty) probes and prefers ``BackendKind/libaio``,
-    /// then ``BackendKind/posix``; `libaio` or `posix` force that backend, and creating it fails
-    /// with the probe's reason when it cannot work here (never a silent fallback). Surrounding
+    /// then ``BackendKind/posix`` on Linux, and gives ``BackendKind/portable`` on other systems
+    /// (and in a build with `ASYNC_FSYNC_PORTABLE`); `libaio`, `posix` or `portable` force that
+    /// backend, and creating it fails with the probe's reason when it cannot work here (never a
+    /// silent fallback; `libaio` and `posix` off Linux fail with `ENOSYS`). On Linux `auto`
+    /// never picks `portable`: it is there to be forced, for a comparison or a file system the
+    /// AIO paths handle badly. Surrounding
     /// spaces are ignored and letter case does not matter; any other value is an error naming the
     /// value and the valid ones.
     public static let environmentVariable = "ASYNC_FSYNC_BACKEND"
@@ -18,8 +22,8 @@ public enum AsyncSync {
     /// `yes`/`no` are accepted too, surrounding spaces are ignored and letter case does not
     /// matter. Any other value is an error. With `on`, backends made by ``makeBackend(environment:directory:)-uycg`` sync a
     /// descriptor on tmpfs or ramfs with a direct `fsync(2)` / `fdatasync(2)`: such a file system
-    /// has no backing store and its fsync returns at once. See
-    /// ``LibaioBackend/init(capacity:stickyFailures:inlineMemoryFileSystems:)``.
+    /// has no backing store and its fsync returns at once (Linux's AIO backends; the portable
+    /// backend has no inline path). See `LibaioBackend.init(capacity:stickyFailures:inlineMemoryFileSystems:)`.
     public static let inlineEnvironmentVariable = "ASYNC_FSYNC_INLINE"
 
     /// Creates the backend chosen by `ASYNC_FSYNC_BACKEND` and `ASYNC_FSYNC_INLINE`, probing the
@@ -74,7 +78,8 @@ public enum AsyncSync {
         let (choice, prober) = try selection(environment)
         let directory = directory ?? defaultProbeDirectory
         var probes: [BackendKind: BackendProbe] = [:]
-        for kind in BackendKind.allCases where choice == .auto || choice == .forced(kind) {
+        let kinds: [BackendKind] = if case .forced(let kind) = choice { [kind] } else { BackendKind.automaticOrder }
+        for kind in kinds {
             probes[kind] = await prober.probe(kind, in: directory)
         }
         return try makeBackend(choice, prober: prober, directory: directory) { kind, _ in probes[kind]! }
@@ -127,7 +132,7 @@ public enum AsyncSync {
             }
         case .auto:
             var reasons: [String] = []
-            for kind in BackendKind.allCases {
+            for kind in BackendKind.automaticOrder {
                 let probe = probe(kind, directory)
                 switch probe.verdict {
                 case .unsupported:
@@ -180,10 +185,19 @@ public enum AsyncSync {
     }
 
     static func create(_ kind: BackendKind, prober: Prober) throws(AsyncSyncError) -> any AsyncSyncBackend {
-        let inline = prober.inlineMemoryFileSystems
         switch kind {
-        case .libaio: return try LibaioBackend(capacity: 256, inlineMemoryFileSystems: inline, system: prober.system)
-        case .posix: return try PosixAIOBackend(capacity: 256, inlineMemoryFileSystems: inline, system: prober.system)
+        case .portable: return try PortableBackend(threads: PortableBackend.defaultThreads, system: prober.system)
+        #if os(Linux) && !ASYNC_FSYNC_PORTABLE
+        case .libaio:
+            return try LibaioBackend(capacity: 256, inlineMemoryFileSystems: prober.inlineMemoryFileSystems, system: prober.system)
+        case .posix:
+            return try PosixAIOBackend(capacity: 256, inlineMemoryFileSystems: prober.inlineMemoryFileSystems, system: prober.system)
+        #else
+        case .libaio, .posix:
+            throw AsyncSyncError(
+                code: .backendUnavailable, errno: .noFunction, operation: .setup, step: .setup, backend: kind,
+                message: "\(kind) exists on Linux only (this build: \(BackendKind.buildDescription))")
+        #endif
         }
     }
 
@@ -212,10 +226,11 @@ public enum AsyncSync {
     /// - Parameter directory: A writable directory; the scratch file is removed at once. When no
     ///   file can be made there, the mechanism is probed on a memfd and the report says so. `nil`
     ///   (the default) probes the temporary directory (`$TMPDIR`, else `/tmp`).
-    /// - Returns: One ``BackendProbe`` per ``BackendKind``, in the order of `BackendKind.allCases`.
+    /// - Returns: One ``BackendProbe`` per ``BackendKind`` this build can make, in the order of
+    ///   `BackendKind.allCases`: all three on Linux, ``BackendKind/portable`` alone elsewhere.
     public static func probe(directory: FilePath? = nil) -> [BackendProbe] {
         let prober = probeSettings()
-        return BackendKind.allCases.map { prober.probe($0, in: directory ?? defaultProbeDirectory) }
+        return BackendKind.availableHere.map { prober.probe($0, in: directory ?? defaultProbeDirectory) }
     }
 
     /// Probes every backend in `directory` (see the synchronous form) without blocking a thread of
@@ -226,7 +241,7 @@ public enum AsyncSync {
     public static func probe(directory: FilePath? = nil) async -> [BackendProbe] {
         let prober = probeSettings()
         var probes: [BackendProbe] = []
-        for kind in BackendKind.allCases { probes.append(await prober.probe(kind, in: directory ?? defaultProbeDirectory)) }
+        for kind in BackendKind.availableHere { probes.append(await prober.probe(kind, in: directory ?? defaultProbeDirectory)) }
         return probes
     }
 

@@ -3,6 +3,10 @@ import SystemPackage
 
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#elseif canImport(Musl)
+import Musl
 #endif
 
 /// Runs one real sync through a backend's mechanism, with a timeout, and cleans up after it.
@@ -135,13 +139,13 @@ struct Prober: Sendable {
         case .file(let fd):
             usedDirectory = true
             progress.enter("syncing a scratch file through \(kind)")
-            outcome = kind == .libaio ? probeLibaio(fd, cleanups: &cleanups) : probePosix(fd, cleanups: &cleanups)
+            outcome = probeMechanism(kind, fd, cleanups: &cleanups)
         case .memfd(let fd, let why):
             probe.note = "\(why); probed on a memfd"
             probe.fileSystem = "memfd"
             probe.isMemoryFileSystem = false
             progress.enter("syncing a memfd through \(kind)")
-            outcome = kind == .libaio ? probeLibaio(fd, cleanups: &cleanups) : probePosix(fd, cleanups: &cleanups)
+            outcome = probeMechanism(kind, fd, cleanups: &cleanups)
         case .failed(let errno, let why):
             outcome = Outcome(errno: errno, step: .setup, call: "open", message: why, verdict: .unavailable)
         }
@@ -244,6 +248,7 @@ struct Prober: Sendable {
         } catch {
             why = "cannot create a scratch file in \(directory) (\(Self.name(of: error)))"
         }
+        #if os(Linux) && !ASYNC_FSYNC_PORTABLE
         switch system.memfdCreate("asyncfsync-probe") {
         case .success(let raw):
             let fd = FileDescriptor(rawValue: raw)
@@ -253,17 +258,55 @@ struct Prober: Sendable {
         case .failure(let errno):
             return .failed(errno, why: why + "; memfd_create failed too")
         }
+        #else
+        return .failed(nil, why: why)  // no memfd off Linux
+        #endif
     }
 
     private static func name(of error: any Error) -> String {
         (error as? Errno)?.symbolicName ?? "\(error)"
     }
 
-    // MARK: Kernel AIO
+    /// Hands one sync of `fd` (which it then owns) to `kind`'s mechanism.
+    private func probeMechanism(_ kind: BackendKind, _ fd: FileDescriptor, cleanups: inout [@Sendable () -> Void]) -> Outcome {
+        switch kind {
+        case .portable:
+            return probePortable(fd)
+        #if os(Linux) && !ASYNC_FSYNC_PORTABLE
+        case .libaio:
+            return probeLibaio(fd, cleanups: &cleanups)
+        case .posix:
+            return probePosix(fd, cleanups: &cleanups)
+        #else
+        case .libaio, .posix:
+            try? fd.close()
+            return Outcome(errno: .noFunction, step: .setup, call: nil,
+                           message: "\(kind) exists on Linux only (this build: \(BackendKind.buildDescription))",
+                           verdict: .unsupported)
+        #endif
+        }
+    }
+
+    // MARK: Portable
+
+    /// The portable backend's sync, made on this (the probe's own) thread: the mechanism is a
+    /// blocking call on a thread, so a completed sync is all there is to find out.
+    private func probePortable(_ fd: FileDescriptor) -> Outcome {
+        defer { try? fd.close() }
+        if case .failure(let errno) = system.durableSync(.fdatasync, fd.rawValue) {
+            return Outcome(errno: errno, step: .completion, call: durableSyncCallName(.fdatasync),
+                           message: "the sync of the scratch file failed: the file system's error", verdict: .syncFailed)
+        }
+        return .usable
+    }
 
     private var timeoutMessage: String {
         "no completion within \(BackendProbe.milliseconds(timeout)) ms (a stuck file system?)"
     }
+
+    #if os(Linux) && !ASYNC_FSYNC_PORTABLE
+    // MARK: Kernel AIO
+
 
     private func probeLibaio(_ fd: FileDescriptor, cleanups: inout [@Sendable () -> Void]) -> Outcome {
         var context = aio_context_t()
@@ -392,6 +435,7 @@ struct Prober: Sendable {
         }
         return .usable
     }
+    #endif  // os(Linux) && !ASYNC_FSYNC_PORTABLE
 }
 
 /// The system-wide kernel AIO event limit (`/proc/sys/fs/aio-max-nr`) and use (`aio-nr`).

@@ -1,5 +1,9 @@
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#elseif canImport(Musl)
+import Musl
 #endif
 
 /// A value delivered once by one thread and awaited, with a deadline, by another: synchronously
@@ -21,11 +25,15 @@ final class OneShot<Value: Sendable>: @unchecked Sendable {
         pthread_mutex_init(mutex, nil)
         condition = .allocate(capacity: 1)
         condition.initialize(to: pthread_cond_t())
+        #if canImport(Darwin)
+        pthread_cond_init(condition, nil)  // Darwin: timed waits take a relative time (below)
+        #else
         var attributes = pthread_condattr_t()
         pthread_condattr_init(&attributes)
         pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
         pthread_cond_init(condition, &attributes)
         pthread_condattr_destroy(&attributes)
+        #endif
     }
 
     deinit {
@@ -52,6 +60,21 @@ final class OneShot<Value: Sendable>: @unchecked Sendable {
 
     /// Blocks until the value arrives or `timeout` has passed; nil on timeout.
     func wait(timeout: Duration) -> Value? {
+        #if canImport(Darwin)
+        // No monotonic clock for condition variables: wait in relative steps against the
+        // monotonic clock.
+        let end = system_monotonic_now() + timeout
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        while value == nil {
+            let left = end - system_monotonic_now()
+            guard left > .zero else { break }
+            let (seconds, attoseconds) = left.components
+            var relative = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
+            _ = pthread_cond_timedwait_relative_np(condition, mutex, &relative)
+        }
+        return value
+        #else
         var deadline = timespec()
         clock_gettime(CLOCK_MONOTONIC, &deadline)
         let (seconds, attoseconds) = timeout.components
@@ -67,6 +90,7 @@ final class OneShot<Value: Sendable>: @unchecked Sendable {
             if pthread_cond_timedwait(condition, mutex, &deadline) == ETIMEDOUT { break }
         }
         return value
+        #endif
     }
 
     /// Waits without blocking a thread until the value arrives or `timeout` has passed; nil on

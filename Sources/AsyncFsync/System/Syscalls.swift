@@ -4,6 +4,10 @@ import SystemPackage
 
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#elseif canImport(Musl)
+import Musl
 #endif
 
 // The only file that calls C. Each `system_<cname>` wrapper keeps the C arguments and turns the
@@ -25,6 +29,7 @@ func valueOrNegatedErrno<I: FixedWidthInteger>(_ result: I) -> Result<I, Errno> 
     result < 0 ? .failure(Errno(rawValue: CInt(truncatingIfNeeded: 0 &- result))) : .success(result)
 }
 
+#if os(Linux) && !ASYNC_FSYNC_PORTABLE
 /// `aio_error(3)`: the errno itself as the return value; `0` = success, `EINPROGRESS` = not yet.
 @inline(__always)
 func errnoFromReturnValue(_ result: CInt) -> AIOStatus {
@@ -102,16 +107,49 @@ func system_aio_suspend(
     valueOrErrno(casyncfsync_aio_suspend(list, count, timeout)).map { _ in }
 }
 
+#endif  // os(Linux) && !ASYNC_FSYNC_PORTABLE: kernel AIO and glibc POSIX aio
+
 // MARK: Plain file and descriptor calls
 
 func system_fsync(_ fd: CInt) -> Result<Void, Errno> {
-    valueOrErrno(Glibc.fsync(fd)).map { _ in }
+    valueOrErrno(fsync(fd)).map { _ in }
 }
 
+/// `fdatasync(2)` where the C library has it; `fsync(2)` on Darwin, whose SDK does not declare it.
 func system_fdatasync(_ fd: CInt) -> Result<Void, Errno> {
-    valueOrErrno(Glibc.fdatasync(fd)).map { _ in }
+    #if canImport(Darwin)
+    valueOrErrno(fsync(fd)).map { _ in }
+    #else
+    valueOrErrno(fdatasync(fd)).map { _ in }
+    #endif
 }
 
+/// The sync of the portable backend's threads: on Darwin `fcntl(F_FULLFSYNC)` for both modes (a
+/// plain `fsync(2)` there leaves the data in the drive's cache, and Darwin has no `fdatasync`),
+/// with `fsync(2)` when the file system refuses it (`ENOTSUP`, `EINVAL`: not every file system
+/// implements it); elsewhere `fsync(2)` or `fdatasync(2)`.
+func system_durable_sync(_ mode: SyncMode, _ fd: CInt) -> Result<Void, Errno> {
+    #if canImport(Darwin)
+    switch valueOrErrno(casyncfsync_full_fsync(fd)) {
+    case .success: return .success(())
+    case .failure(.notSupported), .failure(.invalidArgument): return system_fsync(fd)
+    case .failure(let errno): return .failure(errno)
+    }
+    #else
+    return system_sync_now(mode, fd)
+    #endif
+}
+
+/// The C function ``system_durable_sync(_:_:)`` calls for `mode`, for error reports.
+func durableSyncCallName(_ mode: SyncMode) -> String {
+    #if canImport(Darwin)
+    "fcntl(F_FULLFSYNC)"
+    #else
+    mode == .fsync ? "fsync" : "fdatasync"
+    #endif
+}
+
+#if os(Linux) && !ASYNC_FSYNC_PORTABLE
 /// `eventfd(0, EFD_CLOEXEC)`.
 func system_eventfd() -> Result<CInt, Errno> {
     valueOrErrno(casyncfsync_eventfd())
@@ -127,13 +165,14 @@ func system_eventfd_read(_ fd: CInt) -> Result<UInt64, Errno> {
 func system_memfd_create(_ name: String) -> Result<CInt, Errno> {
     valueOrErrno(casyncfsync_memfd(name))
 }
+#endif
 
 func system_write(_ fd: CInt, _ buffer: UnsafeRawPointer, _ count: Int) -> Result<Int, Errno> {
-    valueOrErrno(Glibc.write(fd, buffer, count))
+    valueOrErrno(write(fd, buffer, count))
 }
 
 func system_close(_ fd: CInt) -> Result<Void, Errno> {
-    valueOrErrno(Glibc.close(fd)).map { _ in }
+    valueOrErrno(close(fd)).map { _ in }
 }
 
 // MARK: The table the backends call through
@@ -155,6 +194,7 @@ struct SystemCalls: Sendable {
         id = Self.ids.wrappingAdd(1, ordering: .relaxed).oldValue
     }
 
+    #if os(Linux) && !ASYNC_FSYNC_PORTABLE
     var ioSetup: @Sendable (CUnsignedInt, UnsafeMutablePointer<aio_context_t>) -> Result<Void, Errno> { didSet { renew() } }
     var ioDestroy: @Sendable (aio_context_t) -> Result<Void, Errno> { didSet { renew() } }
     var ioSubmit: @Sendable (aio_context_t, Int, UnsafeMutablePointer<UnsafeMutablePointer<iocb>?>) -> Result<Int, Errno> { didSet { renew() } }
@@ -169,6 +209,7 @@ struct SystemCalls: Sendable {
     var eventfd: @Sendable () -> Result<CInt, Errno> { didSet { renew() } }
     var eventfdRead: @Sendable (CInt) -> Result<UInt64, Errno> { didSet { renew() } }
     var memfdCreate: @Sendable (String) -> Result<CInt, Errno> { didSet { renew() } }
+    #endif
     var write: @Sendable (CInt, UnsafeRawPointer, Int) -> Result<Int, Errno> { didSet { renew() } }
     var close: @Sendable (CInt) -> Result<Void, Errno> { didSet { renew() } }
     var fileIdentity: @Sendable (CInt) -> Result<FileIdentity, Errno> { didSet { renew() } }
@@ -184,7 +225,11 @@ struct SystemCalls: Sendable {
     var noteMemory: @Sendable (MemoryEvent, UnsafeRawPointer, Int) -> Void { didSet { renew() } }
     /// A blocking `fsync(2)` or `fdatasync(2)`: the inline path for memory file systems.
     var syncNow: @Sendable (SyncMode, CInt) -> Result<Void, Errno> { didSet { renew() } }
+    /// The blocking sync a ``PortableBackend`` thread makes (``system_durable_sync(_:_:)``:
+    /// `fcntl(F_FULLFSYNC)` on Darwin, `fsync(2)` / `fdatasync(2)` elsewhere).
+    var durableSync: @Sendable (SyncMode, CInt) -> Result<Void, Errno> { didSet { renew() } }
 
+    #if os(Linux) && !ASYNC_FSYNC_PORTABLE
     /// The real system.
     static let live = SystemCalls(
         id: 0,
@@ -208,8 +253,24 @@ struct SystemCalls: Sendable {
         fileSystemType: system_fstatfs_type,
         fileStatus: system_fstat_status,
         noteMemory: { _, _, _ in },
-        syncNow: system_sync_now
+        syncNow: system_sync_now,
+        durableSync: system_durable_sync
     )
+    #else
+    /// The real system.
+    static let live = SystemCalls(
+        id: 0,
+        write: system_write,
+        close: system_close,
+        fileIdentity: system_fstat_identity,
+        startThread: { name, body in system_start_thread(name: name, body) },
+        fileSystemType: system_fstatfs_type,
+        fileStatus: system_fstat_status,
+        noteMemory: { _, _, _ in },
+        syncNow: system_sync_now,
+        durableSync: system_durable_sync
+    )
+    #endif
 }
 
 /// What ``SystemCalls/noteMemory`` is told.
@@ -243,6 +304,15 @@ func system_start_thread(name: String, _ body: @escaping @Sendable () -> Void) -
     defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
 
     let context = Unmanaged.passRetained(ThreadBody(name: name, body: body)).toOpaque()
+    #if canImport(Darwin)
+    var thread: pthread_t? = nil
+    let result = pthread_create(&thread, &attributes, { raw in
+        let box = Unmanaged<ThreadBody>.fromOpaque(raw).takeRetainedValue()
+        casyncfsync_set_thread_name(box.name)
+        box.body()
+        return nil
+    }, context)
+    #else
     var thread = pthread_t()
     let result = pthread_create(&thread, &attributes, { raw in
         let box = Unmanaged<ThreadBody>.fromOpaque(raw!).takeRetainedValue()
@@ -250,6 +320,7 @@ func system_start_thread(name: String, _ body: @escaping @Sendable () -> Void) -
         box.body()
         return nil
     }, context)
+    #endif
     guard result == 0 else {
         Unmanaged<ThreadBody>.fromOpaque(context).release()
         return .failure(Errno(rawValue: result))
@@ -272,14 +343,14 @@ func system_fstat_identity(_ fd: CInt) -> Result<FileIdentity, Errno> {
 // MARK: Scratch files (probing)
 
 func system_unlink(_ path: String) -> Result<Void, Errno> {
-    valueOrErrno(Glibc.unlink(path)).map { _ in }
+    valueOrErrno(unlink(path)).map { _ in }
 }
 
 func system_getenv(_ name: String) -> String? {
-    Glibc.getenv(name).map { String(cString: $0) }
+    getenv(name).map { String(cString: $0) }
 }
 
-func system_getpid() -> CInt { Glibc.getpid() }
+func system_getpid() -> CInt { getpid() }
 
 /// Monotonic clock, for measuring how long a probe took.
 func system_monotonic_now() -> Duration {

@@ -7,15 +7,27 @@
 #ifndef C_ASYNC_FSYNC_H
 #define C_ASYNC_FSYNC_H
 
-#include <aio.h>
+// The Linux-only part (kernel AIO, glibc's POSIX aio, eventfd, memfd) is compiled only on Linux
+// without ASYNC_FSYNC_PORTABLE. With that condition (`-Xcc -DASYNC_FSYNC_PORTABLE`) a Linux build
+// sees exactly what macOS or another system sees: the portable part below.
+#if defined(__linux__) && !defined(ASYNC_FSYNC_PORTABLE)
+#define CASYNCFSYNC_LINUX_AIO 1
+#endif
+
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <time.h>
+#if CASYNCFSYNC_LINUX_AIO
+#include <aio.h>
 #include <linux/aio_abi.h>
+#endif
 
 /// errno of the calling thread, read right after a glibc call.
 int casyncfsync_errno(void);
+
+#if CASYNCFSYNC_LINUX_AIO
 
 // MARK: Kernel AIO (libaio convention: result or -errno)
 long casyncfsync_io_setup(unsigned nr_events, aio_context_t *ctx);
@@ -48,21 +60,28 @@ int casyncfsync_aio_suspend(const struct aiocb *const list[], int n, const struc
 int casyncfsync_aio_cancel(int fd, struct aiocb *cb);
 
 
-// MARK: Descriptors and threads (glibc convention: -1 and errno)
+// MARK: Descriptors (Linux only; glibc convention: -1 and errno)
 /// eventfd(initial 0, EFD_CLOEXEC), blocking reads.
 int casyncfsync_eventfd(void);
 /// read(2) of an eventfd's 8-byte counter into *value; 0 or -1 and errno.
 int casyncfsync_eventfd_read(int fd, uint64_t *value);
 /// memfd_create(name, MFD_CLOEXEC).
 int casyncfsync_memfd(const char *name);
-/// fstatfs(fd)->f_type into *type; 0 or -1 and errno.
+
+extern const int casyncfsync_EINPROGRESS;
+extern const int casyncfsync_AIO_NOTCANCELED;
+#endif  // CASYNCFSYNC_LINUX_AIO
+
+// MARK: Every platform (-1 and errno)
+/// fstatfs(fd)->f_type into *type; 0 or -1 and errno (Linux: the file system's magic number;
+/// elsewhere the system's own numbering).
 int casyncfsync_fstatfs_type(int fd, long *type);
 
 /// The file's device (st_dev encoding), inode and type (the S_IFMT bits of st_mode); 0 or -1 and
-/// errno. Asks statx(2) for the inode and type only: a stat(2) that reads the timestamps marks them
+/// errno. On Linux asks statx(2) for the inode and type only: a stat(2) that reads the timestamps marks them
 /// as queried (multigrain timestamps, Linux 6.13+), so the next write dirties the inode and the
 /// next fdatasync commits the journal (+40-60 µs per sync on ext4, measured). Falls back to
-/// fstat(2) where statx is missing (ENOSYS).
+/// fstat(2) where statx is missing (ENOSYS), and uses fstat(2) on other systems.
 int casyncfsync_file_status(int fd, uint64_t *device, uint64_t *inode, unsigned *type);
 
 /// The completion thread a thread is (or NULL): a thread-local marker its loop sets once.
@@ -71,8 +90,8 @@ void *casyncfsync_thread_marker(void);
 /// pthread_setname_np(pthread_self(), name); name is cut to 15 bytes.
 void casyncfsync_set_thread_name(const char *name);
 
-// MARK: Constants Swift does not import from macros
-extern const int casyncfsync_EINPROGRESS;
-extern const int casyncfsync_AIO_NOTCANCELED;
+/// fcntl(fd, F_FULLFSYNC) on Darwin (the sync that also flushes the drive's cache); -1 and
+/// ENOTSUP elsewhere. 0 or -1 and errno.
+int casyncfsync_full_fsync(int fd);
 
 #endif

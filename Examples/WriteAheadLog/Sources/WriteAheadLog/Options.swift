@@ -1,4 +1,10 @@
+#if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#elseif canImport(Musl)
+import Musl
+#endif
 
 /// How the log makes its records durable.
 public struct Durability: Sendable, CustomStringConvertible {
@@ -46,7 +52,11 @@ public struct Durability: Sendable, CustomStringConvertible {
         case .groupCommit(let group):
             try await group.sync(fd, mode: mode)
         case .blocking:
-            let result = mode == .fsync ? Glibc.fsync(fd.rawValue) : Glibc.fdatasync(fd.rawValue)
+            #if canImport(Darwin)
+            let result = fcntl(fd.rawValue, F_FULLFSYNC)  // Darwin's fsync leaves data in the drive's cache
+            #else
+            let result = mode == .fsync ? fsync(fd.rawValue) : fdatasync(fd.rawValue)
+            #endif
             if result != 0 { throw Errno(rawValue: errno) }
         }
     }

@@ -1,4 +1,10 @@
+#if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#elseif canImport(Musl)
+import Musl
+#endif
 
 /// A descriptor closed exactly once: by ``close()`` or, if nobody did, when its owner goes.
 final class OwnedDescriptor {

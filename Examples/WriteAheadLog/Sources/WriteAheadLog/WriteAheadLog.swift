@@ -1,4 +1,10 @@
+#if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#elseif canImport(Musl)
+import Musl
+#endif
 
 /// A write-ahead log: records appended to segment files in one directory, each acknowledged only
 /// once it is durable, and read back after a crash.

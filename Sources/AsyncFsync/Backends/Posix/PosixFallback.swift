@@ -1,3 +1,6 @@
+// Linux only: compiled out off Linux and under ASYNC_FSYNC_PORTABLE (see docs/design.md, "The portable
+// backend").
+#if os(Linux) && !ASYNC_FSYNC_PORTABLE
 import Synchronization
 import SystemPackage
 
@@ -129,3 +132,4 @@ final class PosixFallback: Sendable {
         return "\(major):\(minor)"
     }
 }
+#endif  // os(Linux) && !ASYNC_FSYNC_PORTABLE
