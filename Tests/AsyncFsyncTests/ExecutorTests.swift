@@ -1,3 +1,6 @@
+// The Linux backends' engine, hub, executors, probes and inline path: compiled out under
+// ASYNC_FSYNC_PORTABLE (and off Linux), where the portable backend is the only one.
+#if os(Linux) && !ASYNC_FSYNC_PORTABLE
 import CTestSupport
 import Foundation
 import Synchronization
@@ -38,7 +41,7 @@ extension AsyncFsyncTests {
         init() { GlibcAIOUnderSanitizer.configure }
 
         @Test("a task preferring the backend's executor goes on on the completion thread after each sync",
-              arguments: BackendKind.allCases)
+              arguments: BackendKind.aio)
         func resumesOnCompletionThread(kind: BackendKind) async throws {
             let directory = try ScratchDirectory.onDisk()
             let fd = try directory.file("data")
@@ -59,7 +62,7 @@ extension AsyncFsyncTests {
         }
 
         @Test("makeBackend()'s backend and a GroupCommit over it offer the completion thread as preferredTaskExecutor",
-              arguments: BackendKind.allCases)
+              arguments: BackendKind.aio)
         func preferredThroughTheProtocol(kind: BackendKind) async throws {
             let directory = try ScratchDirectory.onDisk()
             let fd = try directory.file("wal")
@@ -83,7 +86,7 @@ extension AsyncFsyncTests {
         }
 
         @Test("many tasks on the executor and off it: every sync completes exactly once",
-              arguments: BackendKind.allCases)
+              arguments: BackendKind.aio)
         func manyTasks(kind: BackendKind) async throws {
             let directory = try ScratchDirectory.onDisk()
             let files = try (0..<4).map { try directory.file("f\($0)") }
@@ -115,7 +118,7 @@ extension AsyncFsyncTests {
         }
 
         @Test("a task started elsewhere on the executor wakes the idle completion thread",
-              arguments: BackendKind.allCases)
+              arguments: BackendKind.aio)
         func startedFromOutside(kind: BackendKind) async throws {
             let backend = try makeBackend(kind)
             let executor = taskExecutor(of: backend)
@@ -128,7 +131,7 @@ extension AsyncFsyncTests {
         }
 
         @Test("after shutdown, tasks preferring the executor run on the global executor and get shutDown",
-              arguments: BackendKind.allCases)
+              arguments: BackendKind.aio)
         func afterShutdown(kind: BackendKind) async throws {
             let directory = try ScratchDirectory.onDisk()
             let fd = try directory.file("data")
@@ -145,7 +148,7 @@ extension AsyncFsyncTests {
         }
 
         @Test("a task that keeps running on the executor does not hold up shutdown; it goes on elsewhere",
-              arguments: BackendKind.allCases)
+              arguments: BackendKind.aio)
         func busyTaskDuringShutdown(kind: BackendKind) async throws {
             let backend = try makeBackend(kind, system: liveWithOwnThread())
             let stop = Locked(false)
@@ -168,7 +171,7 @@ extension AsyncFsyncTests {
         }
 
         @Test("a task on the executor can shut the backend down (its own thread) without a deadlock",
-              arguments: BackendKind.allCases)
+              arguments: BackendKind.aio)
         func shutdownFromTheExecutor(kind: BackendKind) async throws {
             let directory = try ScratchDirectory.onDisk()
             let fd = try directory.file("data")
@@ -185,3 +188,4 @@ extension AsyncFsyncTests {
         }
     }
 }
+#endif  // os(Linux) && !ASYNC_FSYNC_PORTABLE

@@ -162,7 +162,7 @@ extension AsyncFsyncTests {
             let fs = try FaultFS()
             try fs.control("errno=\(errno.rawValue)")
             var seen: [SyncMode: [AsyncSyncError]] = [:]
-            for kind in BackendKind.allCases {
+            for kind in BackendKind.tested {
                 let backend = try makeBackend(kind)
                 for mode in [SyncMode.fsync, .fdatasync] {
                     let fd = try fs.open("\(kind)-\(mode)")
@@ -189,7 +189,7 @@ extension AsyncFsyncTests {
         }
 
         @Test("the datasync flag reaches the file system: fdatasync arrives as datasync, fsync not",
-              arguments: BackendKind.allCases)
+              arguments: BackendKind.tested)
         func datasyncFlag(kind: BackendKind) async throws {
             guard TestEnvironment.require(FaultFS.canRun, "needs root, /dev/fuse and libfuse3") else { return }
             let fs = try FaultFS()
@@ -208,7 +208,7 @@ extension AsyncFsyncTests {
         }
 
         @Test("asynchrony is real: 16 syncs held 300 ms each are in the file system at once, and other tasks run meanwhile",
-              arguments: BackendKind.allCases)
+              arguments: BackendKind.tested)
         func asynchrony(kind: BackendKind) async throws {
             guard TestEnvironment.require(FaultFS.canRun, "needs root, /dev/fuse and libfuse3") else { return }
             let fs = try FaultFS()
@@ -245,7 +245,7 @@ extension AsyncFsyncTests {
         }
 
         @Test("fsyncgate: a failed writeback is reported once, the next fsync(2) says OK although the data is lost; the backend keeps failing the file",
-              arguments: BackendKind.allCases)
+              arguments: BackendKind.tested)
         func failedWritebackIsNotForgotten(kind: BackendKind) async throws {
             guard TestEnvironment.require(FaultFS.canRun, "needs root, /dev/fuse and libfuse3") else { return }
             let fs = try FaultFS(writebackCache: true)
@@ -281,7 +281,7 @@ extension AsyncFsyncTests {
         }
 
         @Test("the file system is unmounted lazily with syncs in flight: each completes exactly once",
-              arguments: BackendKind.allCases)
+              arguments: BackendKind.tested)
         func lazyUnmount(kind: BackendKind) async throws {
             guard TestEnvironment.require(FaultFS.canRun, "needs root, /dev/fuse and libfuse3") else { return }
             let fs = try FaultFS()
@@ -306,7 +306,7 @@ extension AsyncFsyncTests {
         }
 
         @Test("the daemon dies: requests in flight end once with ECONNABORTED or ENOTCONN, later syncs with ENOTCONN",
-              arguments: BackendKind.allCases)
+              arguments: BackendKind.tested)
         func daemonKilled(kind: BackendKind) async throws {
             guard TestEnvironment.require(FaultFS.canRun, "needs root, /dev/fuse and libfuse3") else { return }
             let fs = try FaultFS()

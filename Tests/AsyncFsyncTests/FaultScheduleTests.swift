@@ -1,3 +1,6 @@
+// The Linux backends' engine, hub, executors, probes and inline path: compiled out under
+// ASYNC_FSYNC_PORTABLE (and off Linux), where the portable backend is the only one.
+#if os(Linux) && !ASYNC_FSYNC_PORTABLE
 import CAsyncFsync
 import CTestSupport
 import Foundation
@@ -11,18 +14,6 @@ import Testing
 final class ScheduleClock: Sendable {
     private let value = Atomic<UInt64>(0)
     func tick() -> UInt64 { value.add(1, ordering: .sequentiallyConsistent).newValue }
-}
-
-/// A small, fast pseudo-random generator (SplitMix64): a schedule is replayed from its seed.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }
 
 /// One randomized fault schedule's parameters, all drawn from its seed.
@@ -476,3 +467,4 @@ extension AsyncFsyncTests {
         }
     }
 }
+#endif  // os(Linux) && !ASYNC_FSYNC_PORTABLE

@@ -290,7 +290,7 @@ extension AsyncFsyncTests {
         }
 
         @Test("on the fault file system: 32 concurrent syncs held 200 ms reach it as two syncs, the second a fresh one",
-              arguments: BackendKind.allCases)
+              arguments: BackendKind.tested)
         func faultFileSystemCounters(kind: BackendKind) async throws {
             guard TestEnvironment.require(FaultFS.canRun, "needs root, /dev/fuse and libfuse3") else { return }
             let fs = try FaultFS()
@@ -323,7 +323,7 @@ extension AsyncFsyncTests {
         }
 
         @Test("stress: 64 writers on one file; every acknowledged write was followed by a sync that started after it",
-              arguments: BackendKind.allCases)
+              arguments: BackendKind.tested)
         func stress(kind: BackendKind) async throws {
             for onDisk in [false, true] {
                 let directory = onDisk ? try ScratchDirectory.onDisk() : try ScratchDirectory.onTmpfs()

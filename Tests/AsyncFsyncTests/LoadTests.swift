@@ -24,7 +24,7 @@ extension AsyncFsyncTests {
         }
 
         @Test("100 000 requests with 1 000 in flight, 10% cancelled at random, shutdown() in the middle: each ends once, nothing is left",
-              arguments: BackendKind.allCases)
+              arguments: BackendKind.tested)
         func heavyLoadWithShutdown(kind: BackendKind) async throws {
             let tsan = testsupport_tsan_loaded() != 0
             let requests = tsan ? 10_000 : 100_000

@@ -1,3 +1,6 @@
+// The Linux backends' engine, hub, executors, probes and inline path: compiled out under
+// ASYNC_FSYNC_PORTABLE (and off Linux), where the portable backend is the only one.
+#if os(Linux) && !ASYNC_FSYNC_PORTABLE
 import CAsyncFsync
 import Foundation
 import SystemPackage
@@ -33,7 +36,7 @@ extension AsyncFsyncTests {
         }
 
         @Test("makeBackend(): the inline path is on by default and off with ASYNC_FSYNC_INLINE=off",
-              arguments: BackendKind.allCases)
+              arguments: BackendKind.aio)
         func inlineSwitch(kind: BackendKind) async throws {
             for (value, expected) in [(nil, true), ("off", false)] as [(String?, Bool)] {
                 var environment = [AsyncSync.environmentVariable: kind.rawValue]
@@ -53,7 +56,7 @@ extension AsyncFsyncTests {
         // MARK: The inline path
 
         @Test("tmpfs: synced inline with fsync(2)/fdatasync(2); nothing reaches AIO; errors still reported",
-              arguments: BackendKind.allCases)
+              arguments: BackendKind.aio)
         func inlineOnTmpfs(kind: BackendKind) async throws {
             let directory = try ScratchDirectory.onTmpfs()
             guard TestEnvironment.require(directory.fileSystemMagic == FileSystemMagic.tmpfs, "/dev/shm is not tmpfs") else { return }
@@ -81,7 +84,7 @@ extension AsyncFsyncTests {
             #expect(recorder.inlineSyncs == 2)
         }
 
-        @Test("a cancelled task gets CancellationError from the inline path too", arguments: BackendKind.allCases)
+        @Test("a cancelled task gets CancellationError from the inline path too", arguments: BackendKind.aio)
         func inlineCancelled(kind: BackendKind) async throws {
             let directory = try ScratchDirectory.onTmpfs()
             let recorder = SyscallRecorder()
@@ -97,7 +100,7 @@ extension AsyncFsyncTests {
             await backend.shutdown()
         }
 
-        @Test("the inline path never applies to a disk file system", arguments: BackendKind.allCases)
+        @Test("the inline path never applies to a disk file system", arguments: BackendKind.aio)
         func neverInlineOnDisk(kind: BackendKind) async throws {
             let directory = try ScratchDirectory.onDisk()
             let magic = directory.fileSystemMagic ?? 0
@@ -118,7 +121,7 @@ extension AsyncFsyncTests {
             await backend.shutdown()
         }
 
-        @Test("with the inline path off, tmpfs goes through AIO", arguments: BackendKind.allCases)
+        @Test("with the inline path off, tmpfs goes through AIO", arguments: BackendKind.aio)
         func inlineOff(kind: BackendKind) async throws {
             let directory = try ScratchDirectory.onTmpfs()
             let recorder = SyscallRecorder()
@@ -247,7 +250,7 @@ extension AsyncFsyncTests {
         func probeReport() throws {
             let tmpfs = try ScratchDirectory.onTmpfs()
             let disk = try ScratchDirectory.onDisk()
-            for kind in BackendKind.allCases {
+            for kind in BackendKind.aio {
                 let memory = Prober(system: .live).probe(kind, in: tmpfs.path)
                 #expect(memory.fileSystem == "tmpfs")
                 #expect(memory.isMemoryFileSystem && memory.inlineSync)
@@ -265,7 +268,7 @@ extension AsyncFsyncTests {
         }
 
         @Test("no file can be made in the directory: the mechanism is probed on a memfd and the report says so",
-              arguments: BackendKind.allCases)
+              arguments: BackendKind.aio)
         func probeOnMemfd(kind: BackendKind) {
             let probe = Prober(system: .live).probe(kind, in: "/nonexistent-asyncfsync-directory")
             #expect(probe.isUsable)
@@ -309,7 +312,7 @@ extension AsyncFsyncTests {
                         ContinuousClock.now - start < .milliseconds(300) ? .inProgress : SystemCalls.live.aioError(control)
                     }
                     system.aioSuspend = { _, _, _ in .failure(.resourceTemporarilyUnavailable) }
-                case (.posix, .setup): break
+                case (.posix, .setup), (.portable, _): break
                 }
                 return system
             }
@@ -384,3 +387,4 @@ extension AsyncFsyncTests {
         }
     }
 }
+#endif  // os(Linux) && !ASYNC_FSYNC_PORTABLE

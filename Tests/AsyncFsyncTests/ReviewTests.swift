@@ -1,3 +1,6 @@
+// The Linux backends' engine, hub, executors, probes and inline path: compiled out under
+// ASYNC_FSYNC_PORTABLE (and off Linux), where the portable backend is the only one.
+#if os(Linux) && !ASYNC_FSYNC_PORTABLE
 import CAsyncFsync
 import CTestSupport
 import Foundation
@@ -175,7 +178,7 @@ extension AsyncFsyncTests {
         // Fix: reap the refreshed snapshot before parking (treat `clientsChanged` as work), or
         // take the snapshot before reaping.
         @Test("FINDING (libaio): the first sync of a backend that joined a parked hub completes",
-              arguments: BackendKind.allCases)
+              arguments: BackendKind.aio)
         func newClientOfParkedHub(kind: BackendKind) async throws {
             let directory = try ScratchDirectory.onDisk()
             let fd = try directory.file("data")
@@ -435,7 +438,7 @@ extension AsyncFsyncTests {
         // one lane. Fix: let the hub keep its serial executor strongly (it is one per hub; the hub
         // outlives the engines that hand it out), e.g. a `let` made in `init`.
         @Test("FINDING: the serial executor a backend hands out stays alive and keeps its identity",
-              arguments: BackendKind.allCases)
+              arguments: BackendKind.aio)
         func serialExecutorLifetime(kind: BackendKind) async throws {
             let backend = try makeBackend(kind)
             let hub = try #require(backend.preferredTaskExecutor as? CompletionHub)
@@ -525,7 +528,7 @@ extension AsyncFsyncTests {
         // MARK: - Edges checked and found sound
 
         @Test("checked: the in-flight rule fails a success reaped after a failure of the same file (two descriptors)",
-              arguments: BackendKind.allCases)
+              arguments: BackendKind.aio)
         func inFlightRuleAcrossDescriptors(kind: BackendKind) async throws {
             let directory = try ScratchDirectory.onTmpfs()
             let one = try directory.file("data")
@@ -547,7 +550,7 @@ extension AsyncFsyncTests {
         }
 
         @Test("checked: a request that waited for its descriptor's running sync is not acknowledged over that sync's failure",
-              arguments: BackendKind.allCases)
+              arguments: BackendKind.aio)
         func inFlightRuleNextBatch(kind: BackendKind) async throws {
             let directory = try ScratchDirectory.onTmpfs()
             let fd = try directory.file("data")
@@ -569,7 +572,7 @@ extension AsyncFsyncTests {
         }
 
         @Test("checked: a waiting request whose descriptor now names another file fails with EBADF and syncs nothing for it",
-              arguments: BackendKind.allCases)
+              arguments: BackendKind.aio)
         func reusedDescriptorWhileWaiting(kind: BackendKind) async throws {
             let directory = try ScratchDirectory.onTmpfs()
             let fd = try directory.file("a")
@@ -594,7 +597,7 @@ extension AsyncFsyncTests {
         }
 
         @Test("checked: EAGAIN while others are in flight: requests that joined during the submission share the retried sync, a cancelled one is never submitted, a drain waits for them",
-              arguments: BackendKind.allCases)
+              arguments: BackendKind.aio)
         func eagainMergeCancelAndDrain(kind: BackendKind) async throws {
             let directory = try ScratchDirectory.onTmpfs()
             let a = try directory.file("a")
@@ -675,7 +678,7 @@ extension AsyncFsyncTests {
         }
 
         @Test("checked: cancellations under load on a one-slot backend: every request ends once, the drain ends",
-              arguments: BackendKind.allCases)
+              arguments: BackendKind.aio)
         func cancellationStorm(kind: BackendKind) async throws {
             let directory = try ScratchDirectory.onTmpfs()
             let files = try (0..<3).map { try directory.file("f\($0)") }
@@ -703,7 +706,7 @@ extension AsyncFsyncTests {
             #expect(await eventually(5) { shutdown.isDone })
         }
 
-        @Test("checked: wake-ups racing the hub's end never write to its closed eventfd", arguments: BackendKind.allCases)
+        @Test("checked: wake-ups racing the hub's end never write to its closed eventfd", arguments: BackendKind.aio)
         func wakersNeverWriteAfterClose(kind: BackendKind) async throws {
             struct Descriptors { var closed: Set<CInt> = []; var lateWrites = 0; var writes = 0 }
             let descriptors = Locked(Descriptors())
@@ -765,7 +768,7 @@ extension AsyncFsyncTests {
         // insert there); or give `exhausted` what it needs to mark the waiters of the batches it
         // blocks (the waiting starts there).
         @Test("FINDING: a request without a handler that ends up waiting for a slot behind an EAGAIN is cancellable",
-              arguments: BackendKind.allCases)
+              arguments: BackendKind.aio)
         func unhandledRequestBlockedBehindEAGAIN(kind: BackendKind) async throws {
             let directory = try ScratchDirectory.onTmpfs()
             let a = try directory.file("a")
@@ -940,7 +943,7 @@ extension AsyncFsyncTests {
         // while another sync is in flight goes back to the ready queue and waits for a completion,
         // without a handler and unmarked: cancelling it does nothing, and it is submitted later.
         @Test("FINDING: a request without a handler whose own submission gets EAGAIN is cancellable while it waits",
-              arguments: BackendKind.allCases)
+              arguments: BackendKind.aio)
         func unhandledRequestRefusedWithEAGAIN(kind: BackendKind) async throws {
             let directory = try ScratchDirectory.onTmpfs()
             let a = try directory.file("a")
@@ -1136,3 +1139,4 @@ extension AsyncFsyncTests {
         // @@MORE@@
     }
 }
+#endif  // os(Linux) && !ASYNC_FSYNC_PORTABLE

@@ -10,7 +10,7 @@ extension AsyncFsyncTests {
         @Test("ASYNC_FSYNC_BACKEND parsing", arguments: [
             (nil, BackendChoice.auto), ("", .auto), ("auto", .auto), ("  AUTO ", .auto),
             ("libaio", .forced(.libaio)), (" LibAIO\t", .forced(.libaio)),
-            ("posix", .forced(.posix)), ("POSIX", .forced(.posix)),
+            ("posix", .forced(.posix)), ("POSIX", .forced(.posix)), (" Portable ", .forced(.portable)),
         ] as [(String?, BackendChoice)])
         func parsing(value: String?, expected: BackendChoice) throws {
             #expect(try BackendChoice(environmentValue: value) == expected)
@@ -24,17 +24,18 @@ extension AsyncFsyncTests {
             } throws: { error in
                 guard let error = error as? AsyncSyncError else { return false }
                 return error.code == .invalidConfiguration && error.backend == nil
-                    && error.description.contains("\"\(value)\"") && error.description.contains("auto, libaio, posix")
+                    && error.description.contains("\"\(value)\"") && error.description.contains("auto, libaio, posix, portable")
             }
         }
 
-        @Test("a forced backend is that backend", arguments: BackendKind.allCases)
+        @Test("a forced backend is that backend", arguments: BackendKind.tested)
         func forced(kind: BackendKind) async throws {
             let backend = try await AsyncSync.makeBackend(environment: [AsyncSync.environmentVariable: kind.rawValue])
             #expect(backend.kind == kind)
             await backend.shutdown()
         }
 
+        #if os(Linux) && !ASYNC_FSYNC_PORTABLE
         @Test("auto prefers libaio where it works")
         func autoPrefersLibaio() async throws {
             let backend = try await AsyncSync.makeBackend(environment: [:])
@@ -85,10 +86,26 @@ extension AsyncFsyncTests {
             #expect(probe.description.contains("no completion within"))
         }
 
-        @Test("probe() reports every backend, usable here, with its cost")
+        #else
+        @Test("off Linux (ASYNC_FSYNC_PORTABLE), auto gives the portable backend; libaio and posix fail with ENOSYS")
+        func autoIsPortable() async throws {
+            let backend = try await AsyncSync.makeBackend(environment: [:])
+            #expect(backend.kind == .portable)
+            await backend.shutdown()
+            for kind in [BackendKind.libaio, .posix] {
+                let error = await caughtError {
+                    _ = try await AsyncSync.makeBackend(environment: [AsyncSync.environmentVariable: kind.rawValue])
+                } as? AsyncSyncError
+                #expect(error?.code == .backendUnavailable && error?.errno == .noFunction && error?.backend == kind,
+                        "\(String(describing: error))")
+            }
+        }
+        #endif
+
+        @Test("probe() reports every backend this build has, usable here, with its cost")
         func probeReportsEveryBackend() {
             let probes = AsyncSync.probe()
-            #expect(probes.map(\.kind) == BackendKind.allCases)
+            #expect(probes.map(\.kind) == BackendKind.availableHere)
             for probe in probes {
                 #expect(probe.isUsable, "\(probe)")
                 #expect(probe.duration > .zero)

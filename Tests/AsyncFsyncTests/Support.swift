@@ -153,24 +153,47 @@ enum Resources {
 
 /// A backend on `system`; the inline path for memory file systems is off unless asked for, so that
 /// tests on tmpfs reach the asynchronous path.
+/// `capacity` and `inline` do not apply to ``BackendKind/portable`` (no context, no inline path);
+/// it gets ``PortableBackend/defaultThreads`` threads.
 func makeBackend(
     _ kind: BackendKind, capacity: Int = 256, stickyFailures: Bool = true, inline: Bool = false,
     system: SystemCalls = .live, observer: (@Sendable (FailureLedger.Event) -> Void)? = nil
 ) throws -> any AsyncSyncBackend {
     switch kind {
+    case .portable:
+        return try PortableBackend(threads: PortableBackend.defaultThreads, stickyFailures: stickyFailures,
+                                   system: system, ledgerObserver: observer)
+    #if os(Linux) && !ASYNC_FSYNC_PORTABLE
     case .libaio:
-        try LibaioBackend(capacity: capacity, stickyFailures: stickyFailures, inlineMemoryFileSystems: inline,
-                          system: system, ledgerObserver: observer)
+        return try LibaioBackend(capacity: capacity, stickyFailures: stickyFailures, inlineMemoryFileSystems: inline,
+                                 system: system, ledgerObserver: observer)
     case .posix:
-        try PosixAIOBackend(capacity: capacity, stickyFailures: stickyFailures, inlineMemoryFileSystems: inline,
-                            system: system, ledgerObserver: observer)
+        return try PosixAIOBackend(capacity: capacity, stickyFailures: stickyFailures, inlineMemoryFileSystems: inline,
+                                   system: system, ledgerObserver: observer)
+    #else
+    case .libaio, .posix:
+        throw AsyncSyncError(code: .backendUnavailable, errno: .noFunction, operation: .setup, step: .setup,
+                             backend: kind, message: "not in this build")
+    #endif
     }
+}
+
+extension BackendKind {
+    /// What the backend-generic suites run against: every backend this build has (the portable
+    /// one alone under `ASYNC_FSYNC_PORTABLE`).
+    static var tested: [BackendKind] { availableHere }
+    /// The Linux AIO backends (tests of their engine, hub, executors or inline path); empty under
+    /// `ASYNC_FSYNC_PORTABLE`.
+    static var aio: [BackendKind] { availableHere.filter { $0 != .portable } }
 }
 
 func outstanding(_ backend: any AsyncSyncBackend) -> Int {
     switch backend {
+    #if os(Linux) && !ASYNC_FSYNC_PORTABLE
     case let backend as LibaioBackend: backend.engine.outstandingCount
     case let backend as PosixAIOBackend: backend.engine.outstandingCount
+    #endif
+    case let backend as PortableBackend: backend.pool.queuedCount
     default: -1
     }
 }
@@ -178,26 +201,36 @@ func outstanding(_ backend: any AsyncSyncBackend) -> Int {
 /// The engine's state in one line.
 func engineSummary(_ backend: any AsyncSyncBackend) -> String {
     switch backend {
+    #if os(Linux) && !ASYNC_FSYNC_PORTABLE
     case let backend as LibaioBackend: backend.engine.stateSummary
     case let backend as PosixAIOBackend: backend.engine.stateSummary
+    #endif
+    case let backend as PortableBackend: backend.pool.summary
     case let backend as GroupCommit: "group commit over " + engineSummary(backend.wrapped)
     default: "?"
     }
 }
 
-/// Requests waiting for their descriptor's next sync or for a slot.
+/// Requests waiting for their descriptor's next sync or for a slot (a thread, on the portable
+/// backend).
 func waiting(_ backend: any AsyncSyncBackend) -> Int {
     switch backend {
+    #if os(Linux) && !ASYNC_FSYNC_PORTABLE
     case let backend as LibaioBackend: backend.engine.waitingCount
     case let backend as PosixAIOBackend: backend.engine.waitingCount
+    #endif
+    case let backend as PortableBackend: backend.pool.queuedCount
     default: -1
     }
 }
 
 func isAcceptingRequests(_ backend: any AsyncSyncBackend) -> Bool {
     switch backend {
+    #if os(Linux) && !ASYNC_FSYNC_PORTABLE
     case let backend as LibaioBackend: backend.engine.isAcceptingRequests
     case let backend as PosixAIOBackend: backend.engine.isAcceptingRequests
+    #endif
+    case let backend as PortableBackend: backend.pool.isAccepting
     default: false
     }
 }
@@ -289,6 +322,19 @@ final class SyscallRecorder: Sendable {
 
     var system: SystemCalls {
         var system = SystemCalls.live
+        // The portable backend's sync: a submission and a completion in one call. An errno
+        // injected "at submit" fails the call before it reaches the system.
+        system.durableSync = { [self] mode, fd in
+            state.withLock { $0.submitCalls += 1 }
+            if let errno = takeSubmitErrno() { return .failure(errno) }
+            noteSubmitted(1, modes: [mode])
+            var result = SystemCalls.live.durableSync(mode, fd)
+            waitAtGate()
+            if let errno = replaceCompletion() { result = .failure(errno) }
+            noteCompleted(1)
+            return result
+        }
+        #if os(Linux) && !ASYNC_FSYNC_PORTABLE
         system.ioSubmit = { [self] context, count, iocbs in
             state.withLock { $0.submitCalls += 1; $0.ioSubmitCalls += 1 }
             if let errno = takeSubmitErrno() { return .failure(errno) }
@@ -340,16 +386,52 @@ final class SyscallRecorder: Sendable {
             if waitingToReplace, let errno = replaceCompletion() { return .failed(errno) }
             return status
         }
+        #endif
         system.syncNow = { [self] mode, fd in
             state.withLock { $0.inlineSyncs += 1 }
             return SystemCalls.live.syncNow(mode, fd)
         }
+        #if os(Linux) && !ASYNC_FSYNC_PORTABLE
         system.aioReturn = { [self] control in
             if control.pointee.aio_buf == nil { noteCompleted(1) }
             return SystemCalls.live.aioReturn(control)
         }
+        #endif
         return system
     }
 
     private var waitingToReplace: Bool { state.withLock { !$0.completionErrnos.isEmpty } }
+}
+
+// MARK: Helpers
+
+/// Runs `body` and says whether it finished within `limit` (a hang detector: the body keeps running
+/// in a task of its own if it does not).
+func finishes(within limit: Duration, _ body: @escaping @Sendable () async -> Void) async -> Bool {
+    let done = OneShot<Bool>()
+    Task {
+        await body()
+        done.fulfill(true)
+    }
+    return await done.value(timeout: limit) ?? false
+}
+
+extension Array {
+    func asyncMap<T>(_ transform: (Element) async -> T) async -> [T] {
+        var result: [T] = []
+        for element in self { result.append(await transform(element)) }
+        return result
+    }
+}
+
+/// A small, fast pseudo-random generator (SplitMix64): a schedule is replayed from its seed.
+struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
 }

@@ -260,7 +260,7 @@ extension AsyncFsyncTests {
         }
 
         @Test("a failed sync fails its append and poisons the log; nothing after it is acknowledged, close still closes",
-              arguments: BackendKind.allCases)
+              arguments: BackendKind.tested)
         func failedSyncPoisons(kind: BackendKind) async throws {
             guard TestEnvironment.require(FaultFS.canRun, "needs root, /dev/fuse and libfuse3 (scripts/install-deps test)") else { return }
             let fs = try FaultFS()
