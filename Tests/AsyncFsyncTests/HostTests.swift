@@ -1,3 +1,5 @@
+// Kernel AIO on a real host (seccomp, aio-max-nr, libaio.so): compiled out under ASYNC_FSYNC_PORTABLE.
+#if os(Linux) && !ASYNC_FSYNC_PORTABLE
 import Foundation
 import SystemPackage
 import Testing
@@ -134,3 +136,4 @@ extension AsyncFsyncTests {
         }
     }
 }
+#endif  // os(Linux) && !ASYNC_FSYNC_PORTABLE

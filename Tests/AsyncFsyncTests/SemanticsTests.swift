@@ -139,7 +139,7 @@ extension AsyncFsyncTests {
 
         static let completionErrnos: [Errno] = [.ioError, .noSpace, .diskQuotaExceeded, .readOnlyFileSystem, .notPermitted, .socketNotConnected]
 
-        @Test("an errno at completion becomes the same error on both backends, reported once, never retried",
+        @Test("an errno at completion becomes the same error on every backend, reported once, never retried",
               arguments: completionErrnos)
         func errnoAtCompletion(errno: Errno) async throws {
             let directory = try ScratchDirectory.onTmpfs()
@@ -167,7 +167,10 @@ extension AsyncFsyncTests {
                     if mode == .fdatasync { seen.append(failure) }
                 }
             }
-            #expect(seen[0].code == seen[1].code && seen[0].errno == seen[1].errno && seen[0].operation == seen[1].operation)
+            #expect(seen.count == BackendKind.tested.count)
+            for other in seen.dropFirst() {
+                #expect(seen[0].code == other.code && seen[0].errno == other.errno && seen[0].operation == other.operation)
+            }
         }
 
         @Test("a durability failure is sticky per file (any descriptor), until cleared", arguments: kinds)
@@ -242,7 +245,8 @@ extension AsyncFsyncTests {
             await backend.shutdown()
         }
 
-        @Test("EAGAIN at submit makes the request wait for a completion (backpressure)", arguments: kinds)
+        #if os(Linux) && !ASYNC_FSYNC_PORTABLE  // submission to the kernel or glibc
+        @Test("EAGAIN at submit makes the request wait for a completion (backpressure)", arguments: BackendKind.aio)
         func eagainAtSubmitWaits(kind: BackendKind) async throws {
             let directory = try ScratchDirectory.onTmpfs()
             let fd = try directory.file("data")
@@ -266,7 +270,7 @@ extension AsyncFsyncTests {
             await backend.shutdown()
         }
 
-        @Test("EAGAIN at submit with nothing in flight fails instead of waiting forever", arguments: kinds)
+        @Test("EAGAIN at submit with nothing in flight fails instead of waiting forever", arguments: BackendKind.aio)
         func eagainWithNothingInFlight(kind: BackendKind) async throws {
             let directory = try ScratchDirectory.onTmpfs()
             let fd = try directory.file("data")
@@ -281,6 +285,7 @@ extension AsyncFsyncTests {
             try await backend.fsync(fd)
             await backend.shutdown()
         }
+        #endif
 
         #if os(Linux) && !ASYNC_FSYNC_PORTABLE
         @Test("a short io_submit count: the refused iocb gets its own errno, the others run")

@@ -153,15 +153,16 @@ enum Resources {
 
 /// A backend on `system`; the inline path for memory file systems is off unless asked for, so that
 /// tests on tmpfs reach the asynchronous path.
-/// `capacity` and `inline` do not apply to ``BackendKind/portable`` (no context, no inline path);
-/// it gets ``PortableBackend/defaultThreads`` threads.
+/// For ``BackendKind/portable``, `capacity` (the syncs in the system at once) is its thread count,
+/// and the default 256 means ``PortableBackend/defaultThreads``; `inline` does not apply (no inline
+/// path).
 func makeBackend(
     _ kind: BackendKind, capacity: Int = 256, stickyFailures: Bool = true, inline: Bool = false,
     system: SystemCalls = .live, observer: (@Sendable (FailureLedger.Event) -> Void)? = nil
 ) throws -> any AsyncSyncBackend {
     switch kind {
     case .portable:
-        return try PortableBackend(threads: PortableBackend.defaultThreads, stickyFailures: stickyFailures,
+        return try PortableBackend(threads: capacity >= 256 ? PortableBackend.defaultThreads : capacity, stickyFailures: stickyFailures,
                                    system: system, ledgerObserver: observer)
     #if os(Linux) && !ASYNC_FSYNC_PORTABLE
     case .libaio:
@@ -193,7 +194,7 @@ func outstanding(_ backend: any AsyncSyncBackend) -> Int {
     case let backend as LibaioBackend: backend.engine.outstandingCount
     case let backend as PosixAIOBackend: backend.engine.outstandingCount
     #endif
-    case let backend as PortableBackend: backend.pool.queuedCount
+    case let backend as PortableBackend: backend.pool.outstandingCount
     default: -1
     }
 }

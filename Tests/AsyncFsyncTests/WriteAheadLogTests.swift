@@ -299,6 +299,16 @@ extension AsyncFsyncTests {
             var testDescription: String { rawValue }
         }
 
+        /// The backends and variants of the power-loss test: each wrong log once, on one backend.
+        static var powerLossCases: [(BackendKind, Variant)] {
+            #if os(Linux) && !ASYNC_FSYNC_PORTABLE
+            [(.libaio, .correct), (.posix, .correct), (.portable, .correct),
+             (.libaio, .unsafeSkipDirectorySync), (.posix, .unsafeSkipDataSync)]
+            #else
+            [(.portable, .correct), (.portable, .unsafeSkipDirectorySync), (.portable, .unsafeSkipDataSync)]
+            #endif
+        }
+
         /// Power-loss mode: whether record `lsn` with `payload` is in the durable content of its
         /// segment (what the segment's last successful sync covered; names are not looked at).
         static func isDurable(_ lsn: LSN, _ payload: [UInt8], in fs: FaultFS, directory: String) throws -> Bool {
@@ -324,8 +334,7 @@ extension AsyncFsyncTests {
         /// caught: one that skips the directory sync after a rotation, one that acknowledges
         /// appends without their data sync.
         @Test("power loss at any moment, also during rotation: every acknowledged record is durable and recovered; wrong logs are caught",
-              arguments: [(BackendKind.libaio, Variant.correct), (.posix, .correct),
-                          (.libaio, .unsafeSkipDirectorySync), (.posix, .unsafeSkipDataSync)])
+              arguments: powerLossCases)
         func powerLoss(kind: BackendKind, variant: Variant) async throws {
             guard TestEnvironment.require(FaultFS.canRun, "needs root, /dev/fuse and libfuse3 (scripts/install-deps test)") else { return }
             let fs = try FaultFS(powerLoss: true)

@@ -25,7 +25,7 @@ import Musl
 /// until ``clearFailure(of:)``, the in-flight rule (a success is reported only if no durability
 /// failure of the file was recorded during the request's flight), `CancellationError` for a
 /// request cancelled while still queued, and a shutdown that lets the queue drain and waits for
-/// every thread to leave. It works under ``GroupCommit``.
+/// every thread to leave its loop. It works under ``GroupCommit``.
 ///
 /// It has no completion thread to offer: ``preferredTaskExecutor`` and
 /// ``preferredSerialExecutor`` are `nil`, and a task resumes on its own executor.
@@ -105,7 +105,8 @@ public final class PortableBackend: AsyncSyncBackend, CustomStringConvertible {
         }
     }
 
-    /// Refuses new requests, lets the queued ones run, and returns once every thread has left.
+    /// Refuses new requests, lets the queued ones run, and returns once every thread has left its
+    /// loop (the threads are detached: each ends right after, touching nothing of the backend).
     public func shutdown() async {
         await pool.shutdown()
     }
@@ -292,5 +293,7 @@ final class PortableThreadPool: @unchecked Sendable {  // state is touched under
     }
 
     var queuedCount: Int { locked { $0.queuedCount } }
+    /// Requests accepted and not yet completed: queued or running (tests).
+    var outstandingCount: Int { locked { $0.queuedCount + $0.busyThreads } }
     var isAccepting: Bool { locked { $0.isAccepting } }
 }
