@@ -130,7 +130,7 @@ final class SharedBackend: AsyncSyncBackend, CustomStringConvertible {
         return try? (winner ?? result).get()
     }
 
-    var kind: BackendKind { madeBackend()?.kind ?? .posix }
+    var kind: BackendKind { madeBackend()?.kind ?? BackendKind.automaticOrder.last! }  // posix on Linux, portable elsewhere
 
     func sync(_ fd: FileDescriptor, mode: SyncMode) async throws {
         try await backend().sync(fd, mode: mode)
