@@ -42,7 +42,7 @@ print("Syncing \(path):")
 func makeBackend(_ kind: BackendKind) throws -> (any AsyncSyncBackend)? {
     switch kind {
     case .portable: return try PortableBackend()
-    #if os(Linux) && !ASYNC_FSYNC_PORTABLE
+    #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
     case .libaio: return try LibaioBackend()
     case .posix: return try PosixAIOBackend()
     #else

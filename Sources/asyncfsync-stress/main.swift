@@ -5,7 +5,7 @@
 // or a refusal after shutdown.
 //
 //   asyncfsync-stress [DIR] [REQUESTS]
-#if os(Linux) && !ASYNC_FSYNC_PORTABLE
+#if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
 import AsyncFsync
 import Dispatch
 import SystemPackage

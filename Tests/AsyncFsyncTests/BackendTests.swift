@@ -118,7 +118,7 @@ extension AsyncFsyncTests {
             #expect(recorder.state.withLock { $0.maxOutstanding } <= 4)
         }
 
-        #if os(Linux) && !ASYNC_FSYNC_PORTABLE  // the Linux engine's sharing per descriptor
+        #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE  // the Linux engine's sharing per descriptor
         @Test("requests of one descriptor share syncs: one in the system at a time, each served by a sync that started after it",
               arguments: BackendKind.aio)  // the portable backend runs a sync per request (PortableBackendTests)
         func sharedPerDescriptor(kind: BackendKind) async throws {

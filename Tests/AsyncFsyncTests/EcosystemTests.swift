@@ -58,7 +58,7 @@ extension AsyncFsyncTests {
             let fd = try directory.file("shared")
             defer { try? fd.close() }
             try await AsyncSync.shared.fdatasync(fd)
-            #if os(Linux) && !ASYNC_FSYNC_PORTABLE
+            #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
             #expect(AsyncSync.shared.kind == .libaio || ProcessInfo.processInfo.environment[AsyncSync.environmentVariable] == "posix")
             #else
             #expect(AsyncSync.shared.kind == .portable)
@@ -125,7 +125,7 @@ extension AsyncFsyncTests {
             #expect(observer.recorded.contains(.batch(1, .fdatasync)))
             await group.shutdown()
 
-            #if os(Linux) && !ASYNC_FSYNC_PORTABLE
+            #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
             if kind == .libaio {
                 var system = SystemCalls.live
                 system.ioSubmit = { _, _, _ in .failure(.invalidArgument) }  // a file system without AIO fsync

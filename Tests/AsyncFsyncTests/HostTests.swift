@@ -1,5 +1,5 @@
 // Kernel AIO on a real host (seccomp, aio-max-nr, libaio.so): compiled out under ASYNC_FSYNC_PORTABLE.
-#if os(Linux) && !ASYNC_FSYNC_PORTABLE
+#if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
 import Foundation
 import SystemPackage
 import Testing
@@ -136,4 +136,4 @@ extension AsyncFsyncTests {
         }
     }
 }
-#endif  // os(Linux) && !ASYNC_FSYNC_PORTABLE
+#endif  // os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE

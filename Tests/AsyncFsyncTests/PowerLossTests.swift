@@ -55,7 +55,7 @@ extension AsyncFsyncTests {
                 usleep(3_000)
                 return result
             }
-            #if os(Linux) && !ASYNC_FSYNC_PORTABLE
+            #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
             system.reapCompletions = { context, events, maximum in
                 let result = SystemCalls.live.reapCompletions(context, events, maximum)
                 if case .success(let count) = result, count > 0 { usleep(3_000) }

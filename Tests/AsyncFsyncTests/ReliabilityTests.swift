@@ -9,7 +9,7 @@ import Testing
 
 // The reliability review of the Linux engine (issue #11): its submission, hub, context and
 // inline path. Compiled out under ASYNC_FSYNC_PORTABLE; PortableBackendTests covers that backend.
-#if os(Linux) && !ASYNC_FSYNC_PORTABLE
+#if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
 /// Records descriptor closes and AIO context destruction, and flags every later use of them by a
 /// system call of the backend (a write into a closed, possibly reused descriptor; a submission to a
 /// destroyed context, whose control blocks are freed too).
@@ -646,4 +646,4 @@ extension AsyncFsyncTests {
         }
     }
 }
-#endif  // os(Linux) && !ASYNC_FSYNC_PORTABLE
+#endif  // os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE

@@ -1,6 +1,6 @@
 // The Linux backends' engine, hub, executors, probes and inline path: compiled out under
 // ASYNC_FSYNC_PORTABLE (and off Linux), where the portable backend is the only one.
-#if os(Linux) && !ASYNC_FSYNC_PORTABLE
+#if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
 import CAsyncFsync
 import CTestSupport
 import Foundation
@@ -1139,4 +1139,4 @@ extension AsyncFsyncTests {
         // @@MORE@@
     }
 }
-#endif  // os(Linux) && !ASYNC_FSYNC_PORTABLE
+#endif  // os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE

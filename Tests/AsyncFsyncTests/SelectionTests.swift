@@ -35,7 +35,7 @@ extension AsyncFsyncTests {
             await backend.shutdown()
         }
 
-        #if os(Linux) && !ASYNC_FSYNC_PORTABLE
+        #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
         @Test("auto prefers libaio where it works")
         func autoPrefersLibaio() async throws {
             let backend = try await AsyncSync.makeBackend(environment: [:])

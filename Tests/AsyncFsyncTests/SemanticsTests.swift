@@ -245,7 +245,7 @@ extension AsyncFsyncTests {
             await backend.shutdown()
         }
 
-        #if os(Linux) && !ASYNC_FSYNC_PORTABLE  // submission to the kernel or glibc
+        #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE  // submission to the kernel or glibc
         @Test("EAGAIN at submit makes the request wait for a completion (backpressure)", arguments: BackendKind.aio)
         func eagainAtSubmitWaits(kind: BackendKind) async throws {
             let directory = try ScratchDirectory.onTmpfs()
@@ -287,7 +287,7 @@ extension AsyncFsyncTests {
         }
         #endif
 
-        #if os(Linux) && !ASYNC_FSYNC_PORTABLE
+        #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
         @Test("a short io_submit count: the refused iocb gets its own errno, the others run")
         func shortSubmitCount() async throws {
             let directory = try ScratchDirectory.onTmpfs()
@@ -344,6 +344,6 @@ extension AsyncFsyncTests {
                 }
             }
         }
-        #endif  // os(Linux) && !ASYNC_FSYNC_PORTABLE
+        #endif  // os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
     }
 }

@@ -164,7 +164,7 @@ func makeBackend(
     case .portable:
         return try PortableBackend(threads: capacity >= 256 ? PortableBackend.defaultThreads : capacity, stickyFailures: stickyFailures,
                                    system: system, ledgerObserver: observer)
-    #if os(Linux) && !ASYNC_FSYNC_PORTABLE
+    #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
     case .libaio:
         return try LibaioBackend(capacity: capacity, stickyFailures: stickyFailures, inlineMemoryFileSystems: inline,
                                  system: system, ledgerObserver: observer)
@@ -190,7 +190,7 @@ extension BackendKind {
 
 func outstanding(_ backend: any AsyncSyncBackend) -> Int {
     switch backend {
-    #if os(Linux) && !ASYNC_FSYNC_PORTABLE
+    #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
     case let backend as LibaioBackend: backend.engine.outstandingCount
     case let backend as PosixAIOBackend: backend.engine.outstandingCount
     #endif
@@ -202,7 +202,7 @@ func outstanding(_ backend: any AsyncSyncBackend) -> Int {
 /// The engine's state in one line.
 func engineSummary(_ backend: any AsyncSyncBackend) -> String {
     switch backend {
-    #if os(Linux) && !ASYNC_FSYNC_PORTABLE
+    #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
     case let backend as LibaioBackend: backend.engine.stateSummary
     case let backend as PosixAIOBackend: backend.engine.stateSummary
     #endif
@@ -216,7 +216,7 @@ func engineSummary(_ backend: any AsyncSyncBackend) -> String {
 /// backend).
 func waiting(_ backend: any AsyncSyncBackend) -> Int {
     switch backend {
-    #if os(Linux) && !ASYNC_FSYNC_PORTABLE
+    #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
     case let backend as LibaioBackend: backend.engine.waitingCount
     case let backend as PosixAIOBackend: backend.engine.waitingCount
     #endif
@@ -227,7 +227,7 @@ func waiting(_ backend: any AsyncSyncBackend) -> Int {
 
 func isAcceptingRequests(_ backend: any AsyncSyncBackend) -> Bool {
     switch backend {
-    #if os(Linux) && !ASYNC_FSYNC_PORTABLE
+    #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
     case let backend as LibaioBackend: backend.engine.isAcceptingRequests
     case let backend as PosixAIOBackend: backend.engine.isAcceptingRequests
     #endif
@@ -335,7 +335,7 @@ final class SyscallRecorder: Sendable {
             noteCompleted(1)
             return result
         }
-        #if os(Linux) && !ASYNC_FSYNC_PORTABLE
+        #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
         system.ioSubmit = { [self] context, count, iocbs in
             state.withLock { $0.submitCalls += 1; $0.ioSubmitCalls += 1 }
             if let errno = takeSubmitErrno() { return .failure(errno) }
@@ -392,7 +392,7 @@ final class SyscallRecorder: Sendable {
             state.withLock { $0.inlineSyncs += 1 }
             return SystemCalls.live.syncNow(mode, fd)
         }
-        #if os(Linux) && !ASYNC_FSYNC_PORTABLE
+        #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
         system.aioReturn = { [self] control in
             if control.pointee.aio_buf == nil { noteCompleted(1) }
             return SystemCalls.live.aioReturn(control)

@@ -301,7 +301,7 @@ extension AsyncFsyncTests {
 
         /// The backends and variants of the power-loss test: each wrong log once, on one backend.
         static var powerLossCases: [(BackendKind, Variant)] {
-            #if os(Linux) && !ASYNC_FSYNC_PORTABLE
+            #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
             [(.libaio, .correct), (.posix, .correct), (.portable, .correct),
              (.libaio, .unsafeSkipDirectorySync), (.posix, .unsafeSkipDataSync)]
             #else

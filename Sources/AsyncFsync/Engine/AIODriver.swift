@@ -1,6 +1,6 @@
-// Linux only: compiled out off Linux and under ASYNC_FSYNC_PORTABLE (see docs/design.md, "The portable
+// Linux (glibc) only: compiled out elsewhere and under ASYNC_FSYNC_PORTABLE (see docs/design.md, "The portable
 // backend").
-#if os(Linux) && !ASYNC_FSYNC_PORTABLE
+#if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
 import CAsyncFsync
 import SystemPackage
 
@@ -60,4 +60,4 @@ protocol AIODriver: AnyObject, Sendable {
     /// for an RCU grace period, which must not hold up the hub).
     func release(then done: @escaping @Sendable () -> Void)
 }
-#endif  // os(Linux) && !ASYNC_FSYNC_PORTABLE
+#endif  // os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE

@@ -187,7 +187,7 @@ public enum AsyncSync {
     static func create(_ kind: BackendKind, prober: Prober) throws(AsyncSyncError) -> any AsyncSyncBackend {
         switch kind {
         case .portable: return try PortableBackend(threads: PortableBackend.defaultThreads, system: prober.system)
-        #if os(Linux) && !ASYNC_FSYNC_PORTABLE
+        #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
         case .libaio:
             return try LibaioBackend(capacity: 256, inlineMemoryFileSystems: prober.inlineMemoryFileSystems, system: prober.system)
         case .posix:

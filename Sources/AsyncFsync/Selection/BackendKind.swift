@@ -18,10 +18,11 @@ public enum BackendKind: String, CaseIterable, Sendable, Hashable, CustomStringC
 }
 
 extension BackendKind {
-    /// The kinds `auto` tries, in order: kernel AIO then POSIX aio on Linux (the portable backend
-    /// only when forced), the portable backend elsewhere and under `ASYNC_FSYNC_PORTABLE`.
+    /// The kinds `auto` tries, in order: kernel AIO then POSIX aio on Linux with glibc (the portable
+    /// backend only when forced), the portable backend elsewhere (macOS, musl) and under
+    /// `ASYNC_FSYNC_PORTABLE`.
     static var automaticOrder: [BackendKind] {
-        #if os(Linux) && !ASYNC_FSYNC_PORTABLE
+        #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
         [.libaio, .posix]
         #else
         [.portable]
@@ -30,7 +31,7 @@ extension BackendKind {
 
     /// The kinds this build can make, in the order probes are reported.
     static var availableHere: [BackendKind] {
-        #if os(Linux) && !ASYNC_FSYNC_PORTABLE
+        #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
         [.libaio, .posix, .portable]
         #else
         [.portable]
@@ -39,10 +40,12 @@ extension BackendKind {
 
     /// Which path this build took, for messages.
     static var buildDescription: String {
-        #if os(Linux) && !ASYNC_FSYNC_PORTABLE
+        #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
         "Linux"
-        #elseif os(Linux)
+        #elseif os(Linux) && ASYNC_FSYNC_PORTABLE
         "Linux with ASYNC_FSYNC_PORTABLE"
+        #elseif os(Linux)
+        "Linux without glibc"
         #else
         "not Linux"
         #endif

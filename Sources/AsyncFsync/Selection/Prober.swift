@@ -248,7 +248,7 @@ struct Prober: Sendable {
         } catch {
             why = "cannot create a scratch file in \(directory) (\(Self.name(of: error)))"
         }
-        #if os(Linux) && !ASYNC_FSYNC_PORTABLE
+        #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
         switch system.memfdCreate("asyncfsync-probe") {
         case .success(let raw):
             let fd = FileDescriptor(rawValue: raw)
@@ -272,7 +272,7 @@ struct Prober: Sendable {
         switch kind {
         case .portable:
             return probePortable(fd)
-        #if os(Linux) && !ASYNC_FSYNC_PORTABLE
+        #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
         case .libaio:
             return probeLibaio(fd, cleanups: &cleanups)
         case .posix:
@@ -304,7 +304,7 @@ struct Prober: Sendable {
         "no completion within \(BackendProbe.milliseconds(timeout)) ms (a stuck file system?)"
     }
 
-    #if os(Linux) && !ASYNC_FSYNC_PORTABLE
+    #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
     // MARK: Kernel AIO
 
 
@@ -435,7 +435,7 @@ struct Prober: Sendable {
         }
         return .usable
     }
-    #endif  // os(Linux) && !ASYNC_FSYNC_PORTABLE
+    #endif  // os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
 }
 
 /// The system-wide kernel AIO event limit (`/proc/sys/fs/aio-max-nr`) and use (`aio-nr`).

@@ -29,7 +29,7 @@ func valueOrNegatedErrno<I: FixedWidthInteger>(_ result: I) -> Result<I, Errno> 
     result < 0 ? .failure(Errno(rawValue: CInt(truncatingIfNeeded: 0 &- result))) : .success(result)
 }
 
-#if os(Linux) && !ASYNC_FSYNC_PORTABLE
+#if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
 /// `aio_error(3)`: the errno itself as the return value; `0` = success, `EINPROGRESS` = not yet.
 @inline(__always)
 func errnoFromReturnValue(_ result: CInt) -> AIOStatus {
@@ -107,7 +107,7 @@ func system_aio_suspend(
     valueOrErrno(casyncfsync_aio_suspend(list, count, timeout)).map { _ in }
 }
 
-#endif  // os(Linux) && !ASYNC_FSYNC_PORTABLE: kernel AIO and glibc POSIX aio
+#endif  // os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE: kernel AIO and glibc POSIX aio
 
 // MARK: Plain file and descriptor calls
 
@@ -149,7 +149,7 @@ func durableSyncCallName(_ mode: SyncMode) -> String {
     #endif
 }
 
-#if os(Linux) && !ASYNC_FSYNC_PORTABLE
+#if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
 /// `eventfd(0, EFD_CLOEXEC)`.
 func system_eventfd() -> Result<CInt, Errno> {
     valueOrErrno(casyncfsync_eventfd())
@@ -194,7 +194,7 @@ struct SystemCalls: Sendable {
         id = Self.ids.wrappingAdd(1, ordering: .relaxed).oldValue
     }
 
-    #if os(Linux) && !ASYNC_FSYNC_PORTABLE
+    #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
     var ioSetup: @Sendable (CUnsignedInt, UnsafeMutablePointer<aio_context_t>) -> Result<Void, Errno> { didSet { renew() } }
     var ioDestroy: @Sendable (aio_context_t) -> Result<Void, Errno> { didSet { renew() } }
     var ioSubmit: @Sendable (aio_context_t, Int, UnsafeMutablePointer<UnsafeMutablePointer<iocb>?>) -> Result<Int, Errno> { didSet { renew() } }
@@ -229,7 +229,7 @@ struct SystemCalls: Sendable {
     /// `fcntl(F_FULLFSYNC)` on Darwin, `fsync(2)` / `fdatasync(2)` elsewhere).
     var durableSync: @Sendable (SyncMode, CInt) -> Result<Void, Errno> { didSet { renew() } }
 
-    #if os(Linux) && !ASYNC_FSYNC_PORTABLE
+    #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
     /// The real system.
     static let live = SystemCalls(
         id: 0,
@@ -304,8 +304,14 @@ func system_start_thread(name: String, _ body: @escaping @Sendable () -> Void) -
     defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
 
     let context = Unmanaged.passRetained(ThreadBody(name: name, body: body)).toOpaque()
-    #if canImport(Darwin)
+    // pthread_t: an integer in glibc, a pointer (imported as optional) in Darwin and musl; the
+    // start routine's argument is non-optional in Darwin only.
+    #if canImport(Glibc)
+    var thread = pthread_t()
+    #else
     var thread: pthread_t? = nil
+    #endif
+    #if canImport(Darwin)
     let result = pthread_create(&thread, &attributes, { raw in
         let box = Unmanaged<ThreadBody>.fromOpaque(raw).takeRetainedValue()
         casyncfsync_set_thread_name(box.name)
@@ -313,7 +319,6 @@ func system_start_thread(name: String, _ body: @escaping @Sendable () -> Void) -
         return nil
     }, context)
     #else
-    var thread = pthread_t()
     let result = pthread_create(&thread, &attributes, { raw in
         let box = Unmanaged<ThreadBody>.fromOpaque(raw!).takeRetainedValue()
         casyncfsync_set_thread_name(box.name)

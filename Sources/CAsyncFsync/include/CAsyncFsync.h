@@ -7,18 +7,20 @@
 #ifndef C_ASYNC_FSYNC_H
 #define C_ASYNC_FSYNC_H
 
-// The Linux-only part (kernel AIO, glibc's POSIX aio, eventfd, memfd) is compiled only on Linux
-// without ASYNC_FSYNC_PORTABLE. With that condition (`-Xcc -DASYNC_FSYNC_PORTABLE`) a Linux build
-// sees exactly what macOS or another system sees: the portable part below.
-#if defined(__linux__) && !defined(ASYNC_FSYNC_PORTABLE)
-#define CASYNCFSYNC_LINUX_AIO 1
-#endif
-
 #include <errno.h>
 #include <fcntl.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
+
+// The Linux-only part (kernel AIO, glibc's POSIX aio, eventfd, memfd) is compiled only on Linux
+// with glibc and without ASYNC_FSYNC_PORTABLE (the Swift side: `os(Linux) && canImport(Glibc) &&
+// !ASYNC_FSYNC_PORTABLE`). With that condition (`-Xcc -DASYNC_FSYNC_PORTABLE`) a Linux build sees
+// exactly what macOS or musl sees: the portable part below. (__GLIBC__ comes with the headers above.)
+#if defined(__linux__) && defined(__GLIBC__) && !defined(ASYNC_FSYNC_PORTABLE)
+#define CASYNCFSYNC_LINUX_AIO 1
+#endif
+
 #if CASYNCFSYNC_LINUX_AIO
 #include <aio.h>
 #include <linux/aio_abi.h>

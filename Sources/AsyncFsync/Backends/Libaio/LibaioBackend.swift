@@ -1,6 +1,6 @@
-// Linux only: compiled out off Linux and under ASYNC_FSYNC_PORTABLE (see docs/design.md, "The portable
+// Linux (glibc) only: compiled out elsewhere and under ASYNC_FSYNC_PORTABLE (see docs/design.md, "The portable
 // backend").
-#if os(Linux) && !ASYNC_FSYNC_PORTABLE
+#if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
 import SystemPackage
 
 /// A backend on Linux kernel AIO: `IOCB_CMD_FSYNC` / `IOCB_CMD_FDSYNC` submitted with
@@ -182,4 +182,4 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
 extension LibaioBackend: FailureLedgerProviding {
     var failureLedger: FailureLedger? { ledger }
 }
-#endif  // os(Linux) && !ASYNC_FSYNC_PORTABLE
+#endif  // os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE

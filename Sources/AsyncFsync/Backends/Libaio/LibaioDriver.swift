@@ -1,6 +1,6 @@
-// Linux only: compiled out off Linux and under ASYNC_FSYNC_PORTABLE (see docs/design.md, "The portable
+// Linux (glibc) only: compiled out elsewhere and under ASYNC_FSYNC_PORTABLE (see docs/design.md, "The portable
 // backend").
-#if os(Linux) && !ASYNC_FSYNC_PORTABLE
+#if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
 import CAsyncFsync
 import SystemPackage
 
@@ -117,4 +117,4 @@ final class LibaioDriver: AIODriver, @unchecked Sendable {
         if case .failure = system.startThread("asyncfsync-free", cleanUp) { cleanUp() }
     }
 }
-#endif  // os(Linux) && !ASYNC_FSYNC_PORTABLE
+#endif  // os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE

@@ -228,9 +228,16 @@ final class PortableThreadPool: @unchecked Sendable {  // state is touched under
                 pthread_cond_wait(condition, mutex)
             case .run(_, let job):
                 pthread_mutex_unlock(mutex)
-                perform(job)
+                let outcome = perform(job)
+                // Counted as running until just before its caller resumes, not after.
                 pthread_mutex_lock(mutex)
                 state.finished()
+                pthread_mutex_unlock(mutex)
+                switch outcome {
+                case .success: job.continuation.resume()
+                case .failure(let error): job.continuation.resume(throwing: error)
+                }
+                pthread_mutex_lock(mutex)
             case .exit(let exit):
                 pthread_mutex_unlock(mutex)
                 if case .stopped(let waiters) = exit {
@@ -241,8 +248,9 @@ final class PortableThreadPool: @unchecked Sendable {  // state is touched under
         }
     }
 
-    /// One request's own sync; a durability failure is recorded before its caller is resumed.
-    private func perform(_ job: Job) {
+    /// One request's own sync and its outcome; a durability failure is recorded here, before its
+    /// caller is resumed.
+    private func perform(_ job: Job) -> Result<Void, AsyncSyncError> {
         let fd = job.descriptor
         var result = system.durableSync(job.mode, fd.rawValue)
         var retries = 0
@@ -253,16 +261,14 @@ final class PortableThreadPool: @unchecked Sendable {  // state is touched under
         switch result {
         case .failure(let errno):
             if AsyncSyncError.isDurabilityErrno(errno) { ledger.record(fd, errno: errno) }
-            job.continuation.resume(throwing: AsyncSyncError.sync(
+            return .failure(AsyncSyncError.sync(
                 job.mode, errno: errno, step: .completion, backend: .portable, descriptor: fd,
                 systemCall: durableSyncCallName(job.mode)))
         case .success:
             if let errno = ledger.judgeSuccess(arrival: job.arrival, descriptor: fd) {
-                job.continuation.resume(throwing: AsyncSyncError.concurrentFailure(
-                    job.mode, errno: errno, backend: .portable, descriptor: fd))
-            } else {
-                job.continuation.resume()
+                return .failure(AsyncSyncError.concurrentFailure(job.mode, errno: errno, backend: .portable, descriptor: fd))
             }
+            return .success(())
         }
     }
 

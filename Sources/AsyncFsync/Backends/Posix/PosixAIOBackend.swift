@@ -1,6 +1,6 @@
-// Linux only: compiled out off Linux and under ASYNC_FSYNC_PORTABLE (see docs/design.md, "The portable
+// Linux (glibc) only: compiled out elsewhere and under ASYNC_FSYNC_PORTABLE (see docs/design.md, "The portable
 // backend").
-#if os(Linux) && !ASYNC_FSYNC_PORTABLE
+#if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
 import SystemPackage
 
 /// A backend on glibc POSIX aio: `aio_fsync(3)` with `O_SYNC` / `O_DSYNC`, completions found by
@@ -125,4 +125,4 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
 extension PosixAIOBackend: FailureLedgerProviding {
     var failureLedger: FailureLedger? { ledger }
 }
-#endif  // os(Linux) && !ASYNC_FSYNC_PORTABLE
+#endif  // os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE

@@ -1,6 +1,6 @@
-// Linux only: compiled out off Linux and under ASYNC_FSYNC_PORTABLE (see docs/design.md, "The portable
+// Linux (glibc) only: compiled out elsewhere and under ASYNC_FSYNC_PORTABLE (see docs/design.md, "The portable
 // backend").
-#if os(Linux) && !ASYNC_FSYNC_PORTABLE
+#if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
 import CAsyncFsync
 import SystemPackage
 
@@ -75,4 +75,4 @@ final class PosixAIODriver: AIODriver, @unchecked Sendable {
         done()
     }
 }
-#endif  // os(Linux) && !ASYNC_FSYNC_PORTABLE
+#endif  // os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
