@@ -79,16 +79,18 @@ struct InlineSync: Sendable {
     }
 
     /// Syncs `fd` on the calling thread, after the same checks a queued request gets: the sticky
-    /// rule, cancellation (nothing reaches the system) and shutdown; and with the in-flight rule
-    /// applied to its result.
+    /// rule, cancellation (nothing reaches the system) and the engine's refusal; and with the
+    /// in-flight rule applied to its result.
+    ///
+    /// - Parameter refusal: The error the backend's engine refuses requests with now
+    ///   (``AIOEngine/refusalError(_:_:)``: a shutdown, or a broken completion source's errno), or
+    ///   `nil`.
     func sync(
-        _ fd: FileDescriptor, mode: SyncMode, backend: BackendKind, isAcceptingRequests: Bool
+        _ fd: FileDescriptor, mode: SyncMode, backend: BackendKind, refusal: AsyncSyncError?
     ) throws {
         let arrival = ledger.stamp()
         try Task.checkCancellation()
-        guard isAcceptingRequests else {
-            throw AsyncSyncError.shutDown(mode, backend: backend, descriptor: fd)
-        }
+        if let refusal { throw refusal }
         try Self.checkedBlockingSync(fd, mode: mode, backend: backend, system: system, ledger: ledger, arrival: arrival)
     }
 

@@ -44,6 +44,9 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
     @exclusivity(unchecked) private var done: [Waiter] = []
     @exclusivity(unchecked) private var retries: [Int32] = []
     @exclusivity(unchecked) private var active: [Int32] = []
+    /// The machine's ``EngineState/reapsCompletions`` as of the last reap (only a reap breaks the
+    /// source, so the hub's thread knows it without the lock).
+    @exclusivity(unchecked) private var reapsCompletions = true
 
     var kind: BackendKind { Driver.kind }
 
@@ -130,7 +133,7 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         }
         switch arrival {
         case .refused(let refusal):
-            waiter.continuation.resume(throwing: error(for: refusal, waiter))
+            waiter.continuation.resume(throwing: error(for: refusal, waiter.mode, waiter.descriptor))
         case .queued:
             if onHub { hub.deferSubmission(self) }
         case .submit:
@@ -140,14 +143,23 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         }
     }
 
-    private func error(for refusal: EngineState.ArrivalRefusal, _ waiter: Waiter) -> any Error {
+    private func error(for refusal: EngineState.ArrivalRefusal, _ mode: SyncMode, _ descriptor: FileDescriptor) -> any Error {
         switch refusal {
         case .cancelled: CancellationError()
-        case .shutDown: AsyncSyncError.shutDown(waiter.mode, backend: Driver.kind, descriptor: waiter.descriptor)
+        case .shutDown: AsyncSyncError.shutDown(mode, backend: Driver.kind, descriptor: descriptor)
         case .broken(let errno):
-            AsyncSyncError.sync(waiter.mode, errno: errno, step: .completion, backend: Driver.kind,
-                                descriptor: waiter.descriptor, systemCall: Driver.completionCall)
+            AsyncSyncError.sync(mode, errno: errno, step: .completion, backend: Driver.kind,
+                                descriptor: descriptor, systemCall: Driver.completionCall)
         }
+    }
+
+    /// The error a request for `descriptor` arriving now would be refused with (a shutdown, or the
+    /// broken completion source's errno), or `nil` while requests are accepted. The backend's other
+    /// paths (inline, POSIX fallback) refuse with the same error, so a request learns the same
+    /// reason whichever path it takes.
+    func refusalError(_ mode: SyncMode, _ descriptor: FileDescriptor) -> AsyncSyncError? {
+        guard let refusal = shared.withLock({ $0.machine.refusal }) else { return nil }
+        return error(for: refusal, mode, descriptor) as? AsyncSyncError
     }
 
     private func cancel(id: UInt64, descriptor: FileDescriptor) {
@@ -256,6 +268,9 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
     // MARK: Completion (the hub's thread)
 
     func reapCompletions() -> Bool {
+        // A broken source is not looked at again: no progress, so the hub may park (liveness,
+        // docs/design.md).
+        guard reapsCompletions else { return false }
         if Driver.waitsOnList {
             active.removeAll(keepingCapacity: true)
             shared.withLock { $0.machine.submittedSlots(into: &active) }
@@ -281,6 +296,7 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
                 let start = done.count
                 let release = shared.machine.broken(errno, into: &done)
                 finished.append((start..<done.count, .failure(errno)))
+                reapsCompletions = shared.machine.reapsCompletions
                 return release
             }
             return shared.machine.afterCompletions()

@@ -118,11 +118,25 @@ struct EngineState {
 
     // MARK: Arrival
 
-    enum ArrivalRefusal {
+    enum ArrivalRefusal: Equatable {
         case shutDown
         case broken(Errno)
         case cancelled
     }
+
+    /// Why a request arriving now is refused, whichever path of the backend it takes (the engine,
+    /// the inline path, the POSIX fallback): the broken source's errno, which outlives the drain
+    /// and the release it started, else a shutdown; `nil` while requests are accepted.
+    var refusal: ArrivalRefusal? {
+        if let brokenErrno { return .broken(brokenErrno) }
+        return lifecycle == .accepting ? nil : .shutDown
+    }
+
+    /// Whether the completion source is to be looked at. Not once it broke: every waiter had its
+    /// answer then, so another look could find nothing to do; it is no progress, and the completion
+    /// thread may park while the engine waits for a request in transit (``endTransit()`` ends the
+    /// drain and asks for the release, which wakes it).
+    var reapsCompletions: Bool { brokenErrno == nil }
 
     enum Arrival {
         case refused(ArrivalRefusal)
@@ -140,8 +154,7 @@ struct EngineState {
     /// thread, which submits after its jobs (so the requests of every task it resumed go to the
     /// system together): the caller never takes the submitter role.
     mutating func arrive(_ waiter: Waiter, isCancelled: Bool, onCompletionThread: Bool, task: UnsafeCurrentTask? = nil) -> Arrival {
-        if let errno = brokenErrno { return .refused(.broken(errno)) }
-        guard lifecycle == .accepting else { return .refused(.shutDown) }
+        if let refusal { return .refused(refusal) }
         if isCancelled { return .refused(.cancelled) }
         let fd = waiter.descriptor.rawValue
         let entry = descriptors[fd] ?? (-1, -1)

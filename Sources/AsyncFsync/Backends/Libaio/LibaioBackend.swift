@@ -99,14 +99,13 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
 
     private func syncUnobserved(_ fd: FileDescriptor, mode: SyncMode) async throws {
         if let inline, inline.applies(to: fd) {
-            try inline.sync(fd, mode: mode, backend: .libaio, isAcceptingRequests: engine.isAcceptingRequests)
+            try inline.sync(fd, mode: mode, backend: .libaio, refusal: engine.refusalError(mode, fd))
             return
         }
         let arrival = ledger.stamp()
         if fallback.serves(fd) {
-            guard engine.isAcceptingRequests else {
-                throw AsyncSyncError.shutDown(mode, backend: .libaio, descriptor: fd)
-            }
+            // The engine's reason (shut down, or its broken source's errno) holds for every path.
+            if let refusal = engine.refusalError(mode, fd) { throw refusal }
             try await fallback.sync(fd, mode: mode, arrival: arrival, refused: nil)
             return
         }

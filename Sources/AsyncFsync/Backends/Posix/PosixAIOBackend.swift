@@ -80,7 +80,7 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
 
     private func syncUnobserved(_ fd: FileDescriptor, mode: SyncMode) async throws {
         if let inline, inline.applies(to: fd) {
-            try inline.sync(fd, mode: mode, backend: .posix, isAcceptingRequests: engine.isAcceptingRequests)
+            try inline.sync(fd, mode: mode, backend: .posix, refusal: engine.refusalError(mode, fd))
             return
         }
         try await engine.sync(fd, mode: mode)

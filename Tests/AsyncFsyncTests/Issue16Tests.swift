@@ -1,0 +1,163 @@
+import CAsyncFsync
+import Foundation
+import Synchronization
+import SystemPackage
+import Testing
+
+@testable import AsyncFsync
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension AsyncFsyncTests {
+    /// The defects of issue 16 that are not GroupCommit's: each test failed on the code before its
+    /// fix (see the commit that added it).
+    @Suite struct Issue16 {
+        init() { GlibcAIOUnderSanitizer.configure }
+
+        // MARK: 2. The completion thread parks after a broken completion source
+
+        /// A request refused by kernel AIO with `EINVAL` is in transit to the POSIX fallback, whose
+        /// `aio_fsync(3)` is held; meanwhile the completion source breaks (`EBADF` from the reap).
+        /// The broken engine stays registered until the request in transit has its answer. The hub
+        /// must park meanwhile: it reaps the broken engine's source once, and never again.
+        @Test("#16.2 a broken completion source with a request in transit to the POSIX fallback: the completion thread parks, reaping the source once")
+        func brokenSourceParks() async throws {
+            let directory = try ScratchDirectory.onTmpfs()
+            let fd = try directory.file("refused-by-kernel-aio")
+            defer { try? fd.close() }
+            let target = fd.rawValue
+            let broken = Flag()
+            let inFallback = Flag()
+            let letFallbackRun = Flag()
+            let reapsSinceBroken = Counter()
+            let parksSinceBroken = Counter()
+            var system = SystemCalls.live
+            system.ioSubmit = { context, count, iocbs in
+                descriptor(of: iocbs) == target ? .failure(.invalidArgument) : SystemCalls.live.ioSubmit(context, count, iocbs)
+            }
+            system.reapCompletions = { context, events, maximum in
+                guard broken.isRaised else { return SystemCalls.live.reapCompletions(context, events, maximum) }
+                _ = reapsSinceBroken.next()
+                return .failure(.badFileDescriptor)
+            }
+            // The kernel AIO hub parks in one read(2) of its eventfd.
+            system.eventfdRead = { fd in
+                if broken.isRaised { _ = parksSinceBroken.next() }
+                return SystemCalls.live.eventfdRead(fd)
+            }
+            system.aioFsync = { mode, control in
+                if control.pointee.aio_fildes == target {
+                    inFallback.raise()
+                    _ = blockingEventually(20) { letFallbackRun.isRaised }  // the gate (bounded: no hang)
+                }
+                return SystemCalls.live.aioFsync(mode, control)
+            }
+            let backend = try LibaioBackend(capacity: 4, system: system)
+            let hub: CompletionHub = backend.engine.hub
+            let request = Watched { try await backend.fdatasync(fd) }
+            try #require(await eventually(5) { inFallback.isRaised }, "the request reached the POSIX fallback")
+
+            broken.raise()
+            kick(hub)
+            try #require(await eventually(5) { reapsSinceBroken.current >= 1 }, "the hub reaped the broken source")
+            // Deterministic: a thread that parks makes no further call, however long it is watched.
+            let parked = await eventually(5) { parksSinceBroken.current >= 1 }
+            let reaps = reapsSinceBroken.current
+            #expect(parked, "the completion thread must park while the broken engine waits for its request in transit")
+            #expect(reaps == 1, "the broken source was reaped \(reaps) times; once is enough (every waiter had its answer)")
+            #expect(!request.isDone, "the request in transit is still waiting for the fallback")
+
+            letFallbackRun.raise()
+            try #require(await eventually(10) { request.isDone })
+            #expect(request.succeeded, "served by POSIX aio: \(String(describing: request.error))")
+            // Its answer ended the drain: the hub woke and released the engine.
+            #expect(await eventually(5) { hub.clientCount == 0 }, "the broken engine was released after its request in transit")
+            await backend.shutdown()
+        }
+
+        @Test("#16.2 state machine: once the source broke, the engine is not reaped again; the drain waits for a request in transit, endTransit releases once")
+        func brokenStateWithRequestInTransit() async throws {
+            let parked = Parked()
+            let c = try await parked.make(2)
+            var state = EngineState(slotCount: 2)
+            #expect(state.reapsCompletions)
+            let waiter = { (id: UInt64, fd: CInt, continuation: UnsafeContinuation<Void, any Error>) in
+                Waiter(id: id, descriptor: FileDescriptor(rawValue: fd), mode: .fdatasync, continuation: continuation,
+                       arrival: 0, identity: nil, identityTaken: false)
+            }
+            #expect(state.arrive(waiter(1, 5, c[0]), isCancelled: false, onCompletionThread: false) == .submit)
+            var prepared: [EngineState.Prepared] = []
+            #expect(state.takeBatches(into: &prepared) == .none)
+            var failed: [Waiter] = []
+            // Kernel AIO refused it with EINVAL: handed to the POSIX fallback, counted in transit.
+            #expect(state.refused(slot: prepared[0].slot, handOff: true, into: &failed) == .none)
+            prepared.removeAll()
+            #expect(state.takeBatches(into: &prepared) == .none)
+            #expect(state.inTransit == 1 && failed.count == 1)
+
+            failed.removeAll()
+            #expect(state.broken(.badFileDescriptor, into: &failed) == .none, "the request in transit holds the drain")
+            #expect(!state.reapsCompletions, "a broken source is not looked at again: reaping it is no progress")
+            #expect(state.refusal == .broken(.badFileDescriptor))
+            #expect(state.arrive(waiter(2, 6, c[1]), isCancelled: false, onCompletionThread: false)
+                    == .refused(.broken(.badFileDescriptor)))
+            #expect(state.beginShutdown() == .none)
+            #expect(state.refusal == .broken(.badFileDescriptor), "a shutdown after the break still reports the break")
+            #expect(state.endTransit() == .release, "the fallback's answer ends the drain: the release, once")
+            #expect(state.lifecycle == .releasing)
+            await parked.finish()
+        }
+
+        // MARK: 4. The inline path and the POSIX fallback report the broken source
+
+        /// After the completion source broke, every path of the backend refuses a request with the
+        /// source's errno, as the engine does: the inline path (tmpfs) and the POSIX fallback path
+        /// said "shut down".
+        @Test("#16.4 after a broken completion source, the inline path (tmpfs) and the POSIX-fallback path report its errno, not a shutdown")
+        func refusalAfterBrokenSource() async throws {
+            let memory = try ScratchDirectory.onTmpfs()
+            let disk = try ScratchDirectory.onDisk()
+            let onTmpfs = try memory.file("inline")
+            let viaFallback = try disk.file("served-by-posix")
+            // Neither on tmpfs nor on the disk's file system (which the fallback now serves): a
+            // request for it reaches the engine.
+            let (viaKernelAIO, writeEnd) = try FileDescriptor.pipe()
+            defer { try? onTmpfs.close(); try? viaFallback.close(); try? viaKernelAIO.close(); try? writeEnd.close() }
+            let refusedFD = viaFallback.rawValue
+            let broken = Flag()
+            var system = SystemCalls.live
+            system.ioSubmit = { context, count, iocbs in
+                descriptor(of: iocbs) == refusedFD ? .failure(.invalidArgument) : SystemCalls.live.ioSubmit(context, count, iocbs)
+            }
+            system.reapCompletions = { context, events, maximum in
+                broken.isRaised ? .failure(.invalidArgument) : SystemCalls.live.reapCompletions(context, events, maximum)
+            }
+            let backend = try LibaioBackend(capacity: 4, inlineMemoryFileSystems: true, system: system)
+            try await backend.fdatasync(viaFallback)  // refused by kernel AIO: its file system goes to POSIX aio
+            #expect(!backend.posixFileSystems.isEmpty)
+            try await backend.fdatasync(onTmpfs)  // inline
+
+            broken.raise()
+            kick(backend.engine.hub)
+            try #require(await eventually(5) { !backend.engine.isAcceptingRequests })
+
+            let engineError = await caughtError { try await backend.fdatasync(viaKernelAIO) } as? AsyncSyncError
+            let inlineError = await caughtError { try await backend.fdatasync(onTmpfs) } as? AsyncSyncError
+            let fallbackError = await caughtError { try await backend.fdatasync(viaFallback) } as? AsyncSyncError
+            #expect(engineError?.code == .system && engineError?.errno == .invalidArgument, "\(String(describing: engineError))")
+            for (path, error) in [("inline", inlineError), ("POSIX fallback", fallbackError)] {
+                #expect(error?.code == engineError?.code, "\(path): \(String(describing: error))")
+                #expect(error?.errno == .invalidArgument, "\(path): \(String(describing: error))")
+                #expect(error?.systemCall == engineError?.systemCall, "\(path): \(String(describing: error))")
+            }
+            await backend.shutdown()
+            // A plain shutdown is still reported as one on every path.
+            let after = try LibaioBackend(capacity: 4, inlineMemoryFileSystems: true, system: system)
+            await after.shutdown()
+            let shutDown = await caughtError { try await after.fdatasync(onTmpfs) } as? AsyncSyncError
+            #expect(shutDown?.code == .shutDown)
+        }
+    }
+}
