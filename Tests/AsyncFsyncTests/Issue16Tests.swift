@@ -159,5 +159,42 @@ extension AsyncFsyncTests {
             let shutDown = await caughtError { try await after.fdatasync(onTmpfs) } as? AsyncSyncError
             #expect(shutDown?.code == .shutDown)
         }
+
+        // MARK: 5. Bad numbers given to an initializer are errors, not crashes
+
+        static let badCapacities = [0, -1, Int.min, 65_537, 1 << 33, Int.max]
+
+        @Test("#16.5 a capacity outside 1...65536 throws invalidConfiguration naming the value and the range, on both backends",
+              arguments: BackendKind.allCases, badCapacities)
+        func badCapacity(kind: BackendKind, capacity: Int) throws {
+            let error: AsyncSyncError? = switch kind {
+            case .libaio: #expect(throws: AsyncSyncError.self) { _ = try LibaioBackend(capacity: capacity) }
+            case .posix: #expect(throws: AsyncSyncError.self) { _ = try PosixAIOBackend(capacity: capacity) }
+            }
+            let failure = try #require(error)
+            #expect(failure.code == .invalidConfiguration)
+            #expect(failure.backend == kind)
+            #expect(failure.errno == nil)
+            #expect(failure.message.contains("\(capacity)"), "names the value: \(failure.message)")
+            #expect(failure.message.contains("1...65536"), "names the valid range: \(failure.message)")
+        }
+
+        @Test("#16.5 the bounds of the valid range are accepted", arguments: BackendKind.allCases, [1, 65_536])
+        func capacityBounds(kind: BackendKind, capacity: Int) async throws {
+            let backend: any AsyncSyncBackend
+            do {
+                backend = try makeBackend(kind, capacity: capacity)
+            } catch let error as AsyncSyncError where kind == .libaio && error.code == .backendUnavailable {
+                // io_setup(2) may refuse 65 536 events where aio-max-nr is lower: the host's limit,
+                // reported as such, not a bad configuration.
+                #expect(error.errno == .resourceTemporarilyUnavailable && error.systemCall == "io_setup")
+                return
+            }
+            let directory = try ScratchDirectory.onDisk()
+            let fd = try directory.file("data")
+            defer { try? fd.close() }
+            try await backend.fdatasync(fd)
+            await backend.shutdown()
+        }
     }
 }

@@ -43,7 +43,7 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
     ///
     /// - Parameters:
     ///   - capacity: The number of requests in the kernel at once (the size of the AIO
-    ///   context, counted against `/proc/sys/fs/aio-max-nr`). The default is 256.
+    ///   context, counted against `/proc/sys/fs/aio-max-nr`), from 1 to 65 536. The default is 256.
     ///   - stickyFailures: Whether a durability failure of a file makes every later sync of that
     ///     file through this backend fail at once with ``AsyncSyncError/Code/earlierFailure``,
     ///     until ``clearFailure(of:)``. The default is `true`. With `false`, only the in-flight
@@ -55,9 +55,10 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
     ///     workqueue. Costs one `fstatfs(2)` per request on every file system (see
     ///     docs/selection.md). The default is `true`; ``AsyncSync/makeBackend(environment:directory:)-uycg`` passes `false`
     ///     when `ASYNC_FSYNC_INLINE=off`.
-    /// - Throws: ``AsyncSyncError`` with code ``AsyncSyncError/Code/backendUnavailable`` when
-    ///   `io_setup(2)` fails (`EAGAIN`: aio-max-nr used up; `ENOSYS`/`EPERM`: kernel AIO absent or
-    ///   denied) or the thread cannot be started.
+    /// - Throws: ``AsyncSyncError`` with code ``AsyncSyncError/Code/invalidConfiguration`` when
+    ///   `capacity` is outside 1...65536 (nothing is made); with code
+    ///   ``AsyncSyncError/Code/backendUnavailable`` when `io_setup(2)` fails (`EAGAIN`: aio-max-nr
+    ///   used up; `ENOSYS`/`EPERM`: kernel AIO absent or denied) or the thread cannot be started.
     ///
     /// Uses `io_setup(2)`.
     public convenience init(capacity: Int = 256, stickyFailures: Bool = true, inlineMemoryFileSystems: Bool = true) throws {
@@ -69,6 +70,7 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
     /// tests injecting faults on tmpfs files reach the kernel AIO path.
     init(capacity: Int, stickyFailures: Bool = true, inlineMemoryFileSystems: Bool = false,
          system: SystemCalls, ledgerObserver: (@Sendable (FailureLedger.Event) -> Void)? = nil) throws(AsyncSyncError) {
+        try BackendCapacity.validate(capacity, backend: .libaio)  // before anything is made
         let ledger = FailureLedger(kind: .libaio, sticky: stickyFailures, system: system, observer: ledgerObserver)
         engine = try AIOEngine(driver: LibaioDriver(slotCount: capacity, system: system), system: system, ledger: ledger,
                                handsOffInvalid: true)

@@ -29,7 +29,8 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
     /// Creates a backend with its own completion thread.
     ///
     /// - Parameters:
-    ///   - capacity: The number of requests handed to glibc at once. The default is 256.
+    ///   - capacity: The number of requests handed to glibc at once, from 1 to 65 536. The default
+    ///     is 256.
     ///   - stickyFailures: Whether a durability failure of a file makes every later sync of that
     ///     file through this backend fail at once with ``AsyncSyncError/Code/earlierFailure``,
     ///     until ``clearFailure(of:)``. The default is `true`. With `false`, only the in-flight
@@ -41,8 +42,10 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
     ///     threads. Costs one `fstatfs(2)` per request on every file system (see
     ///     docs/selection.md). The default is `true`; ``AsyncSync/makeBackend(environment:directory:)-uycg`` passes `false`
     ///     when `ASYNC_FSYNC_INLINE=off`.
-    /// - Throws: ``AsyncSyncError`` with code ``AsyncSyncError/Code/backendUnavailable`` when the
-    ///   shared completion thread, its eventfd or its doorbell request cannot be created.
+    /// - Throws: ``AsyncSyncError`` with code ``AsyncSyncError/Code/invalidConfiguration`` when
+    ///   `capacity` is outside 1...65536 (nothing is made); with code
+    ///   ``AsyncSyncError/Code/backendUnavailable`` when the shared completion thread, its eventfd
+    ///   or its doorbell request cannot be created.
     public convenience init(capacity: Int = 256, stickyFailures: Bool = true, inlineMemoryFileSystems: Bool = true) throws {
         try self.init(capacity: capacity, stickyFailures: stickyFailures,
                       inlineMemoryFileSystems: inlineMemoryFileSystems, system: .live)
@@ -52,6 +55,7 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
     /// tests injecting faults on tmpfs files reach the POSIX aio path.
     init(capacity: Int, stickyFailures: Bool = true, inlineMemoryFileSystems: Bool = false,
          system: SystemCalls, ledgerObserver: (@Sendable (FailureLedger.Event) -> Void)? = nil) throws(AsyncSyncError) {
+        try BackendCapacity.validate(capacity, backend: .posix)  // before anything is made
         let ledger = FailureLedger(kind: .posix, sticky: stickyFailures, system: system, observer: ledgerObserver)
         engine = try AIOEngine(driver: PosixAIODriver(slotCount: capacity, system: system), system: system, ledger: ledger)
         inline = inlineMemoryFileSystems ? InlineSync(system: system, ledger: ledger) : nil
