@@ -132,6 +132,8 @@ void casyncfsync_set_thread_name(const char *name) {
 
 const int casyncfsync_EINPROGRESS = EINPROGRESS;
 const int casyncfsync_AIO_NOTCANCELED = AIO_NOTCANCELED;
+const int casyncfsync_O_PATH = O_PATH;
+const int casyncfsync_F_DUPFD_CLOEXEC = F_DUPFD_CLOEXEC;
 
 int casyncfsync_file_status(int fd, uint64_t *device, uint64_t *inode, unsigned *type) {
     struct statx info;

@@ -196,5 +196,86 @@ extension AsyncFsyncTests {
             try await backend.fdatasync(fd)
             await backend.shutdown()
         }
+
+        // MARK: 6. The library's descriptors stay out of the numbers open(2) reuses first
+
+        /// A test table (its own completion thread, so its own eventfd, made now).
+        static func freshTable() -> SystemCalls {
+            var system = SystemCalls.live
+            system.noteMemory = { _, _, _ in }
+            return system
+        }
+
+        @Test("#16.6 a descriptor closed just before the first sync of a fresh backend gives EBADF: the backend's eventfd never takes its number",
+              arguments: BackendKind.allCases)
+        func closedDescriptorIsNotTheLibrarys(kind: BackendKind) async throws {
+            let directory = try ScratchDirectory.onDisk()
+            let file = try directory.file("closed")
+            let number = file.rawValue
+            try file.close()
+            let backend = try makeBackend(kind, system: Self.freshTable())
+            let error = await caughtError { try await backend.fdatasync(file) } as? AsyncSyncError
+            await backend.shutdown()
+            #expect(error?.code == .system)
+            #expect(error?.errno == .badFileDescriptor, "fd \(number): \(String(describing: error))")
+        }
+
+        @Test("#16.6 the library's own descriptors are above the floor")
+        func libraryDescriptorsAboveFloor() async throws {
+            let floor = LibraryDescriptors.floor
+            #expect(floor >= 3)
+            for kind in BackendKind.allCases {
+                let backend = try makeBackend(kind, system: Self.freshTable())
+                let descriptor = switch backend {
+                case let backend as LibaioBackend: backend.engine.hub.completionDescriptor
+                case let backend as PosixAIOBackend: backend.engine.hub.completionDescriptor
+                default: CInt(-1)
+                }
+                #expect(descriptor >= floor, "\(kind): eventfd \(descriptor), floor \(floor)")
+                await backend.shutdown()
+            }
+            let memfd = try SystemCalls.live.memfdCreate("asyncfsync-test").get()
+            #expect(memfd >= floor)
+            _ = SystemCalls.live.close(memfd)
+        }
+
+        @Test("#16.6 AsyncSync.shared: a descriptor closed before the process's first sync gives EBADF; none of the library's descriptors takes its number (child process)")
+        func closedDescriptorWithSharedBackend() async {
+            await #expect(processExitsWith: .success) {
+                let directory = try ScratchDirectory.onDisk()
+                let file = try directory.file("closed")
+                let number = file.rawValue
+                try file.close()
+                let error = await caughtError { try await AsyncSync.shared.fdatasync(file) } as? AsyncSyncError
+                if error?.errno == .badFileDescriptor { exit(0) }
+                // The Swift runtime opens descriptors of its own lazily too (libdispatch's timerfd,
+                // when the test harness of this child arms its first timer), at a moment no test
+                // controls: that is the runtime's, not the library's. Anything else at the number
+                // (an eventfd, a probe's scratch file or memfd) is the library's: the defect.
+                let target = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(number)")) ?? ""
+                exit(target == "anon_inode:[timerfd]" ? 0 : 3)
+            }
+        }
+
+        @Test("#16.6 an O_PATH descriptor is not reported as 'not open': it gets EBADF with a message naming O_PATH",
+              arguments: BackendKind.allCases)
+        func pathOnlyDescriptor(kind: BackendKind) async throws {
+            let directory = try ScratchDirectory.onDisk()
+            let file = try directory.file("data")
+            try file.close()
+            let raw = Glibc.open(directory.path.appending("data").string, 0o10000000 | O_CLOEXEC)  // O_PATH
+            try #require(raw >= 0)
+            let pathOnly = FileDescriptor(rawValue: raw)
+            defer { try? pathOnly.close() }
+            let backend = try makeBackend(kind)
+            let error = await caughtError { try await backend.fdatasync(pathOnly) } as? AsyncSyncError
+            await backend.shutdown()
+            #expect(error?.errno == .badFileDescriptor)
+            let message = error?.message ?? ""
+            #expect(message.contains("O_PATH"), "\(message)")
+            #expect(!message.hasPrefix("the descriptor is not open"), "\(message)")
+            // A descriptor that is not open keeps its message.
+            #expect(AsyncSyncError.hint(forBadDescriptor: FileDescriptor(rawValue: 999_999)).hasPrefix("the descriptor is not open"))
+        }
     }
 }

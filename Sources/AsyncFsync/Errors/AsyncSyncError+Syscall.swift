@@ -1,3 +1,4 @@
+import CAsyncFsync
 import SystemPackage
 
 // Factories for the errors the backends and the selection make, one per situation, so that every
@@ -15,7 +16,8 @@ extension AsyncSyncError {
     ) -> AsyncSyncError {
         AsyncSyncError(
             code: .system, errno: errno, operation: .sync(mode), step: step, backend: backend,
-            descriptor: descriptor, systemCall: systemCall, message: hint(for: errno),
+            descriptor: descriptor, systemCall: systemCall,
+            message: errno == .badFileDescriptor ? hint(forBadDescriptor: descriptor) : hint(for: errno),
             location: location)
     }
 
@@ -64,10 +66,25 @@ extension AsyncSyncError {
             location: location)
     }
 
+    /// The advice for an `EBADF` from a sync of `descriptor`. `fsync(2)`, `io_submit(2)` and glibc's
+    /// helper answer `EBADF` both for a number that is not open and for an `O_PATH` descriptor (it
+    /// allows no I/O); `fcntl(2)` `F_GETFL` tells them apart as the message is made.
+    static func hint(forBadDescriptor descriptor: FileDescriptor) -> String {
+        switch system_fcntl_getfl(descriptor.rawValue) {
+        case .failure:
+            "the descriptor is not open (it must stay open until the sync returns)"
+        case .success(let flags) where flags & casyncfsync_O_PATH != 0:
+            "the descriptor was opened with O_PATH, which allows no sync; open the file for reading or writing"
+        case .success:
+            "the descriptor was not open when the sync was handed to the system (it must stay open until the sync returns)"
+        }
+    }
+
     /// Short advice for the errnos a person is likely to meet.
     static func hint(for errno: Errno) -> String {
         switch errno {
-        case .badFileDescriptor: "the descriptor is not open (it must stay open until the sync returns)"
+        case .badFileDescriptor:
+            "the descriptor is not open, or was opened without read or write access (O_PATH); it must stay open until the sync returns"
         case .invalidArgument: "the descriptor does not support sync (a pipe, socket or special file?)"
         case .ioError, .noSpace, .diskQuotaExceeded, .readOnlyFileSystem, .permissionDenied, .notPermitted:
             "data written since the last successful sync may be lost; do not trust a retry"

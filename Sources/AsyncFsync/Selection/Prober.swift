@@ -207,9 +207,11 @@ struct Prober: Sendable {
 
     /// The directory's `st_dev` and `statfs(2)` type; nil when it cannot be opened.
     private func identify(_ directory: FilePath) -> FileSystemID? {
-        guard let fd = try? FileDescriptor.open(directory, .readOnly, options: [.directory, .closeOnExec]) else {
+        guard let opened = try? FileDescriptor.open(directory, .readOnly, options: [.directory, .closeOnExec]) else {
             return nil
         }
+        // The probe may run while the caller's requests are in flight: out of the numbers they reuse.
+        let fd = FileDescriptor(rawValue: LibraryDescriptors.movedAboveFloor(opened.rawValue))
         defer { try? fd.close() }
         guard case .success(let status) = system.fileStatus(fd.rawValue),
               case .success(let type) = system.fileSystemType(fd.rawValue) else { return nil }
@@ -231,8 +233,9 @@ struct Prober: Sendable {
         let path = directory.appending(name)
         let why: String
         do {
-            let fd = try FileDescriptor.open(path, .readWrite, options: [.create, .exclusiveCreate, .closeOnExec],
-                                             permissions: [.ownerReadWrite])
+            let opened = try FileDescriptor.open(path, .readWrite, options: [.create, .exclusiveCreate, .closeOnExec],
+                                                 permissions: [.ownerReadWrite])
+            let fd = FileDescriptor(rawValue: LibraryDescriptors.movedAboveFloor(opened.rawValue))
             _ = system_unlink(path.string)
             do {
                 _ = try fd.writeAll([0x2a])
@@ -405,7 +408,8 @@ enum AIOLimits {
     }
 
     static func read(_ path: FilePath) -> Int? {
-        guard let fd = try? FileDescriptor.open(path, .readOnly, options: .closeOnExec) else { return nil }
+        guard let opened = try? FileDescriptor.open(path, .readOnly, options: .closeOnExec) else { return nil }
+        let fd = FileDescriptor(rawValue: LibraryDescriptors.movedAboveFloor(opened.rawValue))
         defer { try? fd.close() }
         var buffer = [UInt8](repeating: 0, count: 32)
         guard let count = try? buffer.withUnsafeMutableBytes({ try fd.read(into: $0) }) else { return nil }

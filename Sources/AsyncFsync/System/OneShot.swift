@@ -75,7 +75,7 @@ final class OneShot<Value: Sendable>: @unchecked Sendable {
         await withTaskGroup(of: Value?.self) { group in
             group.addTask { await self.awaitValue() }
             group.addTask {
-                try? await Task.sleep(for: timeout)
+                await self.deadline(timeout)
                 return nil
             }
             let first = await group.next() ?? nil
@@ -84,6 +84,24 @@ final class OneShot<Value: Sendable>: @unchecked Sendable {
             // The deadline passed; the value may still have arrived just now.
             return await group.next() ?? nil
         }
+    }
+
+    /// Returns once the value has arrived or `timeout` has passed.
+    ///
+    /// The deadline is kept by a short-lived thread blocked in ``wait(timeout:)``, not by a timed
+    /// `Task.sleep`: the runtime's first timer makes libdispatch open its timerfds then, at the
+    /// lowest free numbers, which may be one a caller has just closed. The library's first use
+    /// opens no descriptor below its floor, directly or through the runtime (docs/design.md). With
+    /// no thread to start, `Task.sleep` keeps it.
+    private func deadline(_ timeout: Duration) async {
+        let started = await withUnsafeContinuation { (continuation: UnsafeContinuation<Bool, Never>) in
+            let result = system_start_thread(name: "asyncfsync-timer") { [self] in
+                _ = wait(timeout: timeout)
+                continuation.resume(returning: true)
+            }
+            if case .failure = result { continuation.resume(returning: false) }
+        }
+        if !started { try? await Task.sleep(for: timeout) }
     }
 
     /// The value, or nil when the waiting task is cancelled first.

@@ -136,6 +136,24 @@ func system_close(_ fd: CInt) -> Result<Void, Errno> {
     valueOrErrno(Glibc.close(fd)).map { _ in }
 }
 
+/// `fcntl(fd, F_DUPFD_CLOEXEC, minimum)`: a new descriptor of the same open file, close-on-exec,
+/// at the lowest free number not below `minimum`.
+func system_fcntl_dupfd_cloexec(_ fd: CInt, _ minimum: CInt) -> Result<CInt, Errno> {
+    valueOrErrno(Glibc.fcntl(fd, casyncfsync_F_DUPFD_CLOEXEC, minimum))
+}
+
+/// `fcntl(fd, F_GETFL)`: the descriptor's access mode and status flags.
+func system_fcntl_getfl(_ fd: CInt) -> Result<CInt, Errno> {
+    valueOrErrno(Glibc.fcntl(fd, F_GETFL))
+}
+
+/// `getrlimit(RLIMIT_NOFILE)`'s soft limit: one more than the highest descriptor number the process
+/// may open.
+func system_getrlimit_nofile() -> Result<UInt64, Errno> {
+    var limit = rlimit()
+    return valueOrErrno(getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)).map { _ in UInt64(limit.rlim_cur) }
+}
+
 // MARK: The table the backends call through
 
 /// The system calls a backend makes, as replaceable functions.
@@ -166,8 +184,10 @@ struct SystemCalls: Sendable {
     var aioError: @Sendable (UnsafePointer<aiocb>) -> AIOStatus { didSet { renew() } }
     var aioReturn: @Sendable (UnsafeMutablePointer<aiocb>) -> Result<Int, Errno> { didSet { renew() } }
     var aioSuspend: @Sendable (UnsafePointer<UnsafePointer<aiocb>?>, CInt, UnsafePointer<timespec>?) -> Result<Void, Errno> { didSet { renew() } }
+    /// An eventfd above the library's descriptor floor (``LibraryDescriptors``).
     var eventfd: @Sendable () -> Result<CInt, Errno> { didSet { renew() } }
     var eventfdRead: @Sendable (CInt) -> Result<UInt64, Errno> { didSet { renew() } }
+    /// A memfd above the library's descriptor floor (``LibraryDescriptors``).
     var memfdCreate: @Sendable (String) -> Result<CInt, Errno> { didSet { renew() } }
     var write: @Sendable (CInt, UnsafeRawPointer, Int) -> Result<Int, Errno> { didSet { renew() } }
     var close: @Sendable (CInt) -> Result<Void, Errno> { didSet { renew() } }
@@ -198,9 +218,9 @@ struct SystemCalls: Sendable {
         aioError: system_aio_error,
         aioReturn: system_aio_return,
         aioSuspend: system_aio_suspend,
-        eventfd: system_eventfd,
+        eventfd: { system_eventfd().map(LibraryDescriptors.movedAboveFloor) },
         eventfdRead: system_eventfd_read,
-        memfdCreate: system_memfd_create,
+        memfdCreate: { system_memfd_create($0).map(LibraryDescriptors.movedAboveFloor) },
         write: system_write,
         close: system_close,
         fileIdentity: system_fstat_identity,

@@ -74,5 +74,7 @@ void casyncfsync_set_thread_name(const char *name);
 // MARK: Constants Swift does not import from macros
 extern const int casyncfsync_EINPROGRESS;
 extern const int casyncfsync_AIO_NOTCANCELED;
+extern const int casyncfsync_O_PATH;
+extern const int casyncfsync_F_DUPFD_CLOEXEC;
 
 #endif
