@@ -277,5 +277,21 @@ extension AsyncFsyncTests {
             // A descriptor that is not open keeps its message.
             #expect(AsyncSyncError.hint(forBadDescriptor: FileDescriptor(rawValue: 999_999)).hasPrefix("the descriptor is not open"))
         }
+
+        // MARK: 8. The power-loss harness catches the wrong coalescer every time
+
+        @Test("#16.8 the power-loss check catches the coalescer that joins a sync in flight, every run, at every joined acknowledgement",
+              arguments: BackendKind.allCases)
+        func wrongCoalescerAlwaysCaught(kind: BackendKind) async throws {
+            guard TestEnvironment.require(FaultFS.canRun, "needs root, /dev/fuse and libfuse3 (scripts/install-deps test)") else { return }
+            for run in 1...3 {
+                let outcome = try await PowerLoss.run(kind: kind, layer: .wrongCoalescer)
+                #expect(outcome.acknowledged == outcome.expected)
+                // Every second request joins the sync the one before it led, which ended before
+                // its record was written: each of them is caught.
+                #expect(outcome.notDurableAtAcknowledgement.count == outcome.expected / 2,
+                        "run \(run): caught \(outcome.notDurableAtAcknowledgement.count) of \(outcome.expected / 2)")
+            }
+        }
     }
 }
