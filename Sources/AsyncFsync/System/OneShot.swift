@@ -14,6 +14,9 @@ final class OneShot<Value: Sendable>: @unchecked Sendable {
     /// The async waiters, each under an id of its own (several tasks may wait for one value).
     private var continuations: [UInt64: UnsafeContinuation<Value?, Never>] = [:]
     private var nextWaiter: UInt64 = 0
+    /// Deadline threads still waiting (``deadline(_:)``), and those whose task was cancelled.
+    private var runningDeadlines: Set<UInt64> = []
+    private var cancelledDeadlines: Set<UInt64> = []
 
     init() {
         mutex = .allocate(capacity: 1)
@@ -52,6 +55,17 @@ final class OneShot<Value: Sendable>: @unchecked Sendable {
 
     /// Blocks until the value arrives or `timeout` has passed; nil on timeout.
     func wait(timeout: Duration) -> Value? {
+        var deadline = Self.deadline(after: timeout)
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        while value == nil {
+            if pthread_cond_timedwait(condition, mutex, &deadline) == ETIMEDOUT { break }
+        }
+        return value
+    }
+
+    /// `CLOCK_MONOTONIC` now plus `timeout`, for `pthread_cond_timedwait`.
+    private static func deadline(after timeout: Duration) -> timespec {
         var deadline = timespec()
         clock_gettime(CLOCK_MONOTONIC, &deadline)
         let (seconds, attoseconds) = timeout.components
@@ -61,12 +75,7 @@ final class OneShot<Value: Sendable>: @unchecked Sendable {
             deadline.tv_sec += 1
             deadline.tv_nsec -= 1_000_000_000
         }
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        while value == nil {
-            if pthread_cond_timedwait(condition, mutex, &deadline) == ETIMEDOUT { break }
-        }
-        return value
+        return deadline
     }
 
     /// Waits without blocking a thread until the value arrives or `timeout` has passed; nil on
@@ -86,22 +95,52 @@ final class OneShot<Value: Sendable>: @unchecked Sendable {
         }
     }
 
-    /// Returns once the value has arrived or `timeout` has passed.
+    /// Returns once the value has arrived, `timeout` has passed, or the task is cancelled.
     ///
-    /// The deadline is kept by a short-lived thread blocked in ``wait(timeout:)``, not by a timed
-    /// `Task.sleep`: the runtime's first timer makes libdispatch open its timerfds then, at the
-    /// lowest free numbers, which may be one a caller has just closed. The library's first use
-    /// opens no descriptor below its floor, directly or through the runtime (docs/design.md). With
-    /// no thread to start, `Task.sleep` keeps it.
+    /// The deadline is kept by a short-lived thread blocked on the condition variable, not by a
+    /// timed `Task.sleep`: the runtime's first timer makes libdispatch open its timerfds then, at
+    /// the lowest free numbers, which may be one a caller has just closed. The library's first use
+    /// opens no descriptor below its floor, directly or through the runtime (docs/design.md). A
+    /// cancellation wakes the thread. With no thread to start, `Task.sleep` keeps the deadline.
     private func deadline(_ timeout: Duration) async {
-        let started = await withUnsafeContinuation { (continuation: UnsafeContinuation<Bool, Never>) in
-            let result = system_start_thread(name: "asyncfsync-timer") { [self] in
-                _ = wait(timeout: timeout)
-                continuation.resume(returning: true)
+        pthread_mutex_lock(mutex)
+        nextWaiter += 1
+        let id = nextWaiter
+        runningDeadlines.insert(id)
+        pthread_mutex_unlock(mutex)
+        let started = await withTaskCancellationHandler {
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Bool, Never>) in
+                let result = system_start_thread(name: "asyncfsync-timer") { [self] in
+                    waitForDeadline(id, timeout: timeout)
+                    continuation.resume(returning: true)
+                }
+                if case .failure = result {
+                    pthread_mutex_lock(mutex)
+                    runningDeadlines.remove(id)
+                    pthread_mutex_unlock(mutex)
+                    continuation.resume(returning: false)
+                }
             }
-            if case .failure = result { continuation.resume(returning: false) }
+        } onCancel: {
+            pthread_mutex_lock(mutex)
+            if runningDeadlines.contains(id) { cancelledDeadlines.insert(id) }
+            pthread_cond_broadcast(condition)
+            pthread_mutex_unlock(mutex)
         }
         if !started { try? await Task.sleep(for: timeout) }
+    }
+
+    /// The deadline thread's wait: until the value arrives, `timeout` passes, or deadline `id` is
+    /// cancelled.
+    private func waitForDeadline(_ id: UInt64, timeout: Duration) {
+        var deadline = Self.deadline(after: timeout)
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        while value == nil, !cancelledDeadlines.contains(id) {
+            if pthread_cond_timedwait(condition, mutex, &deadline) == ETIMEDOUT { break }
+        }
+        runningDeadlines.remove(id)
+        cancelledDeadlines.remove(id)
     }
 
     /// The value, or nil when the waiting task is cancelled first.
