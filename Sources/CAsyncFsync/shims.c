@@ -6,6 +6,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <linux/kcmp.h>
 #include <sys/vfs.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -134,6 +135,16 @@ const int casyncfsync_EINPROGRESS = EINPROGRESS;
 const int casyncfsync_AIO_NOTCANCELED = AIO_NOTCANCELED;
 const int casyncfsync_O_PATH = O_PATH;
 const int casyncfsync_F_DUPFD_CLOEXEC = F_DUPFD_CLOEXEC;
+
+int casyncfsync_kcmp_file(int fd1, int fd2) {
+#ifdef SYS_kcmp
+    pid_t self = getpid();  // not cached: a forked child must compare its own descriptors
+    return (int)syscall(SYS_kcmp, self, self, KCMP_FILE, fd1, fd2);
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
 
 int casyncfsync_file_status(int fd, uint64_t *device, uint64_t *inode, unsigned *type) {
     struct statx info;

@@ -38,6 +38,9 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
     @exclusivity(unchecked) private var submitScratch: [EngineState.Prepared] = []
     @exclusivity(unchecked) private var submitSlots: [Int32] = []
     @exclusivity(unchecked) private var mismatchScratch: [Waiter] = []
+    @exclusivity(unchecked) private var slotScratch: [EngineState.SlotRef] = []
+    @exclusivity(unchecked) private var identityScratch: [FileIdentity?] = []
+    @exclusivity(unchecked) private var pairScratch: [(index: Int, peer: EngineState.SlotRef, shares: Bool)] = []
     /// Used by the hub's thread only.
     @exclusivity(unchecked) private var completions: [Completion] = []
     @exclusivity(unchecked) private var finished: [(range: Range<Int>, result: Result<Void, Errno>)] = []
@@ -198,9 +201,13 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
                 return
             }
             submitSlots.removeAll(keepingCapacity: true)
-            for prepared in submitScratch {
-                if prepared.needsIdentityCheck, !checkIdentity(prepared) { continue }
-                submitSlots.append(prepared.slot)
+            if submitScratch.contains(where: \.checksDescription) {
+                checkDescriptions()
+            } else {
+                for prepared in submitScratch {
+                    if prepared.needsIdentityCheck, !checkIdentity(prepared) { continue }
+                    submitSlots.append(prepared.slot)
+                }
             }
             submitSlots.withUnsafeBufferPointer { submit($0) }
         }
@@ -215,13 +222,86 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         let emptied = shared.withLock {
             $0.machine.dropMismatched(slot: prepared.slot, current: current, into: &mismatchScratch)
         }
-        for waiter in mismatchScratch {
+        failMismatched(mismatchScratch)
+        return !emptied
+    }
+
+    /// The waiters whose descriptor names another file now fail with `EBADF`.
+    private func failMismatched(_ waiters: [Waiter]) {
+        for waiter in waiters {
             waiter.continuation.resume(throwing: AsyncSyncError(
                 code: .system, errno: .badFileDescriptor, operation: .sync(waiter.mode), step: .submit,
                 backend: Driver.kind, descriptor: waiter.descriptor, systemCall: "statx",
                 message: "the descriptor was closed and now names another file; keep it open until the sync returns"))
         }
-        return !emptied
+    }
+
+    /// `kcmp(2)` answered ENOSYS or EPERM once: from then on, two slots of one file are taken to
+    /// share their open file description (one sync per file at a time).
+    private let kcmpUnavailable = Atomic<Bool>(false)
+
+    /// Slots were taken while others were in use: a batch that shares its open file description
+    /// with an earlier slot in use waits for it instead of being submitted (``EngineState``, "one
+    /// sync per open file description"). Appends the slots to submit to `submitSlots`. Also does
+    /// ``checkIdentity(_:)``'s work, with the same `statx(2)`. Three short holds of the lock, the
+    /// system calls between them.
+    private func checkDescriptions() {
+        slotScratch.removeAll(keepingCapacity: true)
+        shared.withLock { $0.machine.unidentifiedSlots(into: &slotScratch) }
+        identityScratch.removeAll(keepingCapacity: true)
+        for ref in slotScratch { identityScratch.append(try? system.fileIdentity(ref.descriptor).get()) }
+        mismatchScratch.removeAll(keepingCapacity: true)
+        pairScratch.removeAll(keepingCapacity: true)
+        shared.withLock { shared in
+            for (ref, identity) in zip(slotScratch, identityScratch) { shared.machine.identified(ref, as: identity) }
+            for (index, prepared) in submitScratch.enumerated() {
+                if prepared.needsIdentityCheck {
+                    let current = shared.machine.identity(of: prepared.ref)
+                    // Emptied: its slot is free and it is not looked at again (not current).
+                    if shared.machine.dropMismatched(slot: prepared.slot, current: current, into: &mismatchScratch) { continue }
+                }
+                guard prepared.checksDescription else { continue }
+                slotScratch.removeAll(keepingCapacity: true)
+                shared.machine.sharingCandidates(of: prepared.ref, into: &slotScratch)
+                for peer in slotScratch { pairScratch.append((index, peer, true)) }
+            }
+        }
+        failMismatched(mismatchScratch)
+        // Outside the lock: which candidates share the open file description (or cannot be told apart).
+        for pair in pairScratch.indices {
+            pairScratch[pair].shares = sharesDescription(submitScratch[pairScratch[pair].index].descriptor,
+                                                         pairScratch[pair].peer.descriptor)
+        }
+        shared.withLock { shared in
+            var next = 0
+            for (index, prepared) in submitScratch.enumerated() {
+                slotScratch.removeAll(keepingCapacity: true)
+                while next < pairScratch.count, pairScratch[next].index == index {
+                    if pairScratch[next].shares { slotScratch.append(pairScratch[next].peer) }
+                    next += 1
+                }
+                if prepared.checksDescription || prepared.needsIdentityCheck {
+                    // Not submitted when dropped above (gone) or when it waits for its description.
+                    guard shared.machine.described(prepared.ref, sharesDescriptionWith: slotScratch) == .submit else { continue }
+                }
+                submitSlots.append(prepared.slot)
+            }
+        }
+    }
+
+    /// Whether two descriptors may share one open file description: `kcmp(2)`'s answer; `true`
+    /// when it cannot tell (fail safe: then the two syncs run one after the other).
+    private func sharesDescription(_ fd: CInt, _ other: CInt) -> Bool {
+        if kcmpUnavailable.load(ordering: .relaxed) { return true }
+        switch system.kcmpFile(fd, other) {
+        case .success(let same):
+            return same
+        case .failure(let errno):
+            if errno == .noFunction || errno == .notPermitted || errno == .permissionDenied {
+                kcmpUnavailable.store(true, ordering: .relaxed)
+            }
+            return true
+        }
     }
 
     /// Hands prepared slots to the driver, handling short counts and refusals.

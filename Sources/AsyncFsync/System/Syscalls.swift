@@ -204,6 +204,9 @@ struct SystemCalls: Sendable {
     var noteMemory: @Sendable (MemoryEvent, UnsafeRawPointer, Int) -> Void { didSet { renew() } }
     /// A blocking `fsync(2)` or `fdatasync(2)`: the inline path for memory file systems.
     var syncNow: @Sendable (SyncMode, CInt) -> Result<Void, Errno> { didSet { renew() } }
+    /// `kcmp(2)` with `KCMP_FILE` on two descriptors of this process: whether they share one open
+    /// file description (``system_kcmp_file(_:_:)``).
+    var kcmpFile: @Sendable (CInt, CInt) -> Result<Bool, Errno> { didSet { renew() } }
 
     /// The real system.
     static let live = SystemCalls(
@@ -228,7 +231,8 @@ struct SystemCalls: Sendable {
         fileSystemType: system_fstatfs_type,
         fileStatus: system_fstat_status,
         noteMemory: { _, _, _ in },
-        syncNow: system_sync_now
+        syncNow: system_sync_now,
+        kcmpFile: system_kcmp_file
     )
 }
 
@@ -349,6 +353,16 @@ func system_fstat_status(_ fd: CInt) -> Result<FileStatus, Errno> {
 /// `fsync(2)` or `fdatasync(2)`, blocking the calling thread.
 func system_sync_now(_ mode: SyncMode, _ fd: CInt) -> Result<Void, Errno> {
     mode == .fsync ? system_fsync(fd) : system_fdatasync(fd)
+}
+
+// MARK: Open file descriptions
+
+/// `kcmp(getpid(), getpid(), KCMP_FILE, fd1, fd2)`: `true` when both descriptors refer to one open
+/// file description (`dup(2)`, inherited, passed over a socket), `false` when they refer to two
+/// (also two `open(2)`s of one file). Fails with ENOSYS where the kernel has no kcmp, EPERM where a
+/// seccomp filter or policy denies it, EBADF for a closed descriptor.
+func system_kcmp_file(_ fd1: CInt, _ fd2: CInt) -> Result<Bool, Errno> {
+    valueOrErrno(casyncfsync_kcmp_file(fd1, fd2)).map { $0 == 0 }
 }
 
 // MARK: Sleeping and yielding (no table entry: nothing to inject)

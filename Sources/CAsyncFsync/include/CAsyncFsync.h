@@ -65,6 +65,11 @@ int casyncfsync_fstatfs_type(int fd, long *type);
 /// fstat(2) where statx is missing (ENOSYS).
 int casyncfsync_file_status(int fd, uint64_t *device, uint64_t *inode, unsigned *type);
 
+/// kcmp(2) of two descriptors of this process with KCMP_FILE: 0 when both refer to one open file
+/// description (one `struct file`), 1 or 2 when they do not (the kernel's order of the two), -1 and
+/// errno on failure (ENOSYS: no kcmp in this kernel; EPERM: a seccomp filter or policy; EBADF).
+int casyncfsync_kcmp_file(int fd1, int fd2);
+
 /// The completion thread a thread is (or NULL): a thread-local marker its loop sets once.
 void casyncfsync_set_thread_marker(void *marker);
 void *casyncfsync_thread_marker(void);

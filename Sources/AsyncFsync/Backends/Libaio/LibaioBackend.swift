@@ -12,7 +12,8 @@ import SystemPackage
 /// time, and a request that arrives while one runs waits for the next, which starts when the
 /// running one ends and serves every request that joined it. A request is never served by a sync
 /// that started before it arrived, and the kernel, which reports a failed writeback only once per
-/// open file, never sees two syncs of one open file at once.
+/// open file description, never sees two syncs of one open file description at once, also through
+/// two descriptors (`dup(2)`, inherited): the engine tells them apart with `kcmp(2)`.
 ///
 /// At most `capacity` syncs are in the kernel at once; more wait in a queue, in order, until one
 /// completes (backpressure); they never fail because the context is full.

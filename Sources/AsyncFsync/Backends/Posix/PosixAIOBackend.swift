@@ -7,7 +7,9 @@ import SystemPackage
 /// kernel and file system. No thread is created per request and no signal is used. Requests of
 /// one descriptor share syncs: at most one sync per descriptor is handed to glibc at a time (glibc
 /// would run them one after another anyway), and requests that arrive meanwhile are served
-/// together by the next one, which starts after each of them arrived.
+/// together by the next one, which starts after each of them arrived. Two descriptors of one open
+/// file description (`dup(2)`, inherited) never have a sync in glibc at once either (glibc queues
+/// by descriptor number, so it would run them together).
 ///
 /// At most `capacity` syncs are handed to glibc at once; more wait in a queue, in order.
 ///
