@@ -589,6 +589,47 @@ struct EngineState {
             + "submitting \(submitting), blocked \(blockedOnResources); " + perDescriptor.joined(separator: "; ")
     }
 
+    /// The ids of the requests whose sync `slot` holds (the model checker notes them at each
+    /// submission).
+    func waiterIDs(inSlot slot: Int32) -> [UInt64] {
+        let batch = slotBatch[Int(slot)]
+        guard batch >= 0 else { return [] }
+        var ids: [UInt64] = []
+        var index = batches[Int(batch)].first
+        while index >= 0 {
+            ids.append(waiters[Int(index)]!.id)
+            index = nextWaiter[Int(index)]
+        }
+        return ids
+    }
+
+    /// Everything the state holds, in one canonical line: the model checker's key for a state it
+    /// has explored. Batches are written by their contents (not by their index in the pool), so
+    /// two states that differ only in how the pools were reused are one state.
+    var fingerprint: String {
+        func text(_ batch: Int32) -> String {
+            guard batch >= 0 else { return batch == Self.revoked ? "R" : "-" }
+            let value = batches[Int(batch)]
+            var ids = ""
+            var index = value.first
+            while index >= 0 {
+                let waiter = waiters[Int(index)]!
+                ids += "\(waiter.id)\(waiter.identityTaken ? "i" : "")\(waiter.checksCancellation ? "x" : ""),"
+                index = nextWaiter[Int(index)]
+            }
+            return "[\(value.descriptor):\(ids)\(value.mode == .fsync ? "F" : "D")\(value.submitted ? "S" : "")"
+                + "\(value.interruptedRetries)\(value.needsIdentityCheck ? "C" : "")\(value.checksCancellation ? "X" : "")]"
+        }
+        var line = "\(lifecycle) \(brokenErrno?.rawValue ?? 0) \(submitting) \(blockedOnResources) \(outstanding) \(inTransit) \(slotsInUse)|"
+        line += slotBatch.map(text).joined(separator: ";") + "|" + freeSlots.map { String($0) }.joined(separator: ",") + "|"
+        for (fd, entry) in descriptors.entries.sorted(by: { $0.0 < $1.0 }) {
+            line += "\(fd)\(entry.running >= 0 ? "r" : "")\(text(entry.next));"
+        }
+        line += "|"
+        ready.forEach { line += text($0) }
+        return line
+    }
+
     // MARK: Internals
 
     private mutating func drainCheck() -> Release {
