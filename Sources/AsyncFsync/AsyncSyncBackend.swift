@@ -72,17 +72,26 @@ public protocol AsyncSyncBackend: Sendable {
     /// A serial executor on the same thread as ``preferredTaskExecutor``, for an actor that syncs
     /// through this backend; `nil` when the backend has none.
     ///
-    /// An actor whose `unownedExecutor` is this goes on right where its syncs complete:
+    /// An actor whose `unownedExecutor` is this goes on right where its syncs complete. One that
+    /// works with any backend uses it when there is one, and otherwise the default executor of a
+    /// small actor it keeps (the snippet `Snippets/ActorOnBackendExecutor.swift`, compiled with the
+    /// package, and <doc:GettingStarted> show it whole):
     ///
     /// ```swift
+    /// actor DefaultExecutor {}                  // lends its default executor
+    ///
     /// actor WriteAheadLog {
     ///     let backend: any AsyncSyncBackend
-    ///     let executor: any SerialExecutor
-    ///     nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
-    ///     init(backend: any AsyncSyncBackend) throws {
+    ///     private let serialExecutor: (any SerialExecutor)?
+    ///     private let fallback = DefaultExecutor()
+    ///
+    ///     nonisolated var unownedExecutor: UnownedSerialExecutor {
+    ///         serialExecutor?.asUnownedSerialExecutor() ?? fallback.unownedExecutor
+    ///     }
+    ///
+    ///     init(backend: any AsyncSyncBackend) {
     ///         self.backend = backend
-    ///         guard let executor = backend.preferredSerialExecutor else { throw … }
-    ///         self.executor = executor
+    ///         self.serialExecutor = backend.preferredSerialExecutor
     ///     }
     /// }
     /// ```

@@ -1,3 +1,5 @@
+#if Metrics
+// Built with the package trait Metrics only (its dependency swift-metrics is resolved only then).
 import AsyncFsync
 import CoreMetrics
 import Synchronization
@@ -258,3 +260,5 @@ enum ErrnoName {
         }
     }
 }
+
+#endif

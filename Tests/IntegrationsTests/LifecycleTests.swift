@@ -1,3 +1,5 @@
+#if ServiceLifecycle
+// The tests of the trait ServiceLifecycle.
 import AsyncFsync
 import AsyncFsyncLifecycle
 import Foundation
@@ -259,3 +261,5 @@ extension IntegrationsTests {
         }
     }
 }
+
+#endif

@@ -1,3 +1,5 @@
+#if Logging || Metrics || ServiceLifecycle || NIO
+// What the tests of the traits share; the target is empty without a trait.
 import AsyncFsync
 import Foundation
 import Synchronization
@@ -65,3 +67,5 @@ func requireDisk(_ path: FilePath, sourceLocation: SourceLocation = #_sourceLoca
 func makeBackend(for directory: ScratchDirectory) async throws -> any AsyncSyncBackend {
     try await AsyncSync.makeBackend(directory: directory.path)
 }
+
+#endif

@@ -1,3 +1,5 @@
+#if Metrics
+// The tests of the trait Metrics.
 import AsyncFsync
 import AsyncFsyncMetrics
 import CoreMetrics
@@ -163,3 +165,5 @@ extension IntegrationsTests {
         }
     }
 }
+
+#endif

@@ -1,3 +1,5 @@
+#if NIO
+// Built with the package trait NIO only (its dependency swift-nio is resolved only then).
 import AsyncFsync
 import _NIOFileSystem
 
@@ -138,3 +140,5 @@ extension AsyncSyncBackend {
         }
     }
 }
+
+#endif

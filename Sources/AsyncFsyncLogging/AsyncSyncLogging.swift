@@ -1,3 +1,5 @@
+#if Logging
+// Built with the package trait Logging only (its dependency swift-log is resolved only then).
 import AsyncFsync
 import Logging
 
@@ -124,3 +126,5 @@ public struct AsyncSyncLogging: AsyncSyncObserver {
         logger.log(level: level, "\(mode) failed on the \(backend) backend: \(error)", metadata: metadata)
     }
 }
+
+#endif

@@ -1,3 +1,5 @@
+#if Logging
+// The tests of the trait Logging.
 import AsyncFsync
 import AsyncFsyncLogging
 import Logging
@@ -144,3 +146,5 @@ extension IntegrationsTests {
         }
     }
 }
+
+#endif
