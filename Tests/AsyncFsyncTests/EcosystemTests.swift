@@ -72,6 +72,62 @@ extension AsyncFsyncTests {
             #expect(AsyncSync.shared.preferredTaskExecutor != nil)
         }
 
+        @Test("AsyncSync.shared is made exactly once: synchronous accessors called while the first async use makes it wait for that one")
+        func sharedMadeOnce() async throws {
+            let directory = try ScratchDirectory.onDisk()
+            let fd = try directory.file("shared-once")
+            defer { try? fd.close() }
+            let calls = Counter()
+            let entered = Flag()
+            let release = Flag()
+            let madeBackends = Locked<[any AsyncSyncBackend]>([])
+            // The first creation is held until the accessors have run; later ones are not.
+            let shared = SharedBackend(maker: {
+                if calls.next() == 1 {
+                    entered.raise()
+                    while !release.isRaised { usleep(200) }
+                }
+                do {
+                    let backend = try LibaioBackend(capacity: 8)
+                    madeBackends.withLock { $0.append(backend) }
+                    return .success(backend)
+                } catch {
+                    return .failure(error as? AsyncSyncError ?? AsyncSyncError(
+                        code: .backendUnavailable, errno: nil, operation: .setup, step: .setup, backend: .libaio))
+                }
+            })
+            #expect(shared.ifMade == nil)
+            let first = Task { try await shared.fdatasync(fd) }
+            while !entered.isRaised { try await Task.sleep(for: .milliseconds(1)) }
+            #expect(shared.ifMade == nil, "the non-blocking accessor does not guess while the backend is being made")
+
+            // The synchronous accessors, each from a thread of its own (they may block).
+            let returned = Counter()
+            let accessors: [@Sendable () -> Void] = [
+                { _ = shared.kind },
+                { _ = try? shared.clearFailure(of: fd) },
+                { _ = shared.preferredTaskExecutor },
+                { _ = shared.preferredSerialExecutor },
+            ]
+            for accessor in accessors {
+                Thread.detachNewThread {
+                    accessor()
+                    _ = returned.next()
+                }
+            }
+            // Each accessor has either returned (having made a backend of its own) or is waiting
+            // for the creation in progress.
+            while returned.current + shared.blockedWaiters.load(ordering: .acquiring) < accessors.count {
+                try await Task.sleep(for: .milliseconds(1))
+            }
+            release.raise()
+            try await first.value
+            while returned.current < accessors.count { try await Task.sleep(for: .milliseconds(1)) }
+            #expect(calls.current == 1, "backends made: \(calls.current)")
+            #expect(shared.ifMade != nil)
+            for backend in madeBackends.withLock({ $0 }) { await backend.shutdown() }
+        }
+
         @Test("a raw descriptor number (FileHandle.fileDescriptor, C) syncs without building a FileDescriptor")
         func rawDescriptor() async throws {
             let directory = try ScratchDirectory.onDisk()

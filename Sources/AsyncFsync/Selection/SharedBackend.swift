@@ -46,6 +46,20 @@ final class SharedBackend: AsyncSyncBackend, CustomStringConvertible {
     }
     private let made = Atomic<Unmanaged<Made>?>(nil)
 
+    typealias Making = @Sendable () -> Result<any AsyncSyncBackend, AsyncSyncError>
+    /// Makes the backend; tests inject one that counts and holds.
+    private let maker: Making?
+    /// How many callers are blocked waiting for the creation in progress (tests).
+    let blockedWaiters = Atomic<Int>(0)
+
+    init() { maker = nil }
+
+    /// A shared backend whose creation is `maker` (tests: count the backends made, hold one).
+    init(maker: @escaping Making) { self.maker = maker }
+
+    /// The backend if it has been made, without waiting or making it.
+    var ifMade: (any AsyncSyncBackend)? { made.load(ordering: .acquiring)?.takeUnretainedValue().backend }
+
     deinit { made.load(ordering: .acquiring)?.release() }
 
     /// Sets `state` to `.made(result)` (under its lock; called once) and publishes a success.
@@ -82,7 +96,7 @@ final class SharedBackend: AsyncSyncBackend, CustomStringConvertible {
             Task.detached { [self] in
                 let result: Result<any AsyncSyncBackend, AsyncSyncError>
                 do {
-                    result = .success(try await AsyncSync.makeBackend())
+                    if let maker { result = maker() } else { result = .success(try await AsyncSync.makeBackend()) }
                 } catch let error as AsyncSyncError {
                     result = .failure(error)
                 } catch {
@@ -113,7 +127,7 @@ final class SharedBackend: AsyncSyncBackend, CustomStringConvertible {
             return nil
         }
         if let settled { return try? settled.get() }
-        let result = Result { () throws(AsyncSyncError) -> any AsyncSyncBackend in
+        let result = maker?() ?? Result { () throws(AsyncSyncError) -> any AsyncSyncBackend in
             do { return try AsyncSync.makeBackend() } catch let error as AsyncSyncError { throw error } catch {
                 throw AsyncSyncError(code: .backendUnavailable, errno: nil, operation: .setup, step: .setup, backend: nil, message: "\(error)")
             }
