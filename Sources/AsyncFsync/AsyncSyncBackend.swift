@@ -4,7 +4,7 @@ import SystemPackage
 ///
 /// A backend hands `fsync(2)` or `fdatasync(2)` of a descriptor to the kernel (or to glibc) and
 /// resumes the awaiting task when the sync has completed. Get one from
-/// ``AsyncSync/makeBackend(environment:directory:)-uycg``, or create ``LibaioBackend`` or ``PosixAIOBackend`` directly.
+/// ``AsyncSync/makeBackend(environment:directory:)``, or create ``LibaioBackend`` or ``PosixAIOBackend`` directly.
 ///
 /// ## Rules every implementation follows
 /// - Every call of ``sync(_:mode:)`` returns or throws exactly once, under any load, on

@@ -58,6 +58,8 @@ extension AsyncFsyncTests {
             let fd = try directory.file("shared")
             defer { try? fd.close() }
             try await AsyncSync.shared.fdatasync(fd)
+            let made = try #require(AsyncSync.sharedIfMade)
+            #expect(try await AsyncSync.sharedBackend().kind == made.kind)
             #expect(AsyncSync.shared.kind == .libaio || ProcessInfo.processInfo.environment[AsyncSync.environmentVariable] == "posix")
             #expect("\(AsyncSync.shared)".hasPrefix("shared "))
             await AsyncSync.shared.shutdown()  // does nothing
@@ -126,6 +128,24 @@ extension AsyncFsyncTests {
             #expect(calls.current == 1, "backends made: \(calls.current)")
             #expect(shared.ifMade != nil)
             for backend in madeBackends.withLock({ $0 }) { await backend.shutdown() }
+        }
+
+        @Test("a shared backend that cannot be made: every member says so, none guesses, none probes again")
+        func sharedUnavailable() async throws {
+            let calls = Counter()
+            let failure = AsyncSyncError(code: .backendUnavailable, errno: .noFunction, operation: .setup, step: .setup,
+                                         backend: .libaio, message: "forced and denied")
+            let shared = SharedBackend(maker: {
+                _ = calls.next()
+                return .failure(failure)
+            })
+            #expect(throws: failure) { try shared.clearFailure(of: FileDescriptor(rawValue: 0)) }
+            #expect(shared.kind == .libaio)
+            #expect(shared.preferredTaskExecutor == nil && shared.preferredSerialExecutor == nil)
+            #expect(shared.ifMade == nil)
+            let thrown = await caughtError { try await shared.fdatasync(FileDescriptor(rawValue: 0)) }
+            #expect(thrown as? AsyncSyncError == failure)
+            #expect(calls.current == 1)
         }
 
         @Test("a raw descriptor number (FileHandle.fileDescriptor, C) syncs without building a FileDescriptor")

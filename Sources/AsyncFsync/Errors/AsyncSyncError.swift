@@ -153,7 +153,7 @@ extension AsyncSyncError {
         public static let fdatasync = Operation(.fdatasync)
         /// Creating a backend (for example `io_setup(2)` or choosing a backend).
         public static let setup = Operation(.setup)
-        /// Probing whether a backend works (see ``AsyncSync/probe(directory:)-768mu``).
+        /// Probing whether a backend works (see ``AsyncSync/probe(directory:)``).
         public static let probe = Operation(.probe)
 
         /// The operation of a sync in `mode`.
@@ -176,15 +176,32 @@ extension AsyncSyncError {
     }
 
     /// The step of a request at which a backend learned of a failure.
-    public enum Step: String, Hashable, Sendable, CustomStringConvertible {
+    ///
+    /// New steps may be added in a later version; switch over it with a `default` case.
+    public struct Step: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+        private enum Base: String, Sendable { case setup, submit, completion, request }
+        private var base: Base
+        private init(_ base: Base) { self.base = base }
+
         /// Creating the backend or its resources (`io_setup(2)`, a thread, an eventfd).
-        case setup
+        public static let setup = Step(.setup)
         /// Handing the request to the kernel or glibc (`io_submit(2)`, `aio_fsync(3)`).
-        case submit
+        public static let submit = Step(.submit)
         /// The request's result (`io_getevents(2)`'s `res`, `aio_error(3)`).
-        case completion
+        public static let completion = Step(.completion)
         /// Before anything reached the system (the backend was shut down, a bad setting).
-        case request
+        public static let request = Step(.request)
+
+        /// The step named `rawValue` (`"setup"`, `"submit"`, `"completion"`, `"request"`), or `nil`.
+        ///
+        /// - Parameter rawValue: A step's name.
+        public init?(rawValue: String) {
+            guard let base = Base(rawValue: rawValue) else { return nil }
+            self.base = base
+        }
+
+        /// The step's name (`"submit"`, …).
+        public var rawValue: String { base.rawValue }
 
         /// The step's name, its raw value (`"submit"`, …).
         public var description: String { rawValue }

@@ -13,7 +13,7 @@ import SystemPackage
 /// default; an implementation must be cheap and must not block, since it is called on the path of
 /// the syncs (on the completion thread for some).
 public protocol AsyncSyncObserver: Sendable {
-    /// ``AsyncSync/makeBackend(environment:directory:)-uycg`` chose `kind` after these probes (for
+    /// ``AsyncSync/makeBackend(environment:directory:)`` chose `kind` after these probes (for
     /// `auto`, the kinds it tried; for a forced kind, its probe).
     func backendSelected(_ kind: BackendKind, choice: String, probes: [BackendProbe])
 
