@@ -72,17 +72,18 @@ public protocol AsyncSyncBackend: Sendable {
     /// A serial executor on the same thread as ``preferredTaskExecutor``, for an actor that syncs
     /// through this backend; `nil` when the backend has none.
     ///
-    /// An actor whose `unownedExecutor` is this goes on right where its syncs complete:
+    /// An actor whose `unownedExecutor` is this goes on right where its syncs complete.
+    /// ``ActorExecutor`` gives an actor this executor when there is one, and an executor of the
+    /// actor's own otherwise:
     ///
     /// ```swift
     /// actor WriteAheadLog {
     ///     let backend: any AsyncSyncBackend
-    ///     let executor: any SerialExecutor
-    ///     nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
-    ///     init(backend: any AsyncSyncBackend) throws {
+    ///     let executor: ActorExecutor
+    ///     nonisolated var unownedExecutor: UnownedSerialExecutor { executor.unownedExecutor }
+    ///     init(backend: any AsyncSyncBackend) {
     ///         self.backend = backend
-    ///         guard let executor = backend.preferredSerialExecutor else { throw … }
-    ///         self.executor = executor
+    ///         self.executor = ActorExecutor(preferring: backend)
     ///     }
     /// }
     /// ```
