@@ -38,8 +38,6 @@ public struct AsyncSyncError: Error, Sendable, Hashable {
     public var systemCall: String?
     /// Further detail for a person, without the parts already in the other fields.
     public var message: String
-    /// Where in this library the error was made.
-    public var location: SourceLocation
 
     /// Creates an error. Backends normally use the factories in `AsyncSyncError+Syscall.swift`.
     public init(
@@ -50,8 +48,7 @@ public struct AsyncSyncError: Error, Sendable, Hashable {
         backend: BackendKind?,
         descriptor: FileDescriptor? = nil,
         systemCall: String? = nil,
-        message: String = "",
-        location: SourceLocation = .here()
+        message: String = ""
     ) {
         self.code = code
         self.errno = errno
@@ -61,7 +58,19 @@ public struct AsyncSyncError: Error, Sendable, Hashable {
         self.descriptor = descriptor
         self.systemCall = systemCall
         self.message = message
-        self.location = location
+    }
+
+    /// The C name of ``errno`` (`"EIO"`, `"EBADF"`; see ``symbolicName(of:)``), or `nil` when
+    /// there is none.
+    public var errnoName: String? { errno.map(Self.symbolicName(of:)) }
+
+    /// The C name of `errno`, such as `"EIO"`, `"ENOSPC"` or `"EBADF"`, or `"errno_<n>"` for one
+    /// this table does not name: one token, what logs and metrics name an errno by.
+    ///
+    /// - Parameter errno: Any errno.
+    /// - Returns: Its symbolic name.
+    public static func symbolicName(of errno: Errno) -> String {
+        errno.knownSymbolicName ?? "errno_\(errno.rawValue)"
     }
 
     /// Whether the failure may mean that written data is lost.
@@ -128,7 +137,21 @@ extension AsyncSyncError {
         /// The backend was shut down; no new requests are accepted.
         public static let shutDown = Code(.shutDown)
 
-        /// The code's name in words, as in docs/errors.md (`"durability"`, `"earlier failure"`, …).
+        /// The code's name as one token (`"system"`, `"earlier_failure"`, `"concurrent_failure"`,
+        /// `"backend_unavailable"`, `"invalid_configuration"`, `"shut_down"`): what logs and
+        /// metrics name it by, so that a log line and a metric label of one failure agree.
+        public var name: String {
+            switch base {
+            case .system: "system"
+            case .earlierFailure: "earlier_failure"
+            case .concurrentFailure: "concurrent_failure"
+            case .backendUnavailable: "backend_unavailable"
+            case .invalidConfiguration: "invalid_configuration"
+            case .shutDown: "shut_down"
+            }
+        }
+
+        /// The code's name in words, as in docs/errors.md (`"system"`, `"earlier failure"`, …).
         public var description: String {
             switch base {
             case .system: "system"
@@ -206,31 +229,6 @@ extension AsyncSyncError {
         /// The step's name, its raw value (`"submit"`, …).
         public var description: String { rawValue }
     }
-
-    /// A place in this library's source.
-    public struct SourceLocation: Hashable, Sendable, CustomStringConvertible {
-        /// The function, as `#function` gives it.
-        public var function: String
-        /// The file, as `#fileID` gives it (`AsyncFsync/Engine/AIOEngine.swift`).
-        public var file: String
-        /// The line in ``file``.
-        public var line: Int
-
-        /// A location given part by part.
-        public init(function: String, file: String, line: Int) {
-            self.function = function
-            self.file = file
-            self.line = line
-        }
-
-        /// The caller's location.
-        public static func here(function: String = #function, file: String = #fileID, line: Int = #line) -> Self {
-            SourceLocation(function: function, file: file, line: line)
-        }
-
-        /// `file:line (function)`.
-        public var description: String { "\(file):\(line) (\(function))" }
-    }
 }
 
 extension AsyncSyncError: CustomStringConvertible, CustomDebugStringConvertible {
@@ -268,7 +266,6 @@ extension AsyncSyncError: CustomStringConvertible, CustomDebugStringConvertible 
         if let backend { fields.append("backend: \(backend)") }
         if let descriptor { fields.append("descriptor: \(descriptor.rawValue)") }
         if let systemCall { fields.append("systemCall: \(systemCall)") }
-        fields.append("location: \(location)")
         return "AsyncSyncError(\(description); \(fields.joined(separator: ", ")))"
     }
 
