@@ -162,6 +162,25 @@ extension AsyncFsyncTests {
             #expect(calls.current == 1)
         }
 
+        @Test("a synchronous member of the shared backend used by its own creation (an observer) does not wait for itself")
+        func sharedReentrant() async throws {
+            let inner = Locked<AsyncSyncError?>(nil)
+            let box = Locked<SharedBackend?>(nil)
+            let shared = SharedBackend(maker: {
+                // What an observer's backendSelected would do on the creating thread.
+                let me = box.withLock { $0 }!
+                #expect(me.ifMade == nil)
+                do { try me.clearFailure(of: FileDescriptor(rawValue: 0)) } catch let error as AsyncSyncError {
+                    inner.withLock { $0 = error }
+                } catch {}
+                return .failure(AsyncSyncError(code: .backendUnavailable, errno: nil, operation: .setup, step: .setup,
+                                               backend: .posix, message: "made for the test"))
+            })
+            box.withLock { $0 = shared }
+            #expect(shared.kind == .posix)
+            #expect(inner.withLock { $0 }?.message.contains("from the thread making it") == true)
+        }
+
         @Test("a raw descriptor number (FileHandle.fileDescriptor, C) syncs without building a FileDescriptor")
         func rawDescriptor() async throws {
             let directory = try ScratchDirectory.onDisk()

@@ -1,6 +1,10 @@
 import Synchronization
 import SystemPackage
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 extension AsyncSync {
     /// The process-wide backend: made once, at its first use, from the environment's
     /// ``Configuration`` (``Configuration/init(environment:)``: `ASYNC_FSYNC_BACKEND`,
@@ -82,6 +86,9 @@ final class SharedBackend: AsyncSyncBackend, CustomStringConvertible {
     private let maker: Making
     /// How many callers are blocked waiting for the creation in progress (tests).
     let blockedWaiters = Atomic<Int>(0)
+    /// The thread making the backend (`pthread_self`), 0 when none: a synchronous member called
+    /// from it (an observer told of the selection) must not wait for itself.
+    private let creator = Atomic<UInt>(0)
 
     /// The process's shared backend: the configuration from the environment.
     convenience init() {
@@ -116,7 +123,9 @@ final class SharedBackend: AsyncSyncBackend, CustomStringConvertible {
         }
         guard case .start(let pending) = step else { return step }
         let create: @Sendable () -> Void = { [self] in
+            creator.store(UInt(pthread_self()), ordering: .releasing)
             let outcome = maker()
+            creator.store(0, ordering: .releasing)
             state.withLock { state in
                 state = .made(outcome)
                 if case .success(let backend) = outcome {
@@ -154,6 +163,12 @@ final class SharedBackend: AsyncSyncBackend, CustomStringConvertible {
         switch outcomeOrCreation() {
         case .ready(let outcome): return outcome
         case .wait(let pending), .start(let pending):
+            if creator.load(ordering: .acquiring) == UInt(pthread_self()) {
+                return .failure(AsyncSyncError(
+                    code: .backendUnavailable, errno: nil, operation: .setup, step: .setup, backend: nil,
+                    message: "AsyncSync.shared was asked for from the thread making it (an observer told of the "
+                        + "selection?): it is not made yet"))
+            }
             blockedWaiters.add(1, ordering: .releasing)
             defer { blockedWaiters.subtract(1, ordering: .releasing) }
             while true {
