@@ -1,25 +1,18 @@
 // An actor that runs on its backend's serial executor when the backend has one (it then goes on
-// right where its syncs complete), and on an ordinary actor's default executor otherwise.
+// right where its syncs complete), and on a default actor's executor otherwise (ActorExecutor).
 // snippet.hide
 // Compiled by `swift build` (a snippet); nothing here runs in CI.
 import AsyncFsync
 
 // snippet.show
-/// An actor with nothing in it: it only lends its default executor.
-actor DefaultExecutor {}
-
 actor WriteAheadLog {
     let backend: any AsyncSyncBackend
-    private let serialExecutor: (any SerialExecutor)?
-    private let fallback = DefaultExecutor()
+    let executor: ActorExecutor
+    nonisolated var unownedExecutor: UnownedSerialExecutor { executor.unownedExecutor }
 
-    nonisolated var unownedExecutor: UnownedSerialExecutor {
-        serialExecutor?.asUnownedSerialExecutor() ?? fallback.unownedExecutor
-    }
-
-    init(backend: any AsyncSyncBackend) {         // AsyncSync.shared, makeBackend's, any other
+    init(backend: any AsyncSyncBackend) {         // AsyncSync.shared, or one you made
         self.backend = GroupCommit(wrapping: backend)
-        self.serialExecutor = backend.preferredSerialExecutor   // nil: the backend has none
+        self.executor = ActorExecutor(preferring: backend)
     }
 }
 // snippet.hide

@@ -4,7 +4,7 @@ import SystemPackage
 ///
 /// A backend hands `fsync(2)` or `fdatasync(2)` of a descriptor to the kernel (or to glibc) and
 /// resumes the awaiting task when the sync has completed. Get one from
-/// ``AsyncSync/makeBackend(environment:directory:)-uycg``, or create ``LibaioBackend`` or ``PosixAIOBackend`` directly.
+/// ``AsyncSync/makeBackend(environment:directory:)``, or create ``LibaioBackend`` or ``PosixAIOBackend`` directly.
 ///
 /// ## Rules every implementation follows
 /// - Every call of ``sync(_:mode:)`` returns or throws exactly once, under any load, on
@@ -72,26 +72,20 @@ public protocol AsyncSyncBackend: Sendable {
     /// A serial executor on the same thread as ``preferredTaskExecutor``, for an actor that syncs
     /// through this backend; `nil` when the backend has none.
     ///
-    /// An actor whose `unownedExecutor` is this goes on right where its syncs complete. One that
-    /// works with any backend uses it when there is one, and otherwise the default executor of a
-    /// small actor it keeps (the snippet `Snippets/ActorOnBackendExecutor.swift`, compiled with the
-    /// package, and <doc:GettingStarted> show it whole):
+    /// An actor whose `unownedExecutor` is this goes on right where its syncs complete.
+    /// ``ActorExecutor`` gives an actor this executor when there is one, and an executor of the
+    /// actor's own otherwise:
     ///
     /// ```swift
     /// actor DefaultExecutor {}                  // lends its default executor
     ///
     /// actor WriteAheadLog {
     ///     let backend: any AsyncSyncBackend
-    ///     private let serialExecutor: (any SerialExecutor)?
-    ///     private let fallback = DefaultExecutor()
-    ///
-    ///     nonisolated var unownedExecutor: UnownedSerialExecutor {
-    ///         serialExecutor?.asUnownedSerialExecutor() ?? fallback.unownedExecutor
-    ///     }
-    ///
+    ///     let executor: ActorExecutor
+    ///     nonisolated var unownedExecutor: UnownedSerialExecutor { executor.unownedExecutor }
     ///     init(backend: any AsyncSyncBackend) {
     ///         self.backend = backend
-    ///         self.serialExecutor = backend.preferredSerialExecutor
+    ///         self.executor = ActorExecutor(preferring: backend)
     ///     }
     /// }
     /// ```

@@ -8,7 +8,7 @@ import Glibc
 
 let directory = FilePath(".")
 print("Probes (a real fdatasync of a scratch file in the current directory):")
-for probe in AsyncSync.probe(directory: directory) {
+for probe in await AsyncSync.probe(directory: directory) {
     print("  \(probe)")
 }
 
@@ -36,17 +36,14 @@ func run(_ backend: any AsyncSyncBackend, label: String) async {
 print("Syncing \(path):")
 for kind in BackendKind.allCases {
     do {
-        let backend: any AsyncSyncBackend = switch kind {
-        case .libaio: try LibaioBackend()
-        case .posix: try PosixAIOBackend()
-        }
+        let backend = try await AsyncSync.makeBackend(AsyncSync.Configuration(backend: kind, probeDirectory: directory))
         await run(backend, label: kind.rawValue)
     } catch {
         print("  \(kind): \(error)")
     }
 }
 do {
-    let backend = try AsyncSync.makeBackend()
+    let backend = try await AsyncSync.makeBackend()
     await run(backend, label: "makeBackend() chose \(backend.kind)")
 } catch {
     print("  makeBackend(): \(error)")

@@ -170,6 +170,7 @@ extension AsyncFsyncTests {
             let error: AsyncSyncError? = switch kind {
             case .libaio: #expect(throws: AsyncSyncError.self) { _ = try LibaioBackend(capacity: capacity) }
             case .posix: #expect(throws: AsyncSyncError.self) { _ = try PosixAIOBackend(capacity: capacity) }
+            default: nil
             }
             let failure = try #require(error)
             #expect(failure.code == .invalidConfiguration)

@@ -164,6 +164,9 @@ func makeBackend(
     case .posix:
         try PosixAIOBackend(capacity: capacity, stickyFailures: stickyFailures, inlineMemoryFileSystems: inline,
                             system: system, ledgerObserver: observer)
+    default:
+        throw AsyncSyncError(code: .backendUnavailable, errno: nil, operation: .setup, step: .setup, backend: kind,
+                             message: "the tests make no \(kind) backend")
     }
 }
 

@@ -54,7 +54,7 @@ let isCI = ProcessInfo.processInfo.environment["CI"] == "true"
 /// it is a loud warning and the test goes on (its assertions still hold, they just prove less).
 func requireDisk(_ path: FilePath, sourceLocation: SourceLocation = #_sourceLocation) throws {
     // The library's probe names the file system (statfs(2)); its result is cached per file system.
-    guard let probe = AsyncSync.probe(directory: path).first, probe.isMemoryFileSystem else { return }
+    guard let probe = AsyncSync.probeBlocking(directory: path).first, probe.isMemoryFileSystem else { return }
     let reason = "\(path) is on \(probe.fileSystem), a memory file system; run the tests from a checkout on disk"
     if isCI {
         Issue.record("cannot run under CI=true: \(reason)", sourceLocation: sourceLocation)

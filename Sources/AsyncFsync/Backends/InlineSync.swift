@@ -103,7 +103,12 @@ struct InlineSync: Sendable {
         arrival: UInt64
     ) throws(AsyncSyncError) {
         let arrival = try ledger.admit(fd, stamp: arrival, mode: mode, backend: backend).get()
-        if case .failure(let errno) = system.syncNow(mode, fd.rawValue) {
+        let result = system.syncNow(mode, fd.rawValue)
+        if Observers.isActive {
+            let errno: Errno? = if case .failure(let errno) = result { errno } else { nil }
+            Observers.forEach { $0.systemSyncCompleted(backend: backend, mode: mode, requests: 1, errno: errno) }
+        }
+        if case .failure(let errno) = result {
             if AsyncSyncError.isDurabilityErrno(errno) { ledger.record(fd, errno: errno) }
             throw AsyncSyncError.sync(
                 mode, errno: errno, step: .completion, backend: backend, descriptor: fd,

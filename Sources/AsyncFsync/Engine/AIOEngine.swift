@@ -363,6 +363,7 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         done.removeAll(keepingCapacity: true)
         finished.removeAll(keepingCapacity: true)
         retries.removeAll(keepingCapacity: true)
+        var systemSyncs = -1
         let release = shared.withLock { shared -> EngineState.Release in
             for completion in completions {
                 let start = done.count
@@ -374,6 +375,7 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
             }
             if case .broken(let errno) = outcome {
                 let start = done.count
+                systemSyncs = finished.count  // the ones below did not run
                 let release = shared.machine.broken(errno, into: &done)
                 finished.append((start..<done.count, .failure(errno)))
                 reapsCompletions = shared.machine.reapsCompletions
@@ -393,6 +395,7 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
                 ledger.record(waiter.descriptor, errno: errno)
             }
         }
+        if Observers.isActive { reportSystemSyncs(finished.prefix(systemSyncs < 0 ? finished.count : systemSyncs)) }
         for (range, result) in finished where !range.isEmpty {
             resume(done[range], with: result)
         }
@@ -401,6 +404,18 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         }
         if release == .release { hub.requestRelease(self) }
         return true
+    }
+
+    /// Tells the observers of each sync the system ran that ended in this round and how many
+    /// requests it served (a sync submitted again after `EINTR` is told once, when it ends).
+    private func reportSystemSyncs(_ syncs: ArraySlice<(range: Range<Int>, result: Result<Void, Errno>)>) {
+        for (range, result) in syncs where !range.isEmpty {
+            let mode: SyncMode = done[range].contains { $0.mode == .fsync } ? .fsync : .fdatasync
+            let errno: Errno? = if case .failure(let errno) = result { errno } else { nil }
+            Observers.forEach {
+                $0.systemSyncCompleted(backend: Driver.kind, mode: mode, requests: range.count, errno: errno)
+            }
+        }
     }
 
     /// Resumes the waiters of one batch (one descriptor) with its sync's result.

@@ -377,6 +377,8 @@ final class CompletionHub: TaskExecutor, @unchecked Sendable {
             _ = system.eventfdRead(eventDescriptor)
         case .posix:
             suspendOnList(clients)
+        default:
+            preconditionFailure("no completion hub is made for \(kind) backends")
         }
     }
 

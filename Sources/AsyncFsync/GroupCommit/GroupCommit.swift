@@ -6,7 +6,7 @@ import SystemPackage
 /// Wrap any ``AsyncSyncBackend``:
 ///
 /// ```swift
-/// let backend = GroupCommit(wrapping: try AsyncSync.makeBackend())
+/// let backend = GroupCommit(wrapping: try await AsyncSync.makeBackend())
 /// ```
 ///
 /// Per file (device and inode, so every descriptor of the file counts) at most one sync runs at a

@@ -137,7 +137,7 @@ struct Prober: Sendable {
             progress.enter("syncing a scratch file through \(kind)")
             outcome = kind == .libaio ? probeLibaio(fd, cleanups: &cleanups) : probePosix(fd, cleanups: &cleanups)
         case .memfd(let fd, let why):
-            probe.note = "\(why); probed on a memfd"
+            probe.note = "\(why); the mechanism was probed on a memfd"
             probe.fileSystem = "memfd"
             probe.isMemoryFileSystem = false
             progress.enter("syncing a memfd through \(kind)")
@@ -244,6 +244,9 @@ struct Prober: Sendable {
                 try? fd.close()
                 why = "cannot write a scratch file in \(directory) (\(Self.name(of: error)))"
             }
+        } catch let errno as Errno where errno == .noSuchFileOrDirectory || errno == .notDirectory {
+            why = "\(directory) does not exist or is not a directory (\(errno.symbolicName)): "
+                + "the data's file system was not probed"
         } catch {
             why = "cannot create a scratch file in \(directory) (\(Self.name(of: error)))"
         }

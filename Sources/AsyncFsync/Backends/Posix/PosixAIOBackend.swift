@@ -42,7 +42,7 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
     ///     no backing store, fsync returns 0 at once) is synced with a direct `fsync(2)` /
     ///     `fdatasync(2)` on the caller's thread instead of a round trip through glibc's helper
     ///     threads. Costs one `fstatfs(2)` per request on every file system (see
-    ///     docs/selection.md). The default is `true`; ``AsyncSync/makeBackend(environment:directory:)-uycg`` passes `false`
+    ///     docs/selection.md). The default is `true`; ``AsyncSync/makeBackend(environment:directory:)`` passes `false`
     ///     when `ASYNC_FSYNC_INLINE=off`.
     /// - Throws: ``AsyncSyncError`` with code ``AsyncSyncError/Code/invalidConfiguration`` when
     ///   `capacity` is outside 1...65536 (nothing is made); with code
