@@ -4,7 +4,7 @@ import SystemPackage
 ///
 /// A backend hands `fsync(2)` or `fdatasync(2)` of a descriptor to the kernel (or to glibc) and
 /// resumes the awaiting task when the sync has completed. Get one from
-/// ``AsyncSync/makeBackend(environment:directory:)-uycg``, or create ``LibaioBackend`` or ``PosixAIOBackend`` directly.
+/// ``AsyncSync/makeBackend(environment:directory:)``, or create ``LibaioBackend`` or ``PosixAIOBackend`` directly.
 ///
 /// ## Rules every implementation follows
 /// - Every call of ``sync(_:mode:)`` returns or throws exactly once, under any load, on
@@ -72,17 +72,20 @@ public protocol AsyncSyncBackend: Sendable {
     /// A serial executor on the same thread as ``preferredTaskExecutor``, for an actor that syncs
     /// through this backend; `nil` when the backend has none.
     ///
-    /// An actor whose `unownedExecutor` is this goes on right where its syncs complete:
+    /// An actor whose `unownedExecutor` is this goes on right where its syncs complete.
+    /// ``ActorExecutor`` gives an actor this executor when there is one, and an executor of the
+    /// actor's own otherwise:
     ///
     /// ```swift
+    /// actor DefaultExecutor {}                  // lends its default executor
+    ///
     /// actor WriteAheadLog {
     ///     let backend: any AsyncSyncBackend
-    ///     let executor: any SerialExecutor
-    ///     nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
-    ///     init(backend: any AsyncSyncBackend) throws {
+    ///     let executor: ActorExecutor
+    ///     nonisolated var unownedExecutor: UnownedSerialExecutor { executor.unownedExecutor }
+    ///     init(backend: any AsyncSyncBackend) {
     ///         self.backend = backend
-    ///         guard let executor = backend.preferredSerialExecutor else { throw … }
-    ///         self.executor = executor
+    ///         self.executor = ActorExecutor(preferring: backend)
     ///     }
     /// }
     /// ```

@@ -20,6 +20,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <linux/kcmp.h>
 #endif
 
 int casyncfsync_errno(void) { return errno; }
@@ -125,6 +126,16 @@ int casyncfsync_eventfd_read(int fd, uint64_t *value) {
 }
 
 int casyncfsync_memfd(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
+
+int casyncfsync_kcmp_file(int fd1, int fd2) {
+#ifdef SYS_kcmp
+    pid_t self = getpid();  // not cached: a forked child must compare its own descriptors
+    return (int)syscall(SYS_kcmp, self, self, KCMP_FILE, fd1, fd2);
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
 #endif  // CASYNCFSYNC_LINUX_AIO
 
 // initial-exec: read without a __tls_get_addr call (the shim is linked into the program).
@@ -149,6 +160,13 @@ void casyncfsync_set_thread_name(const char *name) {
     pthread_setname_np(pthread_self(), shortName);
 #endif
 }
+
+#if defined(O_PATH)
+const int casyncfsync_O_PATH = O_PATH;
+#else
+const int casyncfsync_O_PATH = 0;
+#endif
+const int casyncfsync_F_DUPFD_CLOEXEC = F_DUPFD_CLOEXEC;
 
 int casyncfsync_full_fsync(int fd) {
 #if defined(F_FULLFSYNC)

@@ -12,7 +12,7 @@ import Musl
 
 let directory = FilePath(".")
 print("Probes (a real fdatasync of a scratch file in the current directory):")
-for probe in AsyncSync.probe(directory: directory) {
+for probe in await AsyncSync.probe(directory: directory) {
     print("  \(probe)")
 }
 
@@ -38,29 +38,17 @@ func run(_ backend: any AsyncSyncBackend, label: String) async {
 }
 
 print("Syncing \(path):")
-/// The backends this build can make (the Linux ones exist on Linux only).
-func makeBackend(_ kind: BackendKind) throws -> (any AsyncSyncBackend)? {
-    switch kind {
-    case .portable: return try PortableBackend()
-    #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
-    case .libaio: return try LibaioBackend()
-    case .posix: return try PosixAIOBackend()
-    #else
-    case .libaio, .posix: return nil
-    #endif
-    }
-}
-
+// Off Linux (and under ASYNC_FSYNC_PORTABLE) libaio and posix say why they cannot be made.
 for kind in BackendKind.allCases {
     do {
-        guard let backend = try makeBackend(kind) else { continue }
+        let backend = try await AsyncSync.makeBackend(AsyncSync.Configuration(backend: kind, probeDirectory: directory))
         await run(backend, label: kind.rawValue)
     } catch {
         print("  \(kind): \(error)")
     }
 }
 do {
-    let backend = try AsyncSync.makeBackend()
+    let backend = try await AsyncSync.makeBackend()
     await run(backend, label: "makeBackend() chose \(backend.kind)")
 } catch {
     print("  makeBackend(): \(error)")

@@ -1,14 +1,14 @@
 // asyncfsync-probe: what would this process use here, and why?
 //
 // Prints one line per backend probe (a real fdatasync of a scratch file in DIR, default the
-// temporary directory), then the backend that AsyncSync.makeBackend() makes from the environment
+// temporary directory), then the backend that AsyncSync.makeBackendBlocking(directory:) makes from the environment
 // (ASYNC_FSYNC_BACKEND, ASYNC_FSYNC_INLINE) and one fdatasync through it.
 //
 //   asyncfsync-probe [DIR]
 //
 // Output (one fact per line, stable prefixes so that scripts and the tests can read it):
 //   probe: <BackendProbe description>
-//   selected: <backend kind> <backend description>
+//   selected: <backend description, which starts with its kind>
 //   synced: ok
 //   error: <AsyncSyncError description>
 //   libaio.so mapped: yes|no
@@ -31,7 +31,9 @@ if arguments.count > 1 || arguments.first == "-h" || arguments.first == "--help"
 }
 let directory: FilePath? = arguments.first.map { FilePath($0) }
 
-for probe in directory.map({ AsyncSync.probe(directory: $0) }) ?? AsyncSync.probe() {
+// The blocking forms, on purpose: this tool must answer where no thread can be started (a pids
+// limit), and an `await` of a nonisolated function needs a thread of the cooperative pool.
+for probe in AsyncSync.probeBlocking(directory: directory) {
     print("probe: \(probe)")
 }
 
@@ -49,8 +51,8 @@ func libaioMapped() -> Bool {
 
 let status: Int32
 do {
-    let backend = try AsyncSync.makeBackend()
-    print("selected: \(backend.kind) \(backend)")
+    let backend = try AsyncSync.makeBackendBlocking(directory: directory)
+    print("selected: \(backend)")
     let scratch = (directory ?? FilePath(".")).appending(".asyncfsync-probe-tool-\(getpid())")
     do {
         let fd = try FileDescriptor.open(scratch, .readWrite, options: [.create, .truncate, .closeOnExec],

@@ -35,6 +35,36 @@ func taskExecutor(of backend: any AsyncSyncBackend) -> any TaskExecutor {
     backend.preferredTaskExecutor ?? globalConcurrentExecutor
 }
 
+/// A backend with no executor of its own (a test double, or a backend someone wrote).
+final class ExecutorlessBackend: AsyncSyncBackend {
+    let kind = BackendKind.posix
+    let synced = Atomic<Int>(0)
+    func sync(_ fd: FileDescriptor, mode: SyncMode) async throws { synced.add(1, ordering: .relaxed) }
+    func shutdown() async {}
+}
+
+/// An actor following the documented pattern: the backend's serial executor when it has one, an
+/// executor of its own otherwise.
+actor ExecutorPreferringStore {
+    let backend: any AsyncSyncBackend
+    let executor: ActorExecutor
+    nonisolated var unownedExecutor: UnownedSerialExecutor { executor.unownedExecutor }
+    var appended = 0
+
+    init(backend: any AsyncSyncBackend) {
+        self.backend = backend
+        self.executor = ActorExecutor(preferring: backend)
+    }
+
+    /// Syncs, then reports the thread it went on on.
+    func append(_ fd: FileDescriptor) async throws -> String {
+        try await backend.fdatasync(fd)
+        preconditionIsolated()  // the actor's executor is the one it runs on
+        appended += 1
+        return currentThreadName()
+    }
+}
+
 extension AsyncFsyncTests {
     /// Each backend is also a task executor that runs tasks on its completion thread.
     @Suite struct Executor {
@@ -83,6 +113,36 @@ extension AsyncFsyncTests {
             }
             await group.shutdown()
             #expect(ScriptedBackend().preferredTaskExecutor == nil, "a backend without an executor says nil")
+        }
+
+        @Test("ActorExecutor: an actor runs on the backend's serial executor when there is one",
+              arguments: BackendKind.aio)
+        func actorOnBackendExecutor(kind: BackendKind) async throws {
+            let directory = try ScratchDirectory.onDisk()
+            let fd = try directory.file("actor")
+            defer { try? fd.close() }
+            let backend = try makeBackend(kind)
+            let store = ExecutorPreferringStore(backend: backend)
+            #expect(store.executor.isBackendExecutor)
+            try await withThrowingTaskGroup(of: String.self) { tasks in
+                for _ in 0..<16 { tasks.addTask { try await store.append(fd) } }
+                for try await thread in tasks { #expect(thread == completionThreadName(kind)) }
+            }
+            #expect(await store.appended == 16)
+            await backend.shutdown()
+        }
+
+        @Test("ActorExecutor: with a backend without a serial executor, the actor has one of its own and stays serial")
+        func actorOnOwnExecutor() async throws {
+            let backend = ExecutorlessBackend()
+            let store = ExecutorPreferringStore(backend: backend)
+            #expect(!store.executor.isBackendExecutor)
+            try await withThrowingTaskGroup(of: String.self) { tasks in
+                for _ in 0..<64 { tasks.addTask { try await store.append(FileDescriptor(rawValue: 0)) } }
+                for try await thread in tasks { #expect(!thread.hasPrefix("asyncfsync-")) }
+            }
+            #expect(await store.appended == 64)
+            #expect(backend.synced.load(ordering: .relaxed) == 64)
         }
 
         @Test("many tasks on the executor and off it: every sync completes exactly once",

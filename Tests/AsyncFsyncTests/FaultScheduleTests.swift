@@ -283,13 +283,15 @@ func runSchedule(_ schedule: Schedule, directory: ScratchDirectory) async -> [St
     let system = chaos.system()
     var problems: [String] = []
 
-    // Files; with two or more, the last one is a second descriptor of the first file.
+    // Files; with two or more, the last one is a second descriptor of the first file: another open
+    // file description (odd seeds), or a dup(2) sharing the first one's (even seeds; issue 16.7).
     var descriptors: [FileDescriptor] = []
     var identities: [FileIdentity] = []
     do {
         for index in 0..<schedule.files {
             let fd = index > 0 && index == schedule.files - 1
-                ? try FileDescriptor.open(directory.path.appending("s\(schedule.seed)-f0"), .readWrite)
+                ? (schedule.seed % 2 == 0 ? try descriptors[0].duplicate()
+                    : try FileDescriptor.open(directory.path.appending("s\(schedule.seed)-f0"), .readWrite))
                 : try directory.file("s\(schedule.seed)-f\(index)")
             descriptors.append(fd)
             identities.append(try SystemCalls.live.fileIdentity(fd.rawValue).get())

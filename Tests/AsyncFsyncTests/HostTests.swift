@@ -104,6 +104,21 @@ extension AsyncFsyncTests {
             #expect(try String(contentsOfFile: limitPath, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines) == original)
         }
 
+        @Test("asyncfsync-probe names the selected backend once, and a missing directory as missing, not usable")
+        func probeToolMessages() throws {
+            guard TestEnvironment.require(ProbeTool.path != nil, "asyncfsync-probe is not built next to the tests") else { return }
+            let directory = try ScratchDirectory.onDisk()
+            let run = try ProbeTool.run([], backend: "auto", directory: directory.path)
+            #expect(run.status == 0, "\(run)")
+            let selected = run.line("selected:") ?? ""
+            #expect(selected.hasPrefix("selected: libaio backend ("), "\(run)")
+            let missing = try ProbeTool.run([], backend: "auto", directory: directory.path.appending("missing"))
+            let probe = missing.line("probe: libaio:") ?? ""
+            #expect(!probe.hasPrefix("probe: libaio: usable"), "\(missing)")
+            #expect(probe.contains("does not exist"), "\(missing)")
+            #expect(probe.contains("not probed on the data's file system"), "\(missing)")
+        }
+
         @Test("libaio.so hidden: the library still loads and uses kernel AIO (it makes the syscalls itself)")
         func libaioLibraryHidden() throws {
             guard TestEnvironment.require(ProbeTool.path != nil, "asyncfsync-probe is not built next to the tests"),

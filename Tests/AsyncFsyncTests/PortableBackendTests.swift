@@ -256,5 +256,51 @@ extension AsyncFsyncTests {
             #expect("\(backend)".hasPrefix("portable backend (4 threads"))
             await backend.shutdown()
         }
+
+        @Test("Configuration(backend: .portable) makes it, with its default threads whatever the capacity; blocking form too")
+        func configured() async throws {
+            let directory = try ScratchDirectory.onDisk()
+            let configuration = AsyncSync.Configuration(backend: .portable, capacity: 64, probeDirectory: directory.path)
+            let backend = try await AsyncSync.makeBackend(configuration)
+            #expect((backend as? PortableBackend)?.threadCount == PortableBackend.defaultThreads)
+            await backend.shutdown()
+            let blocking = try AsyncSync.makeBackendBlocking(configuration)
+            #expect(blocking.kind == .portable)
+            await blocking.shutdown()
+        }
+
+        /// An actor that syncs through a backend, on the executor ``ActorExecutor`` gives it.
+        actor Store {
+            let backend: any AsyncSyncBackend
+            let executor: ActorExecutor
+            nonisolated var unownedExecutor: UnownedSerialExecutor { executor.unownedExecutor }
+            var appended = 0
+            init(backend: any AsyncSyncBackend) {
+                self.backend = backend
+                executor = ActorExecutor(preferring: backend)
+            }
+            func append(_ fd: FileDescriptor) async throws {
+                try await backend.fdatasync(fd)
+                preconditionIsolated()  // back on the actor's own executor after the sync
+                appended += 1
+            }
+        }
+
+        @Test("ActorExecutor: with the portable backend (no serial executor) an actor has an executor of its own and stays serial")
+        func actorExecutor() async throws {
+            let backend = try makeBackend(.portable)
+            #expect(backend.preferredSerialExecutor == nil && backend.preferredTaskExecutor == nil)
+            let store = Store(backend: backend)
+            #expect(!store.executor.isBackendExecutor)
+            let directory = try ScratchDirectory.onDisk()
+            let fd = try directory.file("actor")
+            defer { try? fd.close() }
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                for _ in 0..<16 { tasks.addTask { try await store.append(fd) } }
+                try await tasks.waitForAll()
+            }
+            #expect(await store.appended == 16)
+            await backend.shutdown()
+        }
     }
 }

@@ -27,7 +27,7 @@ extension AsyncFsyncTests {
         @Test("an unknown ASYNC_FSYNC_INLINE value is an error naming it", arguments: ["maybe", "o n", "2"])
         func inlineUnknown(value: String) {
             #expect {
-                _ = try AsyncSync.makeBackend(environment: [AsyncSync.inlineEnvironmentVariable: value])
+                _ = try AsyncSync.makeBackendBlocking(environment: [AsyncSync.inlineEnvironmentVariable: value])
             } throws: { error in
                 guard let error = error as? AsyncSyncError else { return false }
                 return error.code == .invalidConfiguration && error.description.contains("\"\(value)\"")
@@ -274,6 +274,9 @@ extension AsyncFsyncTests {
             #expect(probe.isUsable)
             #expect(probe.note?.contains("probed on a memfd") == true)
             #expect(probe.note?.contains("ENOENT") == true)
+            #expect(probe.note?.contains("does not exist") == true, "a missing directory is reported as missing")
+            #expect(!probe.description.contains(": usable"), "only the mechanism was probed: \(probe)")
+            #expect(probe.description.contains("not probed on the data's file system"), "\(probe)")
             #expect(!probe.isCached)
         }
 
@@ -313,6 +316,7 @@ extension AsyncFsyncTests {
                     }
                     system.aioSuspend = { _, _, _ in .failure(.resourceTemporarilyUnavailable) }
                 case (.posix, .setup), (.portable, _): break
+                default: Issue.record("no fault for \(kind) at \(step)")
                 }
                 return system
             }

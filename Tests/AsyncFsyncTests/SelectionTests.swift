@@ -20,7 +20,7 @@ extension AsyncFsyncTests {
               arguments: ["io_uring", "lib aio", "posix,libaio", "1"])
         func unknownValue(value: String) {
             #expect {
-                _ = try AsyncSync.makeBackend(environment: [AsyncSync.environmentVariable: value])
+                _ = try AsyncSync.makeBackendBlocking(environment: [AsyncSync.environmentVariable: value])
             } throws: { error in
                 guard let error = error as? AsyncSyncError else { return false }
                 return error.code == .invalidConfiguration && error.backend == nil
@@ -33,6 +33,81 @@ extension AsyncFsyncTests {
             let backend = try await AsyncSync.makeBackend(environment: [AsyncSync.environmentVariable: kind.rawValue])
             #expect(backend.kind == kind)
             await backend.shutdown()
+        }
+
+        @Test("Configuration(environment:) reads the backend, the inline path and the capacity")
+        func configurationFromEnvironment() throws {
+            let configuration = try AsyncSync.Configuration(environment: [
+                AsyncSync.environmentVariable: " posix ", AsyncSync.inlineEnvironmentVariable: "off",
+                AsyncSync.Configuration.capacityEnvironmentVariable: "32",
+            ])
+            #expect(configuration == AsyncSync.Configuration(backend: .posix, capacity: 32, inlineMemoryFileSystems: false))
+            #expect(try AsyncSync.Configuration(environment: [:]) == AsyncSync.Configuration())
+            #expect(try AsyncSync.Configuration(environment: [AsyncSync.environmentVariable: "auto"]).backend == nil)
+            #expect(try AsyncSync.Configuration(environment: [AsyncSync.environmentVariable: "Portable"]).backend == .portable)
+            #expect("\(AsyncSync.Configuration())".hasPrefix("backend auto, capacity 256, sticky failures"))
+        }
+
+        @Test("a bad value in the environment is found at start-up, naming the variable, the value and the valid ones",
+              arguments: [
+                (AsyncSync.environmentVariable, "io_uring", "auto, libaio, posix, portable"),
+                (AsyncSync.inlineEnvironmentVariable, "maybe", "on, off"),
+                (AsyncSync.Configuration.capacityEnvironmentVariable, "0", "1…65536"),
+                (AsyncSync.Configuration.capacityEnvironmentVariable, "65537", "1…65536"),
+                (AsyncSync.Configuration.capacityEnvironmentVariable, "many", "1…65536"),
+              ])
+        func configurationRejects(variable: String, value: String, valid: String) {
+            #expect {
+                _ = try AsyncSync.Configuration(environment: [variable: value])
+            } throws: { error in
+                guard let error = error as? AsyncSyncError else { return false }
+                return error.code == .invalidConfiguration && error.description.contains("\(variable)=\"\(value)\"")
+                    && error.description.contains(valid)
+            }
+        }
+
+        @Test("a capacity out of range is an invalid configuration, not a crash", arguments: [0, -1, 65_537, 1 << 33])
+        func configurationCapacity(capacity: Int) async {
+            let configuration = AsyncSync.Configuration(capacity: capacity)
+            let thrown = await caughtError { _ = try await AsyncSync.makeBackend(configuration) } as? AsyncSyncError
+            #expect(thrown?.code == .invalidConfiguration)
+            #expect(thrown?.description.contains("capacity \(capacity)") == true)
+            #expect(throws: AsyncSyncError.self) { _ = try AsyncSync.makeBackendBlocking(configuration) }
+        }
+
+        @Test("makeBackend(configuration) makes the forced kind with its capacity and sticky setting",
+              arguments: BackendKind.tested)
+        func configurationHonoured(kind: BackendKind) async throws {
+            let directory = try ScratchDirectory.onDisk()
+            let configuration = AsyncSync.Configuration(backend: kind, capacity: 8, stickyFailures: false,
+                                                        probeDirectory: directory.path)
+            let backend = try await AsyncSync.makeBackend(configuration)
+            #expect(backend.kind == kind)
+            if kind == .portable {
+                // No AIO context to size: its threads stay its own setting.
+                #expect((backend as? PortableBackend)?.threadCount == PortableBackend.defaultThreads)
+            } else {
+                #expect("\(backend)".contains("capacity 8"))
+            }
+            #expect((backend as? any FailureLedgerProviding)?.failureLedger?.sticky == false)
+            await backend.shutdown()
+            let blocking = try AsyncSync.makeBackendBlocking(configuration)
+            #expect(blocking.kind == kind)
+            await blocking.shutdown()
+        }
+
+        @Test("BackendKind and the Step types are extensible: raw values round-trip, unknown names give nil")
+        func extensibleKinds() {
+            #expect(BackendKind.allCases == [.libaio, .posix, .portable])
+            for kind in BackendKind.allCases { #expect(BackendKind(rawValue: kind.rawValue) == kind) }
+            #expect(BackendKind(rawValue: "io_uring") == nil)
+            for name in ["setup", "submit", "completion", "timeout"] {
+                #expect(BackendProbe.Step(rawValue: name)?.rawValue == name)
+            }
+            for name in ["setup", "submit", "completion", "request"] {
+                #expect(AsyncSyncError.Step(rawValue: name)?.description == name)
+            }
+            #expect(AsyncSyncError.Step(rawValue: "timeout") == nil)
         }
 
         #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
@@ -104,7 +179,7 @@ extension AsyncFsyncTests {
 
         @Test("probe() reports every backend this build has, usable here, with its cost")
         func probeReportsEveryBackend() {
-            let probes = AsyncSync.probe()
+            let probes = AsyncSync.probeBlocking()
             #expect(probes.map(\.kind) == BackendKind.availableHere)
             for probe in probes {
                 #expect(probe.isUsable, "\(probe)")

@@ -176,6 +176,9 @@ func makeBackend(
         throw AsyncSyncError(code: .backendUnavailable, errno: .noFunction, operation: .setup, step: .setup,
                              backend: kind, message: "not in this build")
     #endif
+    default:
+        throw AsyncSyncError(code: .backendUnavailable, errno: nil, operation: .setup, step: .setup, backend: kind,
+                             message: "the tests make no \(kind) backend")
     }
 }
 
@@ -435,4 +438,71 @@ struct SplitMix64: RandomNumberGenerator {
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
     }
+}
+
+// MARK: Waiting for conditions (no timing in assertions: a bound only turns a hang into a failure)
+
+/// Polls `condition` every millisecond for at most `seconds`; returns whether it held. Unlike
+/// `waitUntil`, a defect that never lets it hold fails the test instead of hanging the run.
+func eventually(_ seconds: Double = 3, _ condition: () -> Bool) async -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while !condition() {
+        if Date() >= deadline { return false }
+        try? await Task.sleep(for: .milliseconds(1))
+    }
+    return true
+}
+
+/// The same, for a thread that must not suspend (inside a system call of the table).
+func blockingEventually(_ seconds: Double = 3, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while !condition() {
+        if Date() >= deadline { return false }
+        usleep(500)
+    }
+    return true
+}
+
+/// A task whose end can be polled without awaiting it (a hung request must not hang the test).
+final class Watched<Value: Sendable>: Sendable {
+    private let result = Locked<Result<Value, any Error>?>(nil)
+    let task: Task<Void, Never>
+
+    init(_ body: @escaping @Sendable () async throws -> Value) {
+        let result = result
+        task = Task {
+            do {
+                let value = try await body()
+                result.withLock { $0 = .success(value) }
+            } catch {
+                result.withLock { $0 = .failure(error) }
+            }
+        }
+    }
+
+    var isDone: Bool { result.withLock { $0 != nil } }
+    var outcome: Result<Value, any Error>? { result.withLock { $0 } }
+    var error: (any Error)? {
+        if case .failure(let error) = outcome { return error }
+        return nil
+    }
+    var succeeded: Bool {
+        if case .success = outcome { return true }
+        return false
+    }
+}
+
+/// A flag a system call of the table can wait for.
+final class Flag: Sendable {
+    private let raised = Atomic<Bool>(false)
+    func raise() { raised.store(true, ordering: .releasing) }
+    var isRaised: Bool { raised.load(ordering: .acquiring) }
+}
+
+/// A counter the table's closures bump.
+final class Counter: Sendable {
+    private let value = Atomic<Int>(0)
+    /// Adds one; returns the new value.
+    func next() -> Int { value.wrappingAdd(1, ordering: .relaxed).newValue }
+    var current: Int { value.load(ordering: .relaxed) }
 }

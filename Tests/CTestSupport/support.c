@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #if defined(__linux__)
 #include <aio.h>
 #include <sys/vfs.h>
@@ -53,4 +55,45 @@ long testsupport_fs_magic(const char *path) {
 
 int testsupport_thread_name(char *buffer, unsigned long size) {
     return pthread_getname_np(pthread_self(), buffer, size);
+}
+
+// Darwin has neither flag; the descriptors then stay open across exec (a test helper only).
+#if !defined(SOCK_CLOEXEC)
+#define SOCK_CLOEXEC 0
+#endif
+#if !defined(MSG_CMSG_CLOEXEC)
+#define MSG_CMSG_CLOEXEC 0
+#endif
+
+int testsupport_pass_descriptor(int fd) {
+    int pair[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) return -errno;
+    char byte = 0;
+    struct iovec data = { .iov_base = &byte, .iov_len = 1 };
+    union { char buffer[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
+    memset(&control, 0, sizeof control);
+    struct msghdr message = { .msg_iov = &data, .msg_iovlen = 1,
+                              .msg_control = control.buffer, .msg_controllen = sizeof control.buffer };
+    struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+    header->cmsg_level = SOL_SOCKET;
+    header->cmsg_type = SCM_RIGHTS;
+    header->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(header), &fd, sizeof(int));
+    int result = -1;
+    if (sendmsg(pair[0], &message, 0) != 1) {
+        result = -errno;
+    } else {
+        memset(&control, 0, sizeof control);
+        message.msg_controllen = sizeof control.buffer;
+        if (recvmsg(pair[1], &message, MSG_CMSG_CLOEXEC) != 1) {
+            result = -errno;
+        } else {
+            header = CMSG_FIRSTHDR(&message);
+            if (header == NULL || header->cmsg_type != SCM_RIGHTS) result = -EPROTO;
+            else memcpy(&result, CMSG_DATA(header), sizeof(int));
+        }
+    }
+    close(pair[0]);
+    close(pair[1]);
+    return result;
 }

@@ -79,16 +79,18 @@ struct InlineSync: Sendable {
     }
 
     /// Syncs `fd` on the calling thread, after the same checks a queued request gets: the sticky
-    /// rule, cancellation (nothing reaches the system) and shutdown; and with the in-flight rule
-    /// applied to its result.
+    /// rule, cancellation (nothing reaches the system) and the engine's refusal; and with the
+    /// in-flight rule applied to its result.
+    ///
+    /// - Parameter refusal: The error the backend's engine refuses requests with now
+    ///   (``AIOEngine/refusalError(_:_:)``: a shutdown, or a broken completion source's errno), or
+    ///   `nil`.
     func sync(
-        _ fd: FileDescriptor, mode: SyncMode, backend: BackendKind, isAcceptingRequests: Bool
+        _ fd: FileDescriptor, mode: SyncMode, backend: BackendKind, refusal: AsyncSyncError?
     ) throws {
         let arrival = ledger.stamp()
         try Task.checkCancellation()
-        guard isAcceptingRequests else {
-            throw AsyncSyncError.shutDown(mode, backend: backend, descriptor: fd)
-        }
+        if let refusal { throw refusal }
         try Self.checkedBlockingSync(fd, mode: mode, backend: backend, system: system, ledger: ledger, arrival: arrival)
     }
 
@@ -101,7 +103,12 @@ struct InlineSync: Sendable {
         arrival: UInt64
     ) throws(AsyncSyncError) {
         let arrival = try ledger.admit(fd, stamp: arrival, mode: mode, backend: backend).get()
-        if case .failure(let errno) = system.syncNow(mode, fd.rawValue) {
+        let result = system.syncNow(mode, fd.rawValue)
+        if Observers.isActive {
+            let errno: Errno? = if case .failure(let errno) = result { errno } else { nil }
+            Observers.forEach { $0.systemSyncCompleted(backend: backend, mode: mode, requests: 1, errno: errno) }
+        }
+        if case .failure(let errno) = result {
             if AsyncSyncError.isDurabilityErrno(errno) { ledger.record(fd, errno: errno) }
             throw AsyncSyncError.sync(
                 mode, errno: errno, step: .completion, backend: backend, descriptor: fd,

@@ -61,3 +61,22 @@ protocol AIODriver: AnyObject, Sendable {
     func release(then done: @escaping @Sendable () -> Void)
 }
 #endif  // os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
+
+/// The numbers of slots a backend may be made with.
+///
+/// 65 536 is the default of `/proc/sys/fs/aio-max-nr`, the most kernel AIO events the whole system
+/// may hold, and keeps a POSIX backend's control blocks within about 11 MB. A value outside is
+/// refused before anything is made: no slot means no request could ever run, and the number must
+/// fit `io_setup(2)`'s `unsigned` and a sane allocation.
+enum BackendCapacity {
+    static var valid: ClosedRange<Int> { 1...65_536 }
+
+    /// Throws ``AsyncSyncError/Code/invalidConfiguration`` naming `capacity` and the valid range
+    /// when `capacity` is outside ``valid``.
+    static func validate(_ capacity: Int, backend: BackendKind) throws(AsyncSyncError) {
+        guard !valid.contains(capacity) else { return }
+        throw AsyncSyncError(
+            code: .invalidConfiguration, errno: nil, operation: .setup, step: .request, backend: backend,
+            message: "capacity \(capacity) is outside the valid range \(valid.lowerBound)...\(valid.upperBound)")
+    }
+}

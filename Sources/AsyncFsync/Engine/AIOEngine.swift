@@ -41,12 +41,18 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
     @exclusivity(unchecked) private var submitScratch: [EngineState.Prepared] = []
     @exclusivity(unchecked) private var submitSlots: [Int32] = []
     @exclusivity(unchecked) private var mismatchScratch: [Waiter] = []
+    @exclusivity(unchecked) private var slotScratch: [EngineState.SlotRef] = []
+    @exclusivity(unchecked) private var identityScratch: [FileIdentity?] = []
+    @exclusivity(unchecked) private var pairScratch: [(index: Int, peer: EngineState.SlotRef, shares: Bool)] = []
     /// Used by the hub's thread only.
     @exclusivity(unchecked) private var completions: [Completion] = []
     @exclusivity(unchecked) private var finished: [(range: Range<Int>, result: Result<Void, Errno>)] = []
     @exclusivity(unchecked) private var done: [Waiter] = []
     @exclusivity(unchecked) private var retries: [Int32] = []
     @exclusivity(unchecked) private var active: [Int32] = []
+    /// The machine's ``EngineState/reapsCompletions`` as of the last reap (only a reap breaks the
+    /// source, so the hub's thread knows it without the lock).
+    @exclusivity(unchecked) private var reapsCompletions = true
 
     var kind: BackendKind { Driver.kind }
 
@@ -133,7 +139,7 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         }
         switch arrival {
         case .refused(let refusal):
-            waiter.continuation.resume(throwing: error(for: refusal, waiter))
+            waiter.continuation.resume(throwing: error(for: refusal, waiter.mode, waiter.descriptor))
         case .queued:
             if onHub { hub.deferSubmission(self) }
         case .submit:
@@ -143,14 +149,23 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         }
     }
 
-    private func error(for refusal: EngineState.ArrivalRefusal, _ waiter: Waiter) -> any Error {
+    private func error(for refusal: EngineState.ArrivalRefusal, _ mode: SyncMode, _ descriptor: FileDescriptor) -> any Error {
         switch refusal {
         case .cancelled: CancellationError()
-        case .shutDown: AsyncSyncError.shutDown(waiter.mode, backend: Driver.kind, descriptor: waiter.descriptor)
+        case .shutDown: AsyncSyncError.shutDown(mode, backend: Driver.kind, descriptor: descriptor)
         case .broken(let errno):
-            AsyncSyncError.sync(waiter.mode, errno: errno, step: .completion, backend: Driver.kind,
-                                descriptor: waiter.descriptor, systemCall: Driver.completionCall)
+            AsyncSyncError.sync(mode, errno: errno, step: .completion, backend: Driver.kind,
+                                descriptor: descriptor, systemCall: Driver.completionCall)
         }
+    }
+
+    /// The error a request for `descriptor` arriving now would be refused with (a shutdown, or the
+    /// broken completion source's errno), or `nil` while requests are accepted. The backend's other
+    /// paths (inline, POSIX fallback) refuse with the same error, so a request learns the same
+    /// reason whichever path it takes.
+    func refusalError(_ mode: SyncMode, _ descriptor: FileDescriptor) -> AsyncSyncError? {
+        guard let refusal = shared.withLock({ $0.machine.refusal }) else { return nil }
+        return error(for: refusal, mode, descriptor) as? AsyncSyncError
     }
 
     private func cancel(id: UInt64, descriptor: FileDescriptor) {
@@ -189,9 +204,13 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
                 return
             }
             submitSlots.removeAll(keepingCapacity: true)
-            for prepared in submitScratch {
-                if prepared.needsIdentityCheck, !checkIdentity(prepared) { continue }
-                submitSlots.append(prepared.slot)
+            if submitScratch.contains(where: \.checksDescription) {
+                checkDescriptions()
+            } else {
+                for prepared in submitScratch {
+                    if prepared.needsIdentityCheck, !checkIdentity(prepared) { continue }
+                    submitSlots.append(prepared.slot)
+                }
             }
             submitSlots.withUnsafeBufferPointer { submit($0) }
         }
@@ -206,13 +225,86 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         let emptied = shared.withLock {
             $0.machine.dropMismatched(slot: prepared.slot, current: current, into: &mismatchScratch)
         }
-        for waiter in mismatchScratch {
+        failMismatched(mismatchScratch)
+        return !emptied
+    }
+
+    /// The waiters whose descriptor names another file now fail with `EBADF`.
+    private func failMismatched(_ waiters: [Waiter]) {
+        for waiter in waiters {
             waiter.continuation.resume(throwing: AsyncSyncError(
                 code: .system, errno: .badFileDescriptor, operation: .sync(waiter.mode), step: .submit,
                 backend: Driver.kind, descriptor: waiter.descriptor, systemCall: "statx",
                 message: "the descriptor was closed and now names another file; keep it open until the sync returns"))
         }
-        return !emptied
+    }
+
+    /// `kcmp(2)` answered ENOSYS or EPERM once: from then on, two slots of one file are taken to
+    /// share their open file description (one sync per file at a time).
+    private let kcmpUnavailable = Atomic<Bool>(false)
+
+    /// Slots were taken while others were in use: a batch that shares its open file description
+    /// with an earlier slot in use waits for it instead of being submitted (``EngineState``, "one
+    /// sync per open file description"). Appends the slots to submit to `submitSlots`. Also does
+    /// ``checkIdentity(_:)``'s work, with the same `statx(2)`. Three short holds of the lock, the
+    /// system calls between them.
+    private func checkDescriptions() {
+        slotScratch.removeAll(keepingCapacity: true)
+        shared.withLock { $0.machine.unidentifiedSlots(into: &slotScratch) }
+        identityScratch.removeAll(keepingCapacity: true)
+        for ref in slotScratch { identityScratch.append(try? system.fileIdentity(ref.descriptor).get()) }
+        mismatchScratch.removeAll(keepingCapacity: true)
+        pairScratch.removeAll(keepingCapacity: true)
+        shared.withLock { shared in
+            for (ref, identity) in zip(slotScratch, identityScratch) { shared.machine.identified(ref, as: identity) }
+            for (index, prepared) in submitScratch.enumerated() {
+                if prepared.needsIdentityCheck {
+                    let current = shared.machine.identity(of: prepared.ref)
+                    // Emptied: its slot is free and it is not looked at again (not current).
+                    if shared.machine.dropMismatched(slot: prepared.slot, current: current, into: &mismatchScratch) { continue }
+                }
+                guard prepared.checksDescription else { continue }
+                slotScratch.removeAll(keepingCapacity: true)
+                shared.machine.sharingCandidates(of: prepared.ref, into: &slotScratch)
+                for peer in slotScratch { pairScratch.append((index, peer, true)) }
+            }
+        }
+        failMismatched(mismatchScratch)
+        // Outside the lock: which candidates share the open file description (or cannot be told apart).
+        for pair in pairScratch.indices {
+            pairScratch[pair].shares = sharesDescription(submitScratch[pairScratch[pair].index].descriptor,
+                                                         pairScratch[pair].peer.descriptor)
+        }
+        shared.withLock { shared in
+            var next = 0
+            for (index, prepared) in submitScratch.enumerated() {
+                slotScratch.removeAll(keepingCapacity: true)
+                while next < pairScratch.count, pairScratch[next].index == index {
+                    if pairScratch[next].shares { slotScratch.append(pairScratch[next].peer) }
+                    next += 1
+                }
+                if prepared.checksDescription || prepared.needsIdentityCheck {
+                    // Not submitted when dropped above (gone) or when it waits for its description.
+                    guard shared.machine.described(prepared.ref, sharesDescriptionWith: slotScratch) == .submit else { continue }
+                }
+                submitSlots.append(prepared.slot)
+            }
+        }
+    }
+
+    /// Whether two descriptors may share one open file description: `kcmp(2)`'s answer; `true`
+    /// when it cannot tell (fail safe: then the two syncs run one after the other).
+    private func sharesDescription(_ fd: CInt, _ other: CInt) -> Bool {
+        if kcmpUnavailable.load(ordering: .relaxed) { return true }
+        switch system.kcmpFile(fd, other) {
+        case .success(let same):
+            return same
+        case .failure(let errno):
+            if errno == .noFunction || errno == .notPermitted || errno == .permissionDenied {
+                kcmpUnavailable.store(true, ordering: .relaxed)
+            }
+            return true
+        }
     }
 
     /// Hands prepared slots to the driver, handling short counts and refusals.
@@ -259,6 +351,9 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
     // MARK: Completion (the hub's thread)
 
     func reapCompletions() -> Bool {
+        // A broken source is not looked at again: no progress, so the hub may park (liveness,
+        // docs/design.md).
+        guard reapsCompletions else { return false }
         if Driver.waitsOnList {
             active.removeAll(keepingCapacity: true)
             shared.withLock { $0.machine.submittedSlots(into: &active) }
@@ -271,6 +366,7 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         done.removeAll(keepingCapacity: true)
         finished.removeAll(keepingCapacity: true)
         retries.removeAll(keepingCapacity: true)
+        var systemSyncs = -1
         let release = shared.withLock { shared -> EngineState.Release in
             for completion in completions {
                 let start = done.count
@@ -282,8 +378,10 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
             }
             if case .broken(let errno) = outcome {
                 let start = done.count
+                systemSyncs = finished.count  // the ones below did not run
                 let release = shared.machine.broken(errno, into: &done)
                 finished.append((start..<done.count, .failure(errno)))
+                reapsCompletions = shared.machine.reapsCompletions
                 return release
             }
             return shared.machine.afterCompletions()
@@ -300,6 +398,7 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
                 ledger.record(waiter.descriptor, errno: errno)
             }
         }
+        if Observers.isActive { reportSystemSyncs(finished.prefix(systemSyncs < 0 ? finished.count : systemSyncs)) }
         for (range, result) in finished where !range.isEmpty {
             resume(done[range], with: result)
         }
@@ -308,6 +407,18 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         }
         if release == .release { hub.requestRelease(self) }
         return true
+    }
+
+    /// Tells the observers of each sync the system ran that ended in this round and how many
+    /// requests it served (a sync submitted again after `EINTR` is told once, when it ends).
+    private func reportSystemSyncs(_ syncs: ArraySlice<(range: Range<Int>, result: Result<Void, Errno>)>) {
+        for (range, result) in syncs where !range.isEmpty {
+            let mode: SyncMode = done[range].contains { $0.mode == .fsync } ? .fsync : .fdatasync
+            let errno: Errno? = if case .failure(let errno) = result { errno } else { nil }
+            Observers.forEach {
+                $0.systemSyncCompleted(backend: Driver.kind, mode: mode, requests: range.count, errno: errno)
+            }
+        }
     }
 
     /// Resumes the waiters of one batch (one descriptor) with its sync's result.

@@ -380,6 +380,8 @@ final class CompletionHub: TaskExecutor, @unchecked Sendable {
             _ = system.eventfdRead(eventDescriptor)
         case .posix, .portable:  // no hub is made for .portable (it has no completion thread)
             suspendOnList(clients)
+        default:
+            preconditionFailure("no completion hub is made for \(kind) backends")
         }
     }
 

@@ -41,6 +41,8 @@ struct Batch {
     var needsIdentityCheck = false
     /// Some waiter has no cancellation handler (see ``Waiter/task``).
     var checksCancellation = false
+    /// The slot whose sync of the same open file description it waits for (-1: none).
+    var waitsForSlot: Int32 = -1
 }
 
 /// The state of one ``AIOEngine``: requests, per-descriptor batches, slots, the submitter role and
@@ -52,9 +54,19 @@ struct Batch {
 /// request for a descriptor whose sync is running joins the descriptor's *next* batch, which is
 /// submitted when the running one completes and serves every request that joined it. So:
 /// - a request is only ever served by a sync that started after it arrived;
-/// - two syncs of one open file description never run at once, so the kernel cannot report a
-///   writeback error to one of them and `0` to the other (it reports it once per open file);
 /// - N concurrent requests on one descriptor need far fewer than N syncs.
+///
+/// **One sync per open file description.** Descriptor numbers are not open file descriptions:
+/// `dup(2)`, inheritance or `SCM_RIGHTS` give one open file description several numbers, and the
+/// kernel reports a writeback error once per open file description. A batch taken into a slot while
+/// other slots are in use (``Prepared/checksDescription``) is compared with the slots taken before
+/// it: the caller identifies the files (``unidentifiedSlots(into:)``, ``identified(_:as:)``), asks
+/// `kcmp(2)` about the slots of the same file (``sharingCandidates(of:into:)``) and reports the
+/// answer (``described(_:sharesDescriptionWith:)``). A batch that shares its open file description
+/// with an earlier slot in use gives its slot back and waits, as its descriptor's next batch, until
+/// that slot is free; so two syncs of one open file description never run at once, and the kernel
+/// cannot report one writeback error to one of them and `0` to the other. A batch taken while no
+/// other slot is in use has nothing to compare with: the hot path makes no system call for this.
 ///
 /// **Life.** `accepting` → (`beginShutdown`) `draining`: new requests are refused, accepted ones
 /// complete → `releasing`, once nothing is outstanding and nobody holds the submitter role: the
@@ -93,6 +105,19 @@ struct EngineState {
     private var descriptors = DescriptorTable()
     /// Batches without a running sync of their descriptor, waiting for a slot, in arrival order.
     private var ready = Int32Queue()
+    /// Batches that wait for a slot whose sync shares their open file description
+    /// (``Batch/waitsForSlot``); each is its descriptor's next batch, not in ``ready``.
+    private var parked: [Int32] = []
+    /// Per slot: when it was taken (in order; 0 while free), and its file once identified.
+    private var slotTicket: [UInt64]
+    private var slotIdentity: [SlotIdentity]
+    private var nextTicket: UInt64 = 1
+
+    enum SlotIdentity: Equatable {
+        case unknown
+        /// `nil`: `statx(2)` failed (compared with every slot, by `kcmp(2)`).
+        case known(FileIdentity?)
+    }
 
     /// A thread holds the submitter role.
     private(set) var submitting = false
@@ -110,6 +135,8 @@ struct EngineState {
         precondition(slotCount > 0)
         self.slotCount = slotCount
         slotBatch = Array(repeating: -1, count: slotCount)
+        slotTicket = Array(repeating: 0, count: slotCount)
+        slotIdentity = Array(repeating: .unknown, count: slotCount)
         freeSlots = (0..<Int32(slotCount)).reversed()
         batches.reserveCapacity(slotCount)
         waiters.reserveCapacity(slotCount)
@@ -118,11 +145,25 @@ struct EngineState {
 
     // MARK: Arrival
 
-    enum ArrivalRefusal {
+    enum ArrivalRefusal: Equatable {
         case shutDown
         case broken(Errno)
         case cancelled
     }
+
+    /// Why a request arriving now is refused, whichever path of the backend it takes (the engine,
+    /// the inline path, the POSIX fallback): the broken source's errno, which outlives the drain
+    /// and the release it started, else a shutdown; `nil` while requests are accepted.
+    var refusal: ArrivalRefusal? {
+        if let brokenErrno { return .broken(brokenErrno) }
+        return lifecycle == .accepting ? nil : .shutDown
+    }
+
+    /// Whether the completion source is to be looked at. Not once it broke: every waiter had its
+    /// answer then, so another look could find nothing to do; it is no progress, and the completion
+    /// thread may park while the engine waits for a request in transit (``endTransit()`` ends the
+    /// drain and asks for the release, which wakes it).
+    var reapsCompletions: Bool { brokenErrno == nil }
 
     enum Arrival {
         case refused(ArrivalRefusal)
@@ -140,8 +181,7 @@ struct EngineState {
     /// thread, which submits after its jobs (so the requests of every task it resumed go to the
     /// system together): the caller never takes the submitter role.
     mutating func arrive(_ waiter: Waiter, isCancelled: Bool, onCompletionThread: Bool, task: UnsafeCurrentTask? = nil) -> Arrival {
-        if let errno = brokenErrno { return .refused(.broken(errno)) }
-        guard lifecycle == .accepting else { return .refused(.shutDown) }
+        if let refusal { return .refused(refusal) }
         if isCancelled { return .refused(.cancelled) }
         let fd = waiter.descriptor.rawValue
         let entry = descriptors[fd] ?? (-1, -1)
@@ -186,6 +226,13 @@ struct EngineState {
         var descriptor: CInt
         var mode: SyncMode
         var needsIdentityCheck: Bool
+        /// Other slots were in use when it was taken: it may share its open file description with
+        /// one of them, so it is submitted only after ``described(_:sharesDescriptionWith:)``.
+        var checksDescription = false
+        /// When its slot was taken (``SlotRef/ticket``).
+        var ticket: UInt64 = 0
+
+        var ref: SlotRef { SlotRef(slot: slot, ticket: ticket, descriptor: descriptor) }
     }
 
     /// Moves ready batches into free slots and appends them to `prepared`; the caller prepares each
@@ -201,12 +248,17 @@ struct EngineState {
                 continue
             }
             freeSlots.removeLast()
+            let checksDescription = slotsInUse > 0
             batches[Int(batch)].slot = slot
             slotBatch[Int(slot)] = batch
+            slotTicket[Int(slot)] = nextTicket
+            slotIdentity[Int(slot)] = .unknown
+            nextTicket += 1
             slotsInUse += 1
             descriptors[fd] = (batch, -1)
             prepared.append(Prepared(slot: slot, descriptor: fd, mode: batches[Int(batch)].mode,
-                                     needsIdentityCheck: batches[Int(batch)].needsIdentityCheck))
+                                     needsIdentityCheck: batches[Int(batch)].needsIdentityCheck,
+                                     checksDescription: checksDescription, ticket: slotTicket[Int(slot)]))
         }
         guard prepared.isEmpty else { return .none }
         submitting = false
@@ -299,9 +351,7 @@ struct EngineState {
                 continue
             }
             let fd = batches[Int(batch)].descriptor
-            slotBatch[Int(slot)] = -1
-            freeSlots.append(slot)
-            slotsInUse -= 1
+            vacate(slot)
             batches[Int(batch)].slot = -1
             batches[Int(batch)].submitted = false
             let entry = descriptors[fd]!
@@ -377,6 +427,7 @@ struct EngineState {
         }
         descriptors.removeAll()
         ready.removeAll()
+        parked.removeAll()
         blockedOnResources = false
         return drainCheck()
     }
@@ -386,6 +437,88 @@ struct EngineState {
         for slot in 0..<Int32(slotCount) where slotBatch[Int(slot)] >= 0 && batches[Int(slotBatch[Int(slot)])].submitted {
             list.append(slot)
         }
+    }
+
+    // MARK: One sync per open file description (the holder of the submitter role)
+
+    /// A slot as it was taken: its `ticket` tells a later taking of the same slot apart.
+    struct SlotRef: Equatable {
+        var slot: Int32
+        var ticket: UInt64
+        var descriptor: CInt
+    }
+
+    /// Appends the slots in use whose file has not been identified yet (the ones just taken, and
+    /// one taken while no other slot was in use): identify each (`statx(2)`, outside the lock) and
+    /// report it with ``identified(_:as:)``.
+    func unidentifiedSlots(into list: inout [SlotRef]) {
+        for slot in 0..<Int32(slotCount) where slotBatch[Int(slot)] >= 0 && slotIdentity[Int(slot)] == .unknown {
+            list.append(SlotRef(slot: slot, ticket: slotTicket[Int(slot)], descriptor: batches[Int(slotBatch[Int(slot)])].descriptor))
+        }
+    }
+
+    /// The file of `ref`'s descriptor (`nil`: it could not be identified). Ignored if the slot was
+    /// freed meanwhile.
+    mutating func identified(_ ref: SlotRef, as identity: FileIdentity?) {
+        guard isCurrent(ref) else { return }
+        slotIdentity[Int(ref.slot)] = .known(identity)
+    }
+
+    /// The file ``identified(_:as:)`` recorded for `ref` (`nil` if none, or unknown).
+    func identity(of ref: SlotRef) -> FileIdentity? {
+        guard isCurrent(ref), case .known(let identity) = slotIdentity[Int(ref.slot)] else { return nil }
+        return identity
+    }
+
+    /// Appends the slots in use, taken before `ref`, that may share its open file description: those
+    /// of the same file, and every one when either file is unknown. Ask `kcmp(2)` about each (outside
+    /// the lock) and report with ``described(_:sharesDescriptionWith:)``.
+    func sharingCandidates(of ref: SlotRef, into list: inout [SlotRef]) {
+        guard isCurrent(ref) else { return }
+        let own = slotIdentity[Int(ref.slot)]
+        for slot in 0..<Int32(slotCount) where slot != ref.slot && slotBatch[Int(slot)] >= 0 && slotTicket[Int(slot)] < ref.ticket {
+            switch (own, slotIdentity[Int(slot)]) {
+            case (.known(let a?), .known(let b?)) where a != b: continue
+            default: break
+            }
+            list.append(SlotRef(slot: slot, ticket: slotTicket[Int(slot)], descriptor: batches[Int(slotBatch[Int(slot)])].descriptor))
+        }
+    }
+
+    enum Description: Equatable {
+        /// No earlier slot in use shares its open file description: submit it.
+        case submit
+        /// It shares one with a slot in use: its slot was given back, and it waits, as its
+        /// descriptor's next batch, until that slot is free.
+        case waits
+        /// The slot is not `ref`'s any more (a broken completion source revoked it): nothing to submit.
+        case gone
+    }
+
+    /// `peers` (from ``sharingCandidates(of:into:)``) share `ref`'s open file description (or
+    /// `kcmp(2)` could not tell). The rule: a batch whose open file description has a sync in a slot
+    /// waits until that slot is free.
+    mutating func described(_ ref: SlotRef, sharesDescriptionWith peers: [SlotRef]) -> Description {
+        guard isCurrent(ref) else { return .gone }
+        guard let peer = peers.first(where: { isCurrent($0) && $0.ticket < ref.ticket }) else { return .submit }
+        let batch = slotBatch[Int(ref.slot)]
+        let fd = batches[Int(batch)].descriptor
+        vacate(ref.slot)
+        batches[Int(batch)].slot = -1
+        batches[Int(batch)].submitted = false
+        // Requests that arrived meanwhile joined the descriptor's next batch: nothing was submitted,
+        // so one batch serves all of them, with a sync that starts after each arrived.
+        if let next = descriptors[fd]?.next, next >= 0 { merge(next, into: batch) }
+        descriptors[fd] = (-1, batch)
+        batches[Int(batch)].waitsForSlot = peer.slot
+        // Its waiters without a cancellation handler wait now: looked at when it is taken again.
+        batches[Int(batch)].checksCancellation = true
+        parked.append(batch)
+        return .waits
+    }
+
+    private func isCurrent(_ ref: SlotRef) -> Bool {
+        ref.slot >= 0 && Int(ref.slot) < slotCount && slotBatch[Int(ref.slot)] >= 0 && slotTicket[Int(ref.slot)] == ref.ticket
     }
 
     // MARK: Cancellation
@@ -404,7 +537,11 @@ struct EngineState {
         let waiter = unlink(index, previous: previous, from: batch)
         if batches[Int(batch)].count == 0 {
             if entry.running < 0 {
-                ready.remove(batch)
+                if batches[Int(batch)].waitsForSlot >= 0 {
+                    parked.removeAll { $0 == batch }
+                } else {
+                    ready.remove(batch)
+                }
                 descriptors[descriptor] = nil
             } else {
                 descriptors[descriptor] = (entry.running, -1)
@@ -448,7 +585,49 @@ struct EngineState {
             perDescriptor.append("fd \(fd): \(running)\(next)")
         }
         return "\(lifecycle), outstanding \(outstanding), slots in use \(slotsInUse)/\(slotCount), ready \(ready.count), "
+            + (parked.isEmpty ? "" : "waiting for their open file description \(parked.count), ")
             + "submitting \(submitting), blocked \(blockedOnResources); " + perDescriptor.joined(separator: "; ")
+    }
+
+    /// The ids of the requests whose sync `slot` holds (the model checker notes them at each
+    /// submission).
+    func waiterIDs(inSlot slot: Int32) -> [UInt64] {
+        let batch = slotBatch[Int(slot)]
+        guard batch >= 0 else { return [] }
+        var ids: [UInt64] = []
+        var index = batches[Int(batch)].first
+        while index >= 0 {
+            ids.append(waiters[Int(index)]!.id)
+            index = nextWaiter[Int(index)]
+        }
+        return ids
+    }
+
+    /// Everything the state holds, in one canonical line: the model checker's key for a state it
+    /// has explored. Batches are written by their contents (not by their index in the pool), so
+    /// two states that differ only in how the pools were reused are one state.
+    var fingerprint: String {
+        func text(_ batch: Int32) -> String {
+            guard batch >= 0 else { return batch == Self.revoked ? "R" : "-" }
+            let value = batches[Int(batch)]
+            var ids = ""
+            var index = value.first
+            while index >= 0 {
+                let waiter = waiters[Int(index)]!
+                ids += "\(waiter.id)\(waiter.identityTaken ? "i" : "")\(waiter.checksCancellation ? "x" : ""),"
+                index = nextWaiter[Int(index)]
+            }
+            return "[\(value.descriptor):\(ids)\(value.mode == .fsync ? "F" : "D")\(value.submitted ? "S" : "")"
+                + "\(value.interruptedRetries)\(value.needsIdentityCheck ? "C" : "")\(value.checksCancellation ? "X" : "")]"
+        }
+        var line = "\(lifecycle) \(brokenErrno?.rawValue ?? 0) \(submitting) \(blockedOnResources) \(outstanding) \(inTransit) \(slotsInUse)|"
+        line += slotBatch.map(text).joined(separator: ";") + "|" + freeSlots.map { String($0) }.joined(separator: ",") + "|"
+        for (fd, entry) in descriptors.entries.sorted(by: { $0.0 < $1.0 }) {
+            line += "\(fd)\(entry.running >= 0 ? "r" : "")\(text(entry.next));"
+        }
+        line += "|"
+        ready.forEach { line += text($0) }
+        return line
     }
 
     // MARK: Internals
@@ -460,13 +639,27 @@ struct EngineState {
         return .release
     }
 
+    /// Marks `slot` free; the batches that waited for it (same open file description) are ready.
+    private mutating func vacate(_ slot: Int32) {
+        slotBatch[Int(slot)] = -1
+        slotTicket[Int(slot)] = 0
+        slotIdentity[Int(slot)] = .unknown
+        freeSlots.append(slot)
+        slotsInUse -= 1
+        guard !parked.isEmpty else { return }
+        parked.removeAll { batch in
+            guard batches[Int(batch)].waitsForSlot == slot else { return false }
+            batches[Int(batch)].waitsForSlot = -1
+            ready.append(batch)
+            return true
+        }
+    }
+
     /// Frees `slot` and its batch; makes the descriptor's next batch ready.
     private mutating func finishSlot(_ slot: Int32) {
         let batch = slotBatch[Int(slot)]
         let fd = batches[Int(batch)].descriptor
-        slotBatch[Int(slot)] = -1
-        freeSlots.append(slot)
-        slotsInUse -= 1
+        vacate(slot)
         // Waiting for a completion makes sense only while something is in flight.
         if slotsInUse == 0 { blockedOnResources = false }
         freeBatch(batch)

@@ -38,8 +38,6 @@ public struct AsyncSyncError: Error, Sendable, Hashable {
     public var systemCall: String?
     /// Further detail for a person, without the parts already in the other fields.
     public var message: String
-    /// Where in this library the error was made.
-    public var location: SourceLocation
 
     /// Creates an error. Backends normally use the factories in `AsyncSyncError+Syscall.swift`.
     public init(
@@ -50,8 +48,7 @@ public struct AsyncSyncError: Error, Sendable, Hashable {
         backend: BackendKind?,
         descriptor: FileDescriptor? = nil,
         systemCall: String? = nil,
-        message: String = "",
-        location: SourceLocation = .here()
+        message: String = ""
     ) {
         self.code = code
         self.errno = errno
@@ -61,7 +58,19 @@ public struct AsyncSyncError: Error, Sendable, Hashable {
         self.descriptor = descriptor
         self.systemCall = systemCall
         self.message = message
-        self.location = location
+    }
+
+    /// The C name of ``errno`` (`"EIO"`, `"EBADF"`; see ``symbolicName(of:)``), or `nil` when
+    /// there is none.
+    public var errnoName: String? { errno.map(Self.symbolicName(of:)) }
+
+    /// The C name of `errno`, such as `"EIO"`, `"ENOSPC"` or `"EBADF"`, or `"errno_<n>"` for one
+    /// this table does not name: one token, what logs and metrics name an errno by.
+    ///
+    /// - Parameter errno: Any errno.
+    /// - Returns: Its symbolic name.
+    public static func symbolicName(of errno: Errno) -> String {
+        errno.knownSymbolicName ?? "errno_\(errno.rawValue)"
     }
 
     /// Whether the failure may mean that written data is lost.
@@ -128,7 +137,21 @@ extension AsyncSyncError {
         /// The backend was shut down; no new requests are accepted.
         public static let shutDown = Code(.shutDown)
 
-        /// The code's name in words, as in docs/errors.md (`"durability"`, `"earlier failure"`, …).
+        /// The code's name as one token (`"system"`, `"earlier_failure"`, `"concurrent_failure"`,
+        /// `"backend_unavailable"`, `"invalid_configuration"`, `"shut_down"`): what logs and
+        /// metrics name it by, so that a log line and a metric label of one failure agree.
+        public var name: String {
+            switch base {
+            case .system: "system"
+            case .earlierFailure: "earlier_failure"
+            case .concurrentFailure: "concurrent_failure"
+            case .backendUnavailable: "backend_unavailable"
+            case .invalidConfiguration: "invalid_configuration"
+            case .shutDown: "shut_down"
+            }
+        }
+
+        /// The code's name in words, as in docs/errors.md (`"system"`, `"earlier failure"`, …).
         public var description: String {
             switch base {
             case .system: "system"
@@ -153,7 +176,7 @@ extension AsyncSyncError {
         public static let fdatasync = Operation(.fdatasync)
         /// Creating a backend (for example `io_setup(2)` or choosing a backend).
         public static let setup = Operation(.setup)
-        /// Probing whether a backend works (see ``AsyncSync/probe(directory:)-768mu``).
+        /// Probing whether a backend works (see ``AsyncSync/probe(directory:)``).
         public static let probe = Operation(.probe)
 
         /// The operation of a sync in `mode`.
@@ -176,43 +199,35 @@ extension AsyncSyncError {
     }
 
     /// The step of a request at which a backend learned of a failure.
-    public enum Step: String, Hashable, Sendable, CustomStringConvertible {
+    ///
+    /// New steps may be added in a later version; switch over it with a `default` case.
+    public struct Step: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+        private enum Base: String, Sendable { case setup, submit, completion, request }
+        private var base: Base
+        private init(_ base: Base) { self.base = base }
+
         /// Creating the backend or its resources (`io_setup(2)`, a thread, an eventfd).
-        case setup
+        public static let setup = Step(.setup)
         /// Handing the request to the kernel or glibc (`io_submit(2)`, `aio_fsync(3)`).
-        case submit
+        public static let submit = Step(.submit)
         /// The request's result (`io_getevents(2)`'s `res`, `aio_error(3)`).
-        case completion
+        public static let completion = Step(.completion)
         /// Before anything reached the system (the backend was shut down, a bad setting).
-        case request
+        public static let request = Step(.request)
+
+        /// The step named `rawValue` (`"setup"`, `"submit"`, `"completion"`, `"request"`), or `nil`.
+        ///
+        /// - Parameter rawValue: A step's name.
+        public init?(rawValue: String) {
+            guard let base = Base(rawValue: rawValue) else { return nil }
+            self.base = base
+        }
+
+        /// The step's name (`"submit"`, …).
+        public var rawValue: String { base.rawValue }
 
         /// The step's name, its raw value (`"submit"`, …).
         public var description: String { rawValue }
-    }
-
-    /// A place in this library's source.
-    public struct SourceLocation: Hashable, Sendable, CustomStringConvertible {
-        /// The function, as `#function` gives it.
-        public var function: String
-        /// The file, as `#fileID` gives it (`AsyncFsync/Engine/AIOEngine.swift`).
-        public var file: String
-        /// The line in ``file``.
-        public var line: Int
-
-        /// A location given part by part.
-        public init(function: String, file: String, line: Int) {
-            self.function = function
-            self.file = file
-            self.line = line
-        }
-
-        /// The caller's location.
-        public static func here(function: String = #function, file: String = #fileID, line: Int = #line) -> Self {
-            SourceLocation(function: function, file: file, line: line)
-        }
-
-        /// `file:line (function)`.
-        public var description: String { "\(file):\(line) (\(function))" }
     }
 }
 
@@ -251,7 +266,6 @@ extension AsyncSyncError: CustomStringConvertible, CustomDebugStringConvertible 
         if let backend { fields.append("backend: \(backend)") }
         if let descriptor { fields.append("descriptor: \(descriptor.rawValue)") }
         if let systemCall { fields.append("systemCall: \(systemCall)") }
-        fields.append("location: \(location)")
         return "AsyncSyncError(\(description); \(fields.joined(separator: ", ")))"
     }
 

@@ -1,3 +1,4 @@
+import Synchronization
 import SystemPackage
 
 /// A backend that lets concurrent syncs of the same file share one sync, safely.
@@ -5,7 +6,7 @@ import SystemPackage
 /// Wrap any ``AsyncSyncBackend``:
 ///
 /// ```swift
-/// let backend = GroupCommit(wrapping: try AsyncSync.makeBackend())
+/// let backend = GroupCommit(wrapping: try await AsyncSync.makeBackend())
 /// ```
 ///
 /// Per file (device and inode, so every descriptor of the file counts) at most one sync runs at a
@@ -31,43 +32,22 @@ public final class GroupCommit: AsyncSyncBackend {
 
     public var kind: BackendKind { wrapped.kind }
 
-    private enum Outcome {
+    /// What a waiting request is resumed with.
+    enum Outcome {
         case result(Result<Void, AsyncSyncError>)
         case other(any Error)
-        /// Run the sync of this batch (the caller is its leader).
-        case lead([Member])
-        /// The file went idle before the request could queue: start over as a new request.
-        case retry
+        /// Lead a batch of its file (the request is its first member). `fresh`: it leads from its
+        /// arrival, having identified the file just now, so its descriptor needs no second look;
+        /// a request that became a leader at a hand-off waited, and its descriptor may have been
+        /// closed and reused meanwhile.
+        case lead(fresh: Bool)
     }
 
-    /// A request of a batch. The leader's own request has no continuation: it is the running task.
-    private struct Member {
-        var id: UInt64
-        var descriptor: FileDescriptor
-        var mode: SyncMode
-        /// The wrapped backend's ledger stamp at arrival (the in-flight rule), if it has a ledger.
-        var arrival: UInt64?
-        var continuation: UnsafeContinuation<Outcome, Never>?
-    }
+    typealias State = GroupCommitState<UnsafeContinuation<Outcome, Never>, UnsafeContinuation<Void, Never>>
+    typealias Member = State.Member
 
-    private struct FileState {
-        /// Requests that arrived while a sync of the file runs; they form the next batch.
-        var next: [Member] = []
-        /// While a batch's leader waits out ``GroupCommit/delay`` before its sync starts: the
-        /// requests that join that batch (its sync has not started, so it may acknowledge them).
-        var gathering: [Member]?
-    }
-
-    private struct State {
-        /// Files with a sync running; absent = idle.
-        var running: [FileIdentity: FileState] = [:]
-        var nextID: UInt64 = 0
-        var shuttingDown = false
-        /// `shutdown()` callers waiting for the running batches to end.
-        var shutdownWaiters: [UnsafeContinuation<Void, Never>] = []
-    }
-
-    private let state = Locked(State())
+    private let state: Locked<State>
+    private let nextID = Atomic<UInt64>(1)
     private let system: SystemCalls
     /// The wrapped backend's failure ledger, when it is one of this library's backends and has it
     /// already.
@@ -88,15 +68,17 @@ public final class GroupCommit: AsyncSyncBackend {
     ///   - backend: The backend that runs the shared syncs; ``shutdown()`` shuts it down.
     ///   - delay: How long a batch's leader waits before starting the sync, so that requests
     ///     arriving meanwhile join the batch. It adds up to `delay` to every request's latency;
-    ///     it pays off only when writers arrive faster than a sync completes. The default is zero.
+    ///     it pays off only when writers arrive faster than a sync completes. The default is zero;
+    ///     a negative delay counts as zero.
     public convenience init(wrapping backend: any AsyncSyncBackend, delay: Duration = .zero) {
         self.init(wrapping: backend, delay: delay, system: .live)
     }
 
     init(wrapping backend: any AsyncSyncBackend, delay: Duration = .zero, system: SystemCalls) {
         self.wrapped = backend
-        self.delay = delay
+        self.delay = max(delay, .zero)
         self.system = system
+        self.state = Locked(State(gathers: delay > .zero))
         let provider = backend as? any FailureLedgerProviding
         self.fixedLedger = provider?.failureLedger
         self.lateLedger = fixedLedger == nil ? provider : nil
@@ -121,9 +103,13 @@ public final class GroupCommit: AsyncSyncBackend {
         // tmpfs and ramfs: fsync does nothing there, so sharing it saves nothing and the waiting
         // would cost more than the sync. Each request gets its own, from the wrapped backend.
         if InlineSync.isOnMemoryFileSystem(fd, system: system, hints: memoryHints) {
-            guard !isShuttingDown else { throw AsyncSyncError.shutDown(mode, backend: kind, descriptor: fd) }
+            guard state.withLock({ $0.lifecycle == .accepting }) else {
+                throw AsyncSyncError.shutDown(mode, backend: kind, descriptor: fd)
+            }
             return try await wrapped.sync(fd, mode: mode)
         }
+        // The request's arrival, taken once: wherever the request goes from here (waiting, leading
+        // a later batch) its success is judged against the failures recorded since this stamp.
         // The wrapped backend's sticky rule for this request's own descriptor: its batch may be
         // synced through another descriptor, which the rule would not stop.
         // A ledger that does not exist yet (the shared backend, not made) has recorded nothing:
@@ -135,130 +121,89 @@ public final class GroupCommit: AsyncSyncBackend {
             // Not a file we can identify (closed descriptor…): the wrapped backend reports it.
             return try await wrapped.sync(fd, mode: mode)
         }
-
-        enum Role { case leader(UInt64), follower(UInt64), refused }
-        let role = state.withLock { state -> Role in
-            if state.shuttingDown { return .refused }
-            state.nextID += 1
-            if state.running[file] == nil {
-                state.running[file] = FileState()
-                return .leader(state.nextID)
+        let id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
+        let outcome = await withTaskCancellationHandler {
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Outcome, Never>) in
+                let member = Member(id: id, descriptor: fd, mode: mode, arrival: arrival, continuation: continuation)
+                // One lock: the request is queued, or leads, or is refused, with the state it saw.
+                let arrived = state.withLock { $0.arrive(member, file: file, isCancelled: Task.isCancelled) }
+                switch arrived {
+                case .queued: break
+                case .lead: continuation.resume(returning: .lead(fresh: true))
+                case .shutDown: continuation.resume(returning: .result(.failure(.shutDown(mode, backend: kind, descriptor: fd))))
+                case .cancelled: continuation.resume(returning: .other(CancellationError()))
+                }
             }
-            return .follower(state.nextID)
+        } onCancel: {
+            state.withLock { $0.cancel(id: id, file: file) }?.resume(returning: .other(CancellationError()))
         }
-        switch role {
-        case .refused:
-            throw AsyncSyncError.shutDown(mode, backend: kind, descriptor: fd)
-        case .leader(let id):
-            let me = Member(id: id, descriptor: fd, mode: mode, arrival: arrival, continuation: nil)
-            try await lead(file, me, others: [], fresh: true)
-        case .follower(let id):
-            let outcome = await withTaskCancellationHandler {
-                await withUnsafeContinuation { (continuation: UnsafeContinuation<Outcome, Never>) in
-                    enum Queued { case queued, retry, cancelled }
-                    let queued = state.withLock { state -> Queued in
-                        guard state.running[file] != nil else { return .retry }
-                        // The cancellation handler may have run before the request was queued
-                        // (it found nothing to remove): checked under the same lock.
-                        if Task.isCancelled { return .cancelled }
-                        let member = Member(id: id, descriptor: fd, mode: mode, arrival: arrival, continuation: continuation)
-                        if state.running[file]!.gathering != nil {
-                            state.running[file]!.gathering!.append(member)
-                        } else {
-                            state.running[file]!.next.append(member)
-                        }
-                        return .queued
-                    }
-                    switch queued {
-                    case .queued: break
-                    // The running sync ended between the two locks: start over.
-                    case .retry: continuation.resume(returning: .retry)
-                    case .cancelled: continuation.resume(returning: .other(CancellationError()))
-                    }
-                }
-            } onCancel: {
-                let removed = state.withLock { state -> Member? in
-                    if let index = state.running[file]?.next.firstIndex(where: { $0.id == id }) {
-                        return state.running[file]!.next.remove(at: index)
-                    }
-                    if let index = state.running[file]?.gathering?.firstIndex(where: { $0.id == id }) {
-                        return state.running[file]!.gathering!.remove(at: index)
-                    }
-                    return nil
-                }
-                removed?.continuation?.resume(returning: .other(CancellationError()))
-            }
-            switch outcome {
-            case .result(let result): try result.get()
-            case .other(let error): throw error
-            case .retry: return try await sync(fd, mode: mode)
-            case .lead(let others):
-                let me = Member(id: id, descriptor: fd, mode: mode, arrival: arrival, continuation: nil)
-                try await lead(file, me, others: others, fresh: false)
-            }
+        switch outcome {
+        case .result(let result): try result.get()
+        case .other(let error): throw error
+        case .lead(let fresh): try await lead(file, fresh: fresh)
         }
     }
 
-    /// Runs the sync of a batch: waits out ``delay`` (requests arriving meanwhile join), syncs in
+    /// Leads the batch of `file`: waits out ``delay`` (requests arriving meanwhile join), syncs in
     /// the strongest mode asked for through a descriptor that still names the file, gives the
-    /// result to every request of the batch, hands the file to the next batch, and returns this
-    /// request's own result. `fresh`: `me` identified the file just now (an idle file's first
-    /// request), so its descriptor needs no second look.
-    private func lead(_ file: FileIdentity, _ me: Member, others: [Member], fresh: Bool) async throws {
-        if fresh, others.isEmpty, delay == .zero {
-            // The usual case: an idle file's first request, alone. Its own sync, in its own task.
-            var mine: Result<Void, any Error>?
-            deliver(await runSync(me.descriptor, mode: me.mode), to: me, mine: &mine, file: file)
-            Observers.forEach { $0.groupCommitBatch(size: 1, mode: me.mode) }
-            handOff(file)
-            try mine?.get()
-            return
-        }
-        var batch = [me] + others
+    /// result to every member, hands the file to the next batch, and returns this request's own
+    /// result. `fresh`: the leader identified the file just now, so its descriptor needs no
+    /// second look.
+    private func lead(_ file: FileIdentity, fresh: Bool) async throws {
         if delay > .zero {
-            state.withLock { state in
-                if state.running[file]!.gathering == nil { state.running[file]!.gathering = [] }
-            }
             try? await Task.sleep(for: delay)  // cancelled: start at once, the others still need the sync
-            batch += state.withLock { state -> [Member] in
-                defer { state.running[file]!.gathering = nil }
-                return state.running[file]!.gathering ?? []
-            }
+            state.withLock { $0.startSync(of: file) }
         }
         var mine: Result<Void, any Error>?
-        var checkLeader = !fresh
-        while let leader = batch.first {
+        var checkDescriptor = !fresh
+        var synced: (size: Int, mode: SyncMode)?
+        while let (member, mode, alone) = state.withLock({ $0.syncTarget(of: file) }) {
             // A descriptor closed and reused while its request waited names another file: syncing
             // it would acknowledge the batch with another file's sync.
-            if checkLeader, (try? system.fileIdentity(leader.descriptor.rawValue).get()) != file {
+            if checkDescriptor, (try? system.fileIdentity(member.descriptor.rawValue).get()) != file {
                 let error = AsyncSyncError(
-                    code: .system, errno: .badFileDescriptor, operation: .sync(leader.mode), step: .submit,
-                    backend: kind, descriptor: leader.descriptor, systemCall: "statx",
+                    code: .system, errno: .badFileDescriptor, operation: .sync(member.mode), step: .submit,
+                    backend: kind, descriptor: member.descriptor, systemCall: "statx",
                     message: "the descriptor was closed and now names another file; keep it open until the sync returns")
-                deliver(.failure(error), to: leader, mine: &mine, file: file)
-                batch.removeFirst()
+                if let dropped = state.withLock({ $0.drop(id: member.id, from: file) }) {
+                    deliver(.failure(error), to: dropped, mine: &mine, file: file)
+                }
                 continue
             }
-            checkLeader = true
-            let batchMode: SyncMode = batch.contains { $0.mode == .fsync } ? .fsync : .fdatasync
+            checkDescriptor = true
             // With others in the batch, its sync must not be cancelled by this task: run it apart.
-            let result = batch.count == 1 && leader.continuation == nil
-                ? await runSync(leader.descriptor, mode: batchMode)
-                : await Task { await self.runSync(leader.descriptor, mode: batchMode) }.value
+            let descriptor = member.descriptor
+            let result = alone
+                ? await runSync(descriptor, mode: mode)
+                : await Task { await self.runSync(descriptor, mode: mode) }.value
             if case .failure(let error as AsyncSyncError) = result, Self.isDescriptorError(error) {
-                // The leader's descriptor cannot sync (an O_PATH descriptor: EBADF): that error is
-                // its own; the rest of the batch needs a sync through another descriptor.
-                deliver(result, to: leader, mine: &mine, file: file)
-                batch.removeFirst()
+                // This descriptor cannot sync (an O_PATH descriptor: EBADF): that error is its
+                // own; the rest of the batch needs a sync through another descriptor.
+                if let dropped = state.withLock({ $0.drop(id: member.id, from: file) }) {
+                    deliver(result, to: dropped, mine: &mine, file: file)
+                }
                 continue
             }
-            for member in batch { deliver(result, to: member, mine: &mine, file: file) }
-            let size = batch.count
-            Observers.forEach { $0.groupCommitBatch(size: size, mode: batchMode) }
+            let ended = state.withLock { $0.syncEnded(of: file) }
+            for member in ended.members { deliver(result, to: member, mine: &mine, file: file) }
+            synced = (ended.members.count, mode)
+            finish(ended)
             break
         }
-        handOff(file)
+        if synced == nil {
+            // No member's descriptor could sync: the batch ends without a sync.
+            finish(state.withLock { $0.syncEnded(of: file) })
+        } else if let (size, mode) = synced {
+            Observers.forEach { $0.groupCommitBatch(size: size, mode: mode) }
+        }
         try mine?.get()
+    }
+
+    /// After a batch's end: the next batch's leader goes on to lead it; a drained group lets its
+    /// `shutdown()` callers go on.
+    private func finish(_ ended: State.SyncEnded) {
+        ended.nextLeader?.resume(returning: .lead(fresh: false))
+        for waiter in ended.drained { waiter.resume() }
     }
 
     /// Gives `result` to `member` (the running task's own result goes to `mine`), after the
@@ -302,37 +247,14 @@ public final class GroupCommit: AsyncSyncBackend {
         }
     }
 
-    /// The sync of `file` ended: the requests queued meanwhile become the next batch, led by its
-    /// first request; with none, the file is idle again. The last batch to end during a
-    /// shutdown lets the `shutdown()` callers go on.
-    private func handOff(_ file: FileIdentity) {
-        let (batch, waiters) = state.withLock { state -> ([Member], [UnsafeContinuation<Void, Never>]) in
-            let batch = state.running[file]?.next ?? []
-            if batch.isEmpty {
-                state.running[file] = nil
-            } else {
-                state.running[file]!.next = []
-            }
-            guard state.running.isEmpty else { return (batch, []) }
-            defer { state.shutdownWaiters = [] }
-            return (batch, state.shutdownWaiters)
-        }
-        if let leader = batch.first {
-            leader.continuation?.resume(returning: .lead(Array(batch.dropFirst())))
-        }
-        for waiter in waiters { waiter.resume() }
-    }
-
     /// Whether ``shutdown()`` has been called (for tests).
-    var isShuttingDown: Bool { state.withLock { $0.shuttingDown } }
+    var isShuttingDown: Bool { state.withLock { $0.lifecycle == .draining } }
 
     /// Whether no sync of any file runs (for tests).
-    var isIdle: Bool { state.withLock { $0.running.isEmpty } }
+    var isIdle: Bool { state.withLock { $0.isIdle } }
 
     /// Requests waiting for a batch (for tests).
-    var queuedCount: Int {
-        state.withLock { $0.running.values.reduce(0) { $0 + $1.next.count + ($1.gathering?.count ?? 0) } }
-    }
+    var queuedCount: Int { state.withLock { $0.queuedCount } }
 
     /// Forwards to the wrapped backend.
     @discardableResult
@@ -349,19 +271,8 @@ public final class GroupCommit: AsyncSyncBackend {
     /// Refuses new requests, lets running batches finish, then shuts the wrapped backend down.
     /// Calling it again is harmless.
     public func shutdown() async {
-        let mustWait = state.withLock { state -> Bool in
-            state.shuttingDown = true
-            return !state.running.isEmpty
-        }
-        if mustWait {
-            await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-                let done = state.withLock { state -> Bool in
-                    if state.running.isEmpty { return true }
-                    state.shutdownWaiters.append(continuation)
-                    return false
-                }
-                if done { continuation.resume() }
-            }
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+            state.withLock { $0.beginShutdown(waiter: continuation) }?.resume()
         }
         await wrapped.shutdown()
     }

@@ -5,15 +5,16 @@ import SystemPackage
 ///
 /// The library never prints. An observer added with ``AsyncSync/addObserver(_:)`` receives the
 /// selection of a backend and its reasons, each file system that kernel AIO cannot sync and that is
-/// served through POSIX aio, each durability failure recorded (and each cleared), every sync's
-/// duration and outcome, and the size of every batch ``GroupCommit`` syncs. The integrations
+/// served through POSIX aio, each durability failure recorded (and each cleared), every sync call's
+/// duration and outcome, every sync the system ran and how many calls it served, and the size of
+/// every batch ``GroupCommit`` syncs. ``AsyncSync/removeObserver(_:)`` removes it. The integrations
 /// `AsyncFsyncLogging` (swift-log) and `AsyncFsyncMetrics` (swift-metrics) are such observers.
 ///
 /// With no observer the library pays one relaxed atomic load per sync. Every method has an empty
 /// default; an implementation must be cheap and must not block, since it is called on the path of
 /// the syncs (on the completion thread for some).
 public protocol AsyncSyncObserver: Sendable {
-    /// ``AsyncSync/makeBackend(environment:directory:)-uycg`` chose `kind` after these probes (for
+    /// ``AsyncSync/makeBackend(environment:directory:)`` chose `kind` after these probes (for
     /// `auto`, the kinds it tried; for a forced kind, its probe).
     func backendSelected(_ kind: BackendKind, choice: String, probes: [BackendProbe])
 
@@ -29,7 +30,22 @@ public protocol AsyncSyncObserver: Sendable {
     func durabilityFailureCleared(backend: BackendKind, descriptor: FileDescriptor)
 
     /// A call of ``AsyncSyncBackend/sync(_:mode:)`` ended after `duration`, with `error` (nil: success).
+    ///
+    /// One per request, not per sync the system ran: requests of one descriptor share a sync, so
+    /// count ``systemSyncCompleted(backend:mode:requests:errno:)`` for those.
     func syncCompleted(backend: BackendKind, mode: SyncMode, duration: Duration, error: (any Error)?)
+
+    /// A sync the system ran (one `IOCB_CMD_FSYNC`/`IOCB_CMD_FDSYNC` reaped, one `aio_fsync(3)`
+    /// completed, one direct `fsync(2)`/`fdatasync(2)` of the inline path, one blocking sync of a
+    /// ``PortableBackend`` thread, always for one request) ended, covering `requests` calls of
+    /// ``AsyncSyncBackend/sync(_:mode:)``.
+    ///
+    /// `errno` is the errno it completed with (`nil`: success; each request may still fail by the
+    /// in-flight rule). A sync interrupted with `EINTR` and submitted again is told once, when it
+    /// ends. Calls refused before reaching the system (a closed descriptor at submission, an earlier
+    /// failure, shutdown) have no such event. The ratio of these events to
+    /// ``syncCompleted(backend:mode:duration:error:)`` is the sharing the engine achieved.
+    func systemSyncCompleted(backend: BackendKind, mode: SyncMode, requests: Int, errno: Errno?)
 
     /// ``GroupCommit`` ran one sync for `size` requests.
     func groupCommitBatch(size: Int, mode: SyncMode)
@@ -41,28 +57,73 @@ extension AsyncSyncObserver {
     public func durabilityFailureRecorded(backend: BackendKind, descriptor: FileDescriptor, errno: Errno, sticky: Bool) {}
     public func durabilityFailureCleared(backend: BackendKind, descriptor: FileDescriptor) {}
     public func syncCompleted(backend: BackendKind, mode: SyncMode, duration: Duration, error: (any Error)?) {}
+    public func systemSyncCompleted(backend: BackendKind, mode: SyncMode, requests: Int, errno: Errno?) {}
     public func groupCommitBatch(size: Int, mode: SyncMode) {}
 }
 
 extension AsyncSync {
-    /// Adds `observer` for the life of the process; every backend reports to it from then on.
+    /// Adds `observer`; every backend reports to it from then on, until it is removed.
     ///
-    /// Call it once, early (when the process sets up logging and metrics); observers cannot be
-    /// removed. Several observers are told in the order they were added.
-    public static func addObserver(_ observer: some AsyncSyncObserver) {
+    /// Call it early (when the process sets up logging and metrics). Several observers are told in
+    /// the order they were added.
+    ///
+    /// - Parameter observer: The observer; it is kept until removed.
+    /// - Returns: The registration, for ``removeObserver(_:)``.
+    @discardableResult
+    public static func addObserver(_ observer: some AsyncSyncObserver) -> ObserverRegistration {
         Observers.add(observer)
+    }
+
+    /// Removes an observer added with ``addObserver(_:)``; safe from any thread, at any time.
+    ///
+    /// No notification starts for it after this returns; one already under way on another thread
+    /// (a sync completing at the same moment) may still reach it.
+    ///
+    /// - Parameter registration: What ``addObserver(_:)`` returned.
+    /// - Returns: Whether it was still registered (`false` when removed before).
+    @discardableResult
+    public static func removeObserver(_ registration: ObserverRegistration) -> Bool {
+        Observers.remove(registration)
+    }
+
+    /// An observer's registration, returned by ``AsyncSync/addObserver(_:)``.
+    public struct ObserverRegistration: Sendable, Hashable {
+        let id: UInt64
     }
 }
 
 /// The process's observers (``AsyncSync/addObserver(_:)``).
 enum Observers {
-    private static let list = Locked<[any AsyncSyncObserver]>([])
+    private struct Entry {
+        var id: UInt64
+        var observer: any AsyncSyncObserver
+    }
+    private struct Registry {
+        var entries: [Entry] = []
+        /// The observers as notifications read them, rebuilt at each change.
+        var observers: [any AsyncSyncObserver] = []
+        var nextID: UInt64 = 0
+    }
+    private static let registry = Locked(Registry())
     private static let count = Atomic<Int>(0)
 
-    static func add(_ observer: some AsyncSyncObserver) {
-        list.withLock { list in
-            list.append(observer)
-            count.store(list.count, ordering: .releasing)
+    static func add(_ observer: some AsyncSyncObserver) -> AsyncSync.ObserverRegistration {
+        registry.withLock { registry in
+            registry.nextID += 1
+            registry.entries.append(Entry(id: registry.nextID, observer: observer))
+            registry.observers = registry.entries.map(\.observer)
+            count.store(registry.entries.count, ordering: .releasing)
+            return AsyncSync.ObserverRegistration(id: registry.nextID)
+        }
+    }
+
+    static func remove(_ registration: AsyncSync.ObserverRegistration) -> Bool {
+        registry.withLock { registry in
+            guard let index = registry.entries.firstIndex(where: { $0.id == registration.id }) else { return false }
+            registry.entries.remove(at: index)
+            registry.observers = registry.entries.map(\.observer)
+            count.store(registry.entries.count, ordering: .releasing)
+            return true
         }
     }
 
@@ -72,7 +133,7 @@ enum Observers {
 
     static func forEach(_ body: (any AsyncSyncObserver) -> Void) {
         guard isActive else { return }
-        for observer in list.withLock({ $0 }) { body(observer) }
+        for observer in registry.withLock({ $0.observers }) { body(observer) }
     }
 
     /// Runs one sync and reports its duration and outcome.

@@ -20,94 +20,124 @@ public enum AsyncSync {
     ///
     /// Values: `on` (the default, also when unset or empty) or `off`; `1`/`0`, `true`/`false` and
     /// `yes`/`no` are accepted too, surrounding spaces are ignored and letter case does not
-    /// matter. Any other value is an error. With `on`, backends made by ``makeBackend(environment:directory:)-uycg`` sync a
+    /// matter. Any other value is an error. With `on`, backends made by ``makeBackend(_:)`` sync a
     /// descriptor on tmpfs or ramfs with a direct `fsync(2)` / `fdatasync(2)`: such a file system
     /// has no backing store and its fsync returns at once (Linux's AIO backends; the portable
     /// backend has no inline path). See `LibaioBackend.init(capacity:stickyFailures:inlineMemoryFileSystems:)`.
     public static let inlineEnvironmentVariable = "ASYNC_FSYNC_INLINE"
 
-    /// Creates the backend chosen by `ASYNC_FSYNC_BACKEND` and `ASYNC_FSYNC_INLINE`, probing the
-    /// file system of `directory`.
+    /// Creates the backend `configuration` chooses, without blocking a thread of the cooperative
+    /// pool: the probes run on threads of their own, each bounded in time.
     ///
-    /// With `auto`, each backend is probed in order (``BackendKind/libaio``, then
-    /// ``BackendKind/posix``) with a real sync of a scratch file in `directory`, and the first whose
-    /// mechanism works is made. The next one is tried only when the probe's failure means "not
-    /// supported here": `ENOSYS`, `EPERM` or `EAGAIN` (aio-max-nr used up) at setup, `ENOSYS`,
-    /// `EPERM` or `EINVAL` at the submission of a sync of a regular file. A sync that was accepted
-    /// and then failed is the file system's answer, not the backend's: it is no reason to fall
-    /// back. Probe results are cached per file system, so this is cheap after the first call.
+    /// With `auto` (``Configuration/backend`` `nil`), each backend is probed in order
+    /// (``BackendKind/libaio``, then ``BackendKind/posix`` on Linux with glibc;
+    /// ``BackendKind/portable`` alone elsewhere) with a real sync of a scratch file in
+    /// ``Configuration/probeDirectory``, and the first whose mechanism works is made. The next one
+    /// is tried only when the probe's failure means "not supported here": `ENOSYS`, `EPERM` or
+    /// `EAGAIN` (aio-max-nr used up) at setup, `ENOSYS`, `EPERM` or `EINVAL` at the submission of a
+    /// sync of a regular file. A sync that was accepted and then failed is the file system's
+    /// answer, not the backend's: it is no reason to fall back. Probe results are cached per file
+    /// system, so this is cheap after the first call.
     ///
-    /// This form blocks the calling thread while it probes: at most about 3 s per backend kind on
-    /// a file system that does not answer, 0.4–1.5 ms normally. From async code, `await` the async
-    /// form, which never blocks a thread of the cooperative pool.
-    ///
-    /// - Parameters:
-    ///   - environment: Where to read ``environmentVariable`` and ``inlineEnvironmentVariable``;
-    ///     `nil` (the default) reads this process's environment.
-    ///   - directory: A directory on the file system the data will live on (the probe makes and
-    ///     removes a scratch file there); `nil` (the default) probes the temporary directory
-    ///     (`$TMPDIR`, else `/tmp`).
+    /// - Parameter configuration: The backend, its capacity and settings, and where to probe.
     /// - Returns: A ready backend; call ``AsyncSyncBackend/shutdown()`` when done with it. Its
     ///   ``AsyncSyncBackend/kind`` says which one was chosen, and its `description` how it is set up.
-    /// - Throws: ``AsyncSyncError`` with code ``AsyncSyncError/Code/invalidConfiguration`` for an
-    ///   unknown value, or ``AsyncSyncError/Code/backendUnavailable`` when the forced backend (or,
-    ///   with `auto`, every backend) cannot work here; the message carries the probes' reasons.
-    public static func makeBackend(
-        environment: [String: String]? = nil, directory: FilePath? = nil
-    ) throws -> any AsyncSyncBackend {
-        let (choice, prober) = try selection(environment)
-        return try makeBackend(choice, prober: prober, directory: directory ?? defaultProbeDirectory) { kind, directory in
+    /// - Throws: ``AsyncSyncError`` with code ``AsyncSyncError/Code/invalidConfiguration`` for a
+    ///   capacity out of ``Configuration/capacityRange``, or
+    ///   ``AsyncSyncError/Code/backendUnavailable`` when the chosen backend (or, with `auto`,
+    ///   every backend) cannot work here; the message carries the probes' reasons.
+    public static func makeBackend(_ configuration: Configuration) async throws -> any AsyncSyncBackend {
+        try configuration.validate()
+        let (choice, prober, directory) = selection(configuration)
+        var probes: [BackendKind: BackendProbe] = [:]
+        let kinds: [BackendKind] = if case .forced(let kind) = choice { [kind] } else { BackendKind.automaticOrder }
+        for kind in kinds {
+            probes[kind] = await prober.probe(kind, in: directory)
+        }
+        return try makeBackend(choice, prober: prober, directory: directory, configuration: configuration) { kind, _ in
+            probes[kind]!
+        }
+    }
+
+    /// Creates the backend `configuration` chooses, blocking the calling thread while it probes
+    /// (for `main()` before any task runs, and other synchronous code).
+    ///
+    /// It blocks at most about 3 s per backend kind on a file system that does not answer,
+    /// 0.4–1.5 ms normally. Its name says so, so that code that can `await` does not pick it by
+    /// accident: from async code, use ``makeBackend(_:)``.
+    ///
+    /// - Parameter configuration: The backend, its capacity and settings, and where to probe.
+    /// - Returns: A ready backend; call ``AsyncSyncBackend/shutdown()`` when done with it.
+    /// - Throws: See ``makeBackend(_:)``.
+    public static func makeBackendBlocking(_ configuration: Configuration) throws(AsyncSyncError) -> any AsyncSyncBackend {
+        try configuration.validate()
+        let (choice, prober, directory) = selection(configuration)
+        return try makeBackend(choice, prober: prober, directory: directory, configuration: configuration) { kind, directory in
             prober.probe(kind, in: directory)
         }
     }
 
-    /// Creates the backend chosen by `ASYNC_FSYNC_BACKEND` and `ASYNC_FSYNC_INLINE`, probing the
-    /// file system of `directory`, without blocking a thread of the cooperative pool: the probes
-    /// run on a thread of their own, each bounded in time.
+    /// Creates the backend the environment chooses (`ASYNC_FSYNC_BACKEND`, `ASYNC_FSYNC_INLINE`,
+    /// `ASYNC_FSYNC_CAPACITY`), probing the file system of `directory`, without blocking a thread of
+    /// the cooperative pool.
+    ///
+    /// The same as ``makeBackend(_:)`` with ``Configuration/init(environment:)`` and
+    /// ``Configuration/probeDirectory`` set to `directory`.
+    ///
+    /// - Parameters:
+    ///   - environment: Where to read the variables; `nil` (the default) reads this process's
+    ///     environment.
+    ///   - directory: A directory on the file system the data will live on (the probe makes and
+    ///     removes a scratch file there); `nil` (the default) probes the temporary directory
+    ///     (`$TMPDIR`, else `/tmp`).
+    /// - Returns: A ready backend; call ``AsyncSyncBackend/shutdown()`` when done with it.
+    /// - Throws: ``AsyncSyncError`` with code ``AsyncSyncError/Code/invalidConfiguration`` for an
+    ///   unknown value, or ``AsyncSyncError/Code/backendUnavailable`` as ``makeBackend(_:)``.
+    public static func makeBackend(
+        environment: [String: String]? = nil, directory: FilePath? = nil
+    ) async throws -> any AsyncSyncBackend {
+        var configuration = try Configuration(environment: environment)
+        configuration.probeDirectory = directory
+        return try await makeBackend(configuration)
+    }
+
+    /// Creates the backend the environment chooses, probing the file system of `directory`,
+    /// blocking the calling thread while it probes; from async code, use
+    /// ``makeBackend(environment:directory:)``.
     ///
     /// - Parameters:
     ///   - environment: Where to read the variables; `nil` (the default) reads this process's
     ///     environment.
     ///   - directory: A directory on the file system the data will live on; `nil` (the default)
     ///     probes the temporary directory.
-    /// - Returns: A ready backend.
-    /// - Throws: See the synchronous form.
-    public static func makeBackend(
+    /// - Returns: A ready backend; call ``AsyncSyncBackend/shutdown()`` when done with it.
+    /// - Throws: See ``makeBackend(environment:directory:)``.
+    public static func makeBackendBlocking(
         environment: [String: String]? = nil, directory: FilePath? = nil
-    ) async throws -> any AsyncSyncBackend {
-        let (choice, prober) = try selection(environment)
-        let directory = directory ?? defaultProbeDirectory
-        var probes: [BackendKind: BackendProbe] = [:]
-        let kinds: [BackendKind] = if case .forced(let kind) = choice { [kind] } else { BackendKind.automaticOrder }
-        for kind in kinds {
-            probes[kind] = await prober.probe(kind, in: directory)
-        }
-        return try makeBackend(choice, prober: prober, directory: directory) { kind, _ in probes[kind]! }
+    ) throws(AsyncSyncError) -> any AsyncSyncBackend {
+        var configuration = try Configuration(environment: environment)
+        configuration.probeDirectory = directory
+        return try makeBackendBlocking(configuration)
     }
 
-    /// The parsed choice and a prober for it.
-    private static func selection(_ environment: [String: String]?) throws(AsyncSyncError) -> (BackendChoice, Prober) {
-        let environment = environment ?? [
-            environmentVariable: system_getenv(environmentVariable),
-            inlineEnvironmentVariable: system_getenv(inlineEnvironmentVariable),
-        ].compactMapValues { $0 }
-        let choice = try BackendChoice(environmentValue: environment[environmentVariable])
-        let inline = try inlineSetting(environment[inlineEnvironmentVariable])
-        return (choice, .live(inlineMemoryFileSystems: inline))
+    /// The parsed choice, a prober for it, and the directory to probe.
+    private static func selection(_ configuration: Configuration) -> (BackendChoice, Prober, FilePath) {
+        (configuration.choice, .live(inlineMemoryFileSystems: configuration.inlineMemoryFileSystems),
+         configuration.probeDirectory ?? defaultProbeDirectory)
     }
 
     static func makeBackend(_ choice: BackendChoice, prober: Prober) throws -> any AsyncSyncBackend {
-        try makeBackend(choice, prober: prober, directory: defaultProbeDirectory) { kind, directory in
+        try makeBackend(choice, prober: prober, directory: defaultProbeDirectory, configuration: Configuration()) { kind, directory in
             prober.probe(kind, in: directory)
         }
     }
 
     static func makeBackend(
-        _ choice: BackendChoice, prober: Prober, directory: FilePath,
+        _ choice: BackendChoice, prober: Prober, directory: FilePath, configuration: Configuration,
         probe: (BackendKind, FilePath) -> BackendProbe
-    ) throws -> any AsyncSyncBackend {
+    ) throws(AsyncSyncError) -> any AsyncSyncBackend {
         var probes: [BackendProbe] = []
-        let backend = try choose(choice, prober: prober, directory: directory) { kind, directory in
+        let backend = try choose(choice, prober: prober, directory: directory, configuration: configuration) { kind, directory in
             let result = probe(kind, directory)
             probes.append(result)
             return result
@@ -118,15 +148,15 @@ public enum AsyncSync {
     }
 
     private static func choose(
-        _ choice: BackendChoice, prober: Prober, directory: FilePath,
+        _ choice: BackendChoice, prober: Prober, directory: FilePath, configuration: Configuration,
         probe: (BackendKind, FilePath) -> BackendProbe
-    ) throws -> any AsyncSyncBackend {
+    ) throws(AsyncSyncError) -> any AsyncSyncBackend {
         switch choice {
         case .forced(let kind):
             let probe = probe(kind, directory)
             guard probe.isSupported else { throw forcedUnavailable(kind, probe) }
             do {
-                return try create(kind, prober: prober)
+                return try create(kind, prober: prober, configuration: configuration)
             } catch {
                 throw forcedUnavailable(kind, error)
             }
@@ -145,7 +175,7 @@ public enum AsyncSync {
                         message: "probing \(kind) failed for a reason that is not \"unsupported here\", so no "
                             + "other backend is tried: \(probe)")
                 case .usable, .syncFailed:
-                    switch Result(catching: { () throws(AsyncSyncError) in try create(kind, prober: prober) }) {
+                    switch Result(catching: { () throws(AsyncSyncError) in try create(kind, prober: prober, configuration: configuration) }) {
                     case .success(let backend):
                         return backend
                     case .failure(let error) where isUnsupported(error):
@@ -184,20 +214,32 @@ public enum AsyncSync {
         return error
     }
 
-    static func create(_ kind: BackendKind, prober: Prober) throws(AsyncSyncError) -> any AsyncSyncBackend {
+    static func create(
+        _ kind: BackendKind, prober: Prober, configuration: Configuration = Configuration()
+    ) throws(AsyncSyncError) -> any AsyncSyncBackend {
+        let sticky = configuration.stickyFailures
         switch kind {
-        case .portable: return try PortableBackend(threads: PortableBackend.defaultThreads, system: prober.system)
+        case .portable:
+            // Its threads are its own setting (PortableBackend.defaultThreads): the capacity sizes an
+            // AIO context, and that many blocked threads would be a waste.
+            return try PortableBackend(threads: PortableBackend.defaultThreads, stickyFailures: sticky,
+                                       system: prober.system)
         #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
         case .libaio:
-            return try LibaioBackend(capacity: 256, inlineMemoryFileSystems: prober.inlineMemoryFileSystems, system: prober.system)
+            return try LibaioBackend(capacity: configuration.capacity, stickyFailures: sticky,
+                                     inlineMemoryFileSystems: prober.inlineMemoryFileSystems, system: prober.system)
         case .posix:
-            return try PosixAIOBackend(capacity: 256, inlineMemoryFileSystems: prober.inlineMemoryFileSystems, system: prober.system)
+            return try PosixAIOBackend(capacity: configuration.capacity, stickyFailures: sticky,
+                                       inlineMemoryFileSystems: prober.inlineMemoryFileSystems, system: prober.system)
         #else
         case .libaio, .posix:
             throw AsyncSyncError(
                 code: .backendUnavailable, errno: .noFunction, operation: .setup, step: .setup, backend: kind,
                 message: "\(kind) exists on Linux only (this build: \(BackendKind.buildDescription))")
         #endif
+        default:
+            throw AsyncSyncError(code: .backendUnavailable, errno: nil, operation: .setup, step: .setup, backend: kind,
+                                 message: "this version cannot make a \(kind) backend")
         }
     }
 
@@ -221,28 +263,30 @@ public enum AsyncSync {
     /// when it ran. Failures at setup (seccomp, aio-max-nr) describe the host rather than the file
     /// system and are probed again each time. Each probe is bounded in time: a file system that
     /// does not answer gives a probe failed at step ``BackendProbe/Step/timeout`` after about 3 s.
-    /// This form blocks the caller meanwhile; from async code, `await` the async form.
+    /// The probes run on threads of their own; this waits for them without blocking a thread of
+    /// the cooperative pool.
     ///
     /// - Parameter directory: A writable directory; the scratch file is removed at once. When no
     ///   file can be made there, the mechanism is probed on a memfd and the report says so. `nil`
     ///   (the default) probes the temporary directory (`$TMPDIR`, else `/tmp`).
     /// - Returns: One ``BackendProbe`` per ``BackendKind`` this build can make, in the order of
     ///   `BackendKind.allCases`: all three on Linux, ``BackendKind/portable`` alone elsewhere.
-    public static func probe(directory: FilePath? = nil) -> [BackendProbe] {
-        let prober = probeSettings()
-        return BackendKind.availableHere.map { prober.probe($0, in: directory ?? defaultProbeDirectory) }
-    }
-
-    /// Probes every backend in `directory` (see the synchronous form) without blocking a thread of
-    /// the cooperative pool.
-    ///
-    /// - Parameter directory: A writable directory; `nil` probes the temporary directory.
-    /// - Returns: One ``BackendProbe`` per ``BackendKind``.
     public static func probe(directory: FilePath? = nil) async -> [BackendProbe] {
         let prober = probeSettings()
         var probes: [BackendProbe] = []
         for kind in BackendKind.availableHere { probes.append(await prober.probe(kind, in: directory ?? defaultProbeDirectory)) }
         return probes
+    }
+
+    /// Probes every backend in `directory` as ``probe(directory:)`` does, blocking the calling
+    /// thread meanwhile (for `main()` and other synchronous code).
+    ///
+    /// - Parameter directory: A writable directory; `nil` probes the temporary directory.
+    /// - Returns: One ``BackendProbe`` per ``BackendKind`` this build can make, in the order of
+    ///   `BackendKind.allCases`: all three on Linux, ``BackendKind/portable`` alone elsewhere.
+    public static func probeBlocking(directory: FilePath? = nil) -> [BackendProbe] {
+        let prober = probeSettings()
+        return BackendKind.availableHere.map { prober.probe($0, in: directory ?? defaultProbeDirectory) }
     }
 
     private static func probeSettings() -> Prober {
@@ -284,7 +328,7 @@ enum BackendChoice: Equatable, CustomStringConvertible {
 }
 
 extension String {
-    fileprivate var trimmingSpaces: String {
+    var trimmingSpaces: String {
         let isSpace: (Character) -> Bool = { $0 == " " || $0 == "\t" || $0 == "\n" || $0 == "\r" }
         guard let first = firstIndex(where: { !isSpace($0) }), let last = lastIndex(where: { !isSpace($0) }) else { return "" }
         return String(self[first...last])

@@ -7,7 +7,7 @@ import SystemPackage
 /// through `io_submit(2)`, `io_getevents(2)` with a timeout, `io_destroy(2)`; or one
 /// `aio_fsync(3)` with `O_DSYNC` waited for with `aio_suspend(3)` and a timeout). A backend is
 /// usable when that sync completed successfully. Results are cached per file system (see
-/// ``AsyncSync/probe(directory:)-768mu``); docs/selection.md lists the steps and their cost.
+/// ``AsyncSync/probe(directory:)``); docs/selection.md lists the steps and their cost.
 ///
 /// ```
 /// libaio: usable (ext4 in /tmp; probe took 0.21 ms)
@@ -15,16 +15,33 @@ import SystemPackage
 /// ```
 public struct BackendProbe: Sendable, Hashable, CustomStringConvertible {
     /// The step of a probe that failed.
-    public enum Step: String, Sendable, Hashable, CustomStringConvertible {
+    ///
+    /// New steps may be added in a later version; switch over it with a `default` case.
+    public struct Step: RawRepresentable, Sendable, Hashable, CustomStringConvertible {
+        private enum Base: String, Sendable { case setup, submit, completion, timeout }
+        private var base: Base
+        private init(_ base: Base) { self.base = base }
+
         /// Making the resources: the scratch file, `io_setup(2)`.
-        case setup
+        public static let setup = Step(.setup)
         /// Handing the sync to the system: `io_submit(2)`, `aio_fsync(3)`.
-        case submit
+        public static let submit = Step(.submit)
         /// The sync's result: the errno in `io_event.res` or from `aio_error(3)`, or a failure of
         /// the call waiting for it.
-        case completion
+        public static let completion = Step(.completion)
         /// No completion within the probe's timeout (a stuck file system?).
-        case timeout
+        public static let timeout = Step(.timeout)
+
+        /// The step named `rawValue` (`"setup"`, `"submit"`, `"completion"`, `"timeout"`), or `nil`.
+        ///
+        /// - Parameter rawValue: A step's name.
+        public init?(rawValue: String) {
+            guard let base = Base(rawValue: rawValue) else { return nil }
+            self.base = base
+        }
+
+        /// The step's name.
+        public var rawValue: String { base.rawValue }
 
         /// The step's name, its raw value.
         public var description: String { rawValue }
@@ -45,7 +62,7 @@ public struct BackendProbe: Sendable, Hashable, CustomStringConvertible {
     /// Whether the file system keeps its data in memory only (tmpfs, ramfs): its fsync does
     /// nothing but return 0.
     public var isMemoryFileSystem: Bool
-    /// Whether backends made by ``AsyncSync/makeBackend(environment:directory:)-uycg`` sync files on this file system inline
+    /// Whether backends made by ``AsyncSync/makeBackend(environment:directory:)`` sync files on this file system inline
     /// (a direct `fsync(2)` on the caller's thread): on a memory file system unless
     /// `ASYNC_FSYNC_INLINE=off`.
     public var inlineSync: Bool
@@ -54,7 +71,10 @@ public struct BackendProbe: Sendable, Hashable, CustomStringConvertible {
     /// Whether this result was found in the per-file-system cache instead of being measured now.
     public var isCached: Bool
     /// Something a person should know about how the probe was made, for example
-    /// `cannot create a scratch file in /ro (EROFS); probed on a memfd`.
+    /// `cannot create a scratch file in /ro (EROFS); the mechanism was probed on a memfd` or
+    /// `/data does not exist or is not a directory (ENOENT): the data's file system was not probed; …`.
+    /// The ``description`` of such a probe says "mechanism works, not probed on the data's file
+    /// system" rather than "usable".
     public var note: String?
     /// How the selection treats the outcome.
     var verdict: Verdict
@@ -95,6 +115,9 @@ public struct BackendProbe: Sendable, Hashable, CustomStringConvertible {
         var text = "\(kind): "
         if let reason {
             text += "unusable at \(failedStep ?? .setup): \(reason)"
+        } else if fileSystem == "memfd" {
+            // Not the data's file system: only the mechanism is known to work.
+            text += "mechanism works, not probed on the data's file system"
         } else {
             text += "usable"
         }

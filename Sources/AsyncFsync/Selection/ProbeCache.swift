@@ -13,7 +13,7 @@ final class ProbeCache: Sendable {
         var kind: BackendKind
     }
 
-    /// The cache behind ``AsyncSync/probe(directory:)-768mu`` and ``AsyncSync/makeBackend(environment:directory:)-uycg``.
+    /// The cache behind ``AsyncSync/probe(directory:)`` and ``AsyncSync/makeBackend(environment:directory:)``.
     static let shared = ProbeCache()
 
     private let entries = Locked<[Key: BackendProbe]>([:])

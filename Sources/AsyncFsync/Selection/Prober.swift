@@ -141,7 +141,7 @@ struct Prober: Sendable {
             progress.enter("syncing a scratch file through \(kind)")
             outcome = probeMechanism(kind, fd, cleanups: &cleanups)
         case .memfd(let fd, let why):
-            probe.note = "\(why); probed on a memfd"
+            probe.note = "\(why); the mechanism was probed on a memfd"
             probe.fileSystem = "memfd"
             probe.isMemoryFileSystem = false
             progress.enter("syncing a memfd through \(kind)")
@@ -211,9 +211,11 @@ struct Prober: Sendable {
 
     /// The directory's `st_dev` and `statfs(2)` type; nil when it cannot be opened.
     private func identify(_ directory: FilePath) -> FileSystemID? {
-        guard let fd = try? FileDescriptor.open(directory, .readOnly, options: [.directory, .closeOnExec]) else {
+        guard let opened = try? FileDescriptor.open(directory, .readOnly, options: [.directory, .closeOnExec]) else {
             return nil
         }
+        // The probe may run while the caller's requests are in flight: out of the numbers they reuse.
+        let fd = FileDescriptor(rawValue: LibraryDescriptors.movedAboveFloor(opened.rawValue))
         defer { try? fd.close() }
         guard case .success(let status) = system.fileStatus(fd.rawValue),
               case .success(let type) = system.fileSystemType(fd.rawValue) else { return nil }
@@ -235,8 +237,9 @@ struct Prober: Sendable {
         let path = directory.appending(name)
         let why: String
         do {
-            let fd = try FileDescriptor.open(path, .readWrite, options: [.create, .exclusiveCreate, .closeOnExec],
-                                             permissions: [.ownerReadWrite])
+            let opened = try FileDescriptor.open(path, .readWrite, options: [.create, .exclusiveCreate, .closeOnExec],
+                                                 permissions: [.ownerReadWrite])
+            let fd = FileDescriptor(rawValue: LibraryDescriptors.movedAboveFloor(opened.rawValue))
             _ = system_unlink(path.string)
             do {
                 _ = try fd.writeAll([0x2a])
@@ -245,6 +248,9 @@ struct Prober: Sendable {
                 try? fd.close()
                 why = "cannot write a scratch file in \(directory) (\(Self.name(of: error)))"
             }
+        } catch let errno as Errno where errno == .noSuchFileOrDirectory || errno == .notDirectory {
+            why = "\(directory) does not exist or is not a directory (\(errno.symbolicName)): "
+                + "the data's file system was not probed"
         } catch {
             why = "cannot create a scratch file in \(directory) (\(Self.name(of: error)))"
         }
@@ -284,6 +290,10 @@ struct Prober: Sendable {
                            message: "\(kind) exists on Linux only (this build: \(BackendKind.buildDescription))",
                            verdict: .unsupported)
         #endif
+        default:
+            try? fd.close()
+            return Outcome(errno: .noFunction, step: .setup, call: nil,
+                           message: "this version cannot probe a \(kind) backend", verdict: .unsupported)
         }
     }
 
@@ -449,7 +459,8 @@ enum AIOLimits {
     }
 
     static func read(_ path: FilePath) -> Int? {
-        guard let fd = try? FileDescriptor.open(path, .readOnly, options: .closeOnExec) else { return nil }
+        guard let opened = try? FileDescriptor.open(path, .readOnly, options: .closeOnExec) else { return nil }
+        let fd = FileDescriptor(rawValue: LibraryDescriptors.movedAboveFloor(opened.rawValue))
         defer { try? fd.close() }
         var buffer = [UInt8](repeating: 0, count: 32)
         guard let count = try? buffer.withUnsafeMutableBytes({ try fd.read(into: $0) }) else { return nil }

@@ -2,9 +2,9 @@ import Synchronization
 import SystemPackage
 
 extension AsyncSync {
-    /// The process-wide backend: made at its first use by ``makeBackend(environment:directory:)-uycg``
-    /// (so it honours `ASYNC_FSYNC_BACKEND` and `ASYNC_FSYNC_INLINE`), safe to use from anywhere,
-    /// and never shut down.
+    /// The process-wide backend: made once, at its first use, from the environment's
+    /// ``Configuration`` (``Configuration/init(environment:)``: `ASYNC_FSYNC_BACKEND`,
+    /// `ASYNC_FSYNC_INLINE`, `ASYNC_FSYNC_CAPACITY`), safe to use from anywhere, and never shut down.
     ///
     /// ```swift
     /// try await AsyncSync.shared.fdatasync(fd)
@@ -17,19 +17,50 @@ extension AsyncSync {
     /// want your own capacity (backpressure) or your own sticky failures (a failed file of one
     /// store must not refuse another's), and shut it down when you are done.
     ///
+    /// The backend behind it is made exactly once, on a thread of its own; every caller that comes
+    /// while it is being made waits for that one. Syncs wait without blocking a thread. The
+    /// synchronous members (``AsyncSyncBackend/kind``, ``AsyncSyncBackend/clearFailure(of:)``,
+    /// ``AsyncSyncBackend/preferredTaskExecutor``, ``AsyncSyncBackend/preferredSerialExecutor``)
+    /// block their caller until it is made, the first time (0.4–1.5 ms normally, about 3 s per kind
+    /// at most on a file system that does not answer). Code that must not wait asks
+    /// ``sharedIfMade``; async code can `await` ``sharedBackend()``.
+    ///
     /// ``AsyncSyncBackend/shutdown()`` does nothing on it: other parts of the process use it too.
     /// When no backend can be made (a forced backend that cannot work here, an invalid setting),
-    /// every call throws that error; the first call decides, later calls do not probe again.
-    public static let shared: any AsyncSyncBackend = SharedBackend()
+    /// every sync and ``AsyncSyncBackend/clearFailure(of:)`` throws that error, the executors are
+    /// `nil`, and ``AsyncSyncBackend/kind`` is the kind the configuration forced (else the last one
+    /// `auto` tried); the first use decides, later calls do not probe again.
+    public static let shared: any AsyncSyncBackend = sharedStorage
+
+    static let sharedStorage = SharedBackend()
+
+    /// The backend behind ``shared`` if it has been made, without waiting and without making it:
+    /// `nil` before the first use, while it is being made, and when it could not be made.
+    public static var sharedIfMade: (any AsyncSyncBackend)? { sharedStorage.ifMade }
+
+    /// The backend behind ``shared``, made now if no caller has started making it, waited for
+    /// without blocking a thread.
+    ///
+    /// - Returns: The made backend: its ``AsyncSyncBackend/kind`` and `description` say which it is.
+    /// - Throws: The ``AsyncSyncError`` that made its creation fail, or `CancellationError` when the
+    ///   task is cancelled while it waits (the creation goes on).
+    public static func sharedBackend() async throws -> any AsyncSyncBackend {
+        try await sharedStorage.backend()
+    }
 }
 
-/// ``AsyncSync/shared``: the backend is made once, at first use; concurrent first callers wait for
-/// the same one.
+/// ``AsyncSync/shared``: the backend is made exactly once, at first use, on a thread of its own;
+/// every caller that comes meanwhile, synchronous or async, waits for that one.
+///
+/// The creation runs on its own thread (the blocking selection: probes on threads of their own,
+/// each bounded in time), never on the cooperative pool: a synchronous accessor that blocks a pool
+/// thread while it waits can then never hold up the creation it waits for.
 final class SharedBackend: AsyncSyncBackend, CustomStringConvertible {
+    typealias Outcome = Result<any AsyncSyncBackend, AsyncSyncError>
     private enum State {
         case empty
-        case making(OneShot<Result<any AsyncSyncBackend, AsyncSyncError>>)
-        case made(Result<any AsyncSyncBackend, AsyncSyncError>)
+        case making(OneShot<Outcome>)
+        case made(Outcome)
     }
     private let state = Locked(State.empty)
 
@@ -46,111 +77,130 @@ final class SharedBackend: AsyncSyncBackend, CustomStringConvertible {
     }
     private let made = Atomic<Unmanaged<Made>?>(nil)
 
+    typealias Making = @Sendable () -> Outcome
+    /// Makes the backend (blocking); called once.
+    private let maker: Making
+    /// How many callers are blocked waiting for the creation in progress (tests).
+    let blockedWaiters = Atomic<Int>(0)
+    /// The thread making the backend (``system_thread_id()``), 0 when none: a synchronous member called
+    /// from it (an observer told of the selection) must not wait for itself.
+    private let creator = Atomic<UInt>(0)
+
+    /// The process's shared backend: the configuration from the environment.
+    convenience init() {
+        self.init(maker: {
+            Result { () throws(AsyncSyncError) -> any AsyncSyncBackend in
+                let configuration = try AsyncSync.Configuration(environment: nil)
+                return try AsyncSync.makeBackendBlocking(configuration)
+            }
+        })
+    }
+
+    /// A shared backend whose creation is `maker` (tests: count the backends made, hold one).
+    init(maker: @escaping Making) { self.maker = maker }
+
     deinit { made.load(ordering: .acquiring)?.release() }
 
-    /// Sets `state` to `.made(result)` (under its lock; called once) and publishes a success.
-    private static func settle(_ state: inout State, _ result: Result<any AsyncSyncBackend, AsyncSyncError>,
-                               publishingIn made: borrowing Atomic<Unmanaged<Made>?>) {
-        state = .made(result)
-        if case .success(let backend) = result {
-            made.store(Unmanaged.passRetained(Made(backend)), ordering: .releasing)
-        }
-    }
+    /// The backend if it has been made, without waiting or making it.
+    var ifMade: (any AsyncSyncBackend)? { made.load(ordering: .acquiring)?.takeUnretainedValue().backend }
 
-    /// The backend, made now if it has not been (the async probes: no thread of the pool blocks).
-    func backend() async throws -> any AsyncSyncBackend {
-        if let made = made.load(ordering: .acquiring) { return made.takeUnretainedValue().backend }
-        enum Step { case ready(Result<any AsyncSyncBackend, AsyncSyncError>), wait(OneShot<Result<any AsyncSyncBackend, AsyncSyncError>>), make(OneShot<Result<any AsyncSyncBackend, AsyncSyncError>>) }
-        let step = state.withLock { state -> Step in
+    /// The outcome if the creation has ended, else the creation to wait for, started now if no
+    /// caller has started it.
+    private func outcomeOrCreation() -> Either {
+        let step = state.withLock { state -> Either in
             switch state {
-            case .made(let result): return .ready(result)
+            case .made(let outcome): return .ready(outcome)
             case .making(let pending): return .wait(pending)
             case .empty:
-                let pending = OneShot<Result<any AsyncSyncBackend, AsyncSyncError>>()
+                let pending = OneShot<Outcome>()
                 state = .making(pending)
-                return .make(pending)
+                return .start(pending)
             }
         }
-        switch step {
-        case .ready(let result):
-            return try result.get()
-        case .wait(let pending):
-            return try await wait(for: pending)
-        case .make(let pending):
-            // In a task of its own: a cancelled first caller must not decide the process-wide
-            // backend (its probes would end at once, unanswered).
-            Task.detached { [self] in
-                let result: Result<any AsyncSyncBackend, AsyncSyncError>
-                do {
-                    result = .success(try await AsyncSync.makeBackend())
-                } catch let error as AsyncSyncError {
-                    result = .failure(error)
-                } catch {
-                    result = .failure(AsyncSyncError(code: .backendUnavailable, errno: nil, operation: .setup, step: .setup,
-                                                     backend: nil, message: "\(error)"))
+        guard case .start(let pending) = step else { return step }
+        let create: @Sendable () -> Void = { [self] in
+            creator.store(system_thread_id(), ordering: .releasing)
+            let outcome = maker()
+            creator.store(0, ordering: .releasing)
+            state.withLock { state in
+                state = .made(outcome)
+                if case .success(let backend) = outcome {
+                    made.store(Unmanaged.passRetained(Made(backend)), ordering: .releasing)
                 }
-                state.withLock { Self.settle(&$0, result, publishingIn: made) }
-                pending.fulfill(result)
             }
-            return try await wait(for: pending)
+            pending.fulfill(outcome)
+        }
+        // On a thread of its own: a cancelled first caller must not decide the process-wide backend,
+        // and no waiter (which may block a thread of the cooperative pool) holds up the creation.
+        // With no thread to be had (a pids limit) the first caller makes it; the others still wait.
+        if case .failure = SystemCalls.live.startThread("asyncfsync-shared", create) { create() }
+        return .wait(pending)
+    }
+    private enum Either { case ready(Outcome), wait(OneShot<Outcome>), start(OneShot<Outcome>) }
+
+    /// The backend, waiting without blocking a thread for the one creation (started now if needed).
+    func backend() async throws -> any AsyncSyncBackend {
+        if let backend = ifMade { return backend }
+        switch outcomeOrCreation() {
+        case .ready(let outcome): return try outcome.get()
+        case .wait(let pending), .start(let pending):
+            // A cancelled caller throws `CancellationError` instead of waiting (`OneShot.value`
+            // returns at once for it, so looping would spin).
+            while true {
+                if let outcome = await pending.value(timeout: .seconds(3600)) { return try outcome.get() }
+                try Task.checkCancellation()
+            }
         }
     }
 
-    /// Waits for the backend being made; a cancelled caller throws `CancellationError` instead of
-    /// waiting (`OneShot.value` returns at once for it, so looping would spin).
-    private func wait(for pending: OneShot<Result<any AsyncSyncBackend, AsyncSyncError>>) async throws -> any AsyncSyncBackend {
-        while true {
-            if let result = await pending.value(timeout: .seconds(3600)) { return try result.get() }
-            try Task.checkCancellation()
+    /// The outcome of the one creation (started now if needed), blocking the caller until it ends.
+    func outcome() -> Outcome {
+        if let backend = ifMade { return .success(backend) }
+        switch outcomeOrCreation() {
+        case .ready(let outcome): return outcome
+        case .wait(let pending), .start(let pending):
+            if creator.load(ordering: .acquiring) == system_thread_id() {
+                return .failure(AsyncSyncError(
+                    code: .backendUnavailable, errno: nil, operation: .setup, step: .setup, backend: nil,
+                    message: "AsyncSync.shared was asked for from the thread making it (an observer told of the "
+                        + "selection?): it is not made yet"))
+            }
+            blockedWaiters.add(1, ordering: .releasing)
+            defer { blockedWaiters.subtract(1, ordering: .releasing) }
+            while true {
+                if let outcome = pending.wait(timeout: .seconds(3600)) { return outcome }
+            }
         }
     }
 
-    /// The backend made from a synchronous context (it may probe, blocking for a moment).
-    private func madeBackend() -> (any AsyncSyncBackend)? {
-        if let made = made.load(ordering: .acquiring) { return made.takeUnretainedValue().backend }
-        let settled = state.withLock { state -> Result<any AsyncSyncBackend, AsyncSyncError>? in
-            if case .made(let result) = state { return result }
-            return nil
+    /// The made backend's kind; blocks until the backend is made. When none could be made, the
+    /// kind the configuration forced, else the last kind `auto` tried (every sync throws then).
+    var kind: BackendKind {
+        switch outcome() {
+        case .success(let backend): return backend.kind
+        case .failure(let error): return error.backend ?? BackendKind.automaticOrder.last!  // posix on Linux, portable elsewhere
         }
-        if let settled { return try? settled.get() }
-        let result = Result { () throws(AsyncSyncError) -> any AsyncSyncBackend in
-            do { return try AsyncSync.makeBackend() } catch let error as AsyncSyncError { throw error } catch {
-                throw AsyncSyncError(code: .backendUnavailable, errno: nil, operation: .setup, step: .setup, backend: nil, message: "\(error)")
-            }
-        }
-        let winner = state.withLock { state -> Result<any AsyncSyncBackend, AsyncSyncError>? in
-            switch state {
-            case .made(let existing): return existing
-            case .empty:
-                Self.settle(&state, result, publishingIn: made)
-                return result
-            case .making: return nil  // an async first use is making it; use this one meanwhile
-            }
-        }
-        return try? (winner ?? result).get()
     }
-
-    var kind: BackendKind { madeBackend()?.kind ?? BackendKind.automaticOrder.last! }  // posix on Linux, portable elsewhere
 
     func sync(_ fd: FileDescriptor, mode: SyncMode) async throws {
         try await backend().sync(fd, mode: mode)
     }
 
+    /// Blocks until the backend is made; throws the creation's error when none could be made.
     @discardableResult
     func clearFailure(of fd: FileDescriptor) throws -> Bool {
-        try madeBackend()?.clearFailure(of: fd) ?? false
+        try outcome().get().clearFailure(of: fd)
     }
 
     /// Does nothing: the shared backend lives as long as the process.
     func shutdown() async {}
 
-    var preferredTaskExecutor: (any TaskExecutor)? { madeBackend()?.preferredTaskExecutor }
+    var preferredTaskExecutor: (any TaskExecutor)? { try? outcome().get().preferredTaskExecutor }
 
-    var preferredSerialExecutor: (any SerialExecutor)? { madeBackend()?.preferredSerialExecutor }
+    var preferredSerialExecutor: (any SerialExecutor)? { try? outcome().get().preferredSerialExecutor }
 
     var description: String {
-        let backend = made.load(ordering: .acquiring)?.takeUnretainedValue().backend
-        return "shared " + (backend.map { "\($0)" } ?? "backend (not made yet)")
+        "shared " + (ifMade.map { "\($0)" } ?? "backend (not made yet)")
     }
 }
 

@@ -18,6 +18,9 @@ final class OneShot<Value: Sendable>: @unchecked Sendable {
     /// The async waiters, each under an id of its own (several tasks may wait for one value).
     private var continuations: [UInt64: UnsafeContinuation<Value?, Never>] = [:]
     private var nextWaiter: UInt64 = 0
+    /// Deadline threads still waiting (``deadline(_:)``), and those whose task was cancelled.
+    private var runningDeadlines: Set<UInt64> = []
+    private var cancelledDeadlines: Set<UInt64> = []
 
     init() {
         mutex = .allocate(capacity: 1)
@@ -60,36 +63,36 @@ final class OneShot<Value: Sendable>: @unchecked Sendable {
 
     /// Blocks until the value arrives or `timeout` has passed; nil on timeout.
     func wait(timeout: Duration) -> Value? {
+        let deadline = Self.deadline(after: timeout)
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        while value == nil {
+            if !waitOnce(until: deadline) { break }
+        }
+        return value
+    }
+
+    /// The monotonic clock's now (``system_monotonic_now()``, `CLOCK_MONOTONIC`) plus `timeout`.
+    private static func deadline(after timeout: Duration) -> Duration {
+        system_monotonic_now() + timeout
+    }
+
+    /// One wait on the condition variable, the mutex held, until a wake-up or `deadline` (a time of
+    /// ``system_monotonic_now()``); false once the deadline has passed.
+    private func waitOnce(until deadline: Duration) -> Bool {
         #if canImport(Darwin)
-        // No monotonic clock for condition variables: wait in relative steps against the
-        // monotonic clock.
-        let end = system_monotonic_now() + timeout
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        while value == nil {
-            let left = end - system_monotonic_now()
-            guard left > .zero else { break }
-            let (seconds, attoseconds) = left.components
-            var relative = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
-            _ = pthread_cond_timedwait_relative_np(condition, mutex, &relative)
-        }
-        return value
+        // Darwin's condition variables have no monotonic clock: a relative wait, measured against
+        // the monotonic clock at each wake-up.
+        let left = deadline - system_monotonic_now()
+        guard left > .zero else { return false }
+        let (seconds, attoseconds) = left.components
+        var relative = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
+        return pthread_cond_timedwait_relative_np(condition, mutex, &relative) != ETIMEDOUT
         #else
-        var deadline = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &deadline)
-        let (seconds, attoseconds) = timeout.components
-        deadline.tv_sec += Int(seconds)
-        deadline.tv_nsec += Int(attoseconds / 1_000_000_000)
-        if deadline.tv_nsec >= 1_000_000_000 {
-            deadline.tv_sec += 1
-            deadline.tv_nsec -= 1_000_000_000
-        }
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        while value == nil {
-            if pthread_cond_timedwait(condition, mutex, &deadline) == ETIMEDOUT { break }
-        }
-        return value
+        // The condition variable runs on CLOCK_MONOTONIC (init), the clock of the deadline.
+        let (seconds, attoseconds) = deadline.components
+        var absolute = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
+        return pthread_cond_timedwait(condition, mutex, &absolute) != ETIMEDOUT
         #endif
     }
 
@@ -99,7 +102,7 @@ final class OneShot<Value: Sendable>: @unchecked Sendable {
         await withTaskGroup(of: Value?.self) { group in
             group.addTask { await self.awaitValue() }
             group.addTask {
-                try? await Task.sleep(for: timeout)
+                await self.deadline(timeout)
                 return nil
             }
             let first = await group.next() ?? nil
@@ -108,6 +111,54 @@ final class OneShot<Value: Sendable>: @unchecked Sendable {
             // The deadline passed; the value may still have arrived just now.
             return await group.next() ?? nil
         }
+    }
+
+    /// Returns once the value has arrived, `timeout` has passed, or the task is cancelled.
+    ///
+    /// The deadline is kept by a short-lived thread blocked on the condition variable, not by a
+    /// timed `Task.sleep`: the runtime's first timer makes libdispatch open its timerfds then, at
+    /// the lowest free numbers, which may be one a caller has just closed. The library's first use
+    /// opens no descriptor below its floor, directly or through the runtime (docs/design.md). A
+    /// cancellation wakes the thread. With no thread to start, `Task.sleep` keeps the deadline.
+    private func deadline(_ timeout: Duration) async {
+        pthread_mutex_lock(mutex)
+        nextWaiter += 1
+        let id = nextWaiter
+        runningDeadlines.insert(id)
+        pthread_mutex_unlock(mutex)
+        let started = await withTaskCancellationHandler {
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Bool, Never>) in
+                let result = system_start_thread(name: "asyncfsync-timer") { [self] in
+                    waitForDeadline(id, timeout: timeout)
+                    continuation.resume(returning: true)
+                }
+                if case .failure = result {
+                    pthread_mutex_lock(mutex)
+                    runningDeadlines.remove(id)
+                    pthread_mutex_unlock(mutex)
+                    continuation.resume(returning: false)
+                }
+            }
+        } onCancel: {
+            pthread_mutex_lock(mutex)
+            if runningDeadlines.contains(id) { cancelledDeadlines.insert(id) }
+            pthread_cond_broadcast(condition)
+            pthread_mutex_unlock(mutex)
+        }
+        if !started { try? await Task.sleep(for: timeout) }
+    }
+
+    /// The deadline thread's wait: until the value arrives, `timeout` passes, or deadline `id` is
+    /// cancelled.
+    private func waitForDeadline(_ id: UInt64, timeout: Duration) {
+        let deadline = Self.deadline(after: timeout)
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        while value == nil, !cancelledDeadlines.contains(id) {
+            if !waitOnce(until: deadline) { break }
+        }
+        runningDeadlines.remove(id)
+        cancelledDeadlines.remove(id)
     }
 
     /// The value, or nil when the waiting task is cancelled first.

@@ -175,6 +175,29 @@ func system_close(_ fd: CInt) -> Result<Void, Errno> {
     valueOrErrno(close(fd)).map { _ in }
 }
 
+/// `fcntl(fd, F_DUPFD_CLOEXEC, minimum)`: a new descriptor of the same open file, close-on-exec,
+/// at the lowest free number not below `minimum`.
+func system_fcntl_dupfd_cloexec(_ fd: CInt, _ minimum: CInt) -> Result<CInt, Errno> {
+    valueOrErrno(fcntl(fd, casyncfsync_F_DUPFD_CLOEXEC, minimum))
+}
+
+/// `fcntl(fd, F_GETFL)`: the descriptor's access mode and status flags.
+func system_fcntl_getfl(_ fd: CInt) -> Result<CInt, Errno> {
+    valueOrErrno(fcntl(fd, F_GETFL))
+}
+
+/// `getrlimit(RLIMIT_NOFILE)`'s soft limit: one more than the highest descriptor number the process
+/// may open.
+func system_getrlimit_nofile() -> Result<UInt64, Errno> {
+    var limit = rlimit()
+    #if canImport(Glibc)
+    let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+    #else
+    let resource = CInt(RLIMIT_NOFILE)  // a plain macro in Darwin and musl
+    #endif
+    return valueOrErrno(getrlimit(resource, &limit)).map { _ in UInt64(limit.rlim_cur) }
+}
+
 // MARK: The table the backends call through
 
 /// The system calls a backend makes, as replaceable functions.
@@ -206,8 +229,10 @@ struct SystemCalls: Sendable {
     var aioError: @Sendable (UnsafePointer<aiocb>) -> AIOStatus { didSet { renew() } }
     var aioReturn: @Sendable (UnsafeMutablePointer<aiocb>) -> Result<Int, Errno> { didSet { renew() } }
     var aioSuspend: @Sendable (UnsafePointer<UnsafePointer<aiocb>?>, CInt, UnsafePointer<timespec>?) -> Result<Void, Errno> { didSet { renew() } }
+    /// An eventfd above the library's descriptor floor (``LibraryDescriptors``).
     var eventfd: @Sendable () -> Result<CInt, Errno> { didSet { renew() } }
     var eventfdRead: @Sendable (CInt) -> Result<UInt64, Errno> { didSet { renew() } }
+    /// A memfd above the library's descriptor floor (``LibraryDescriptors``).
     var memfdCreate: @Sendable (String) -> Result<CInt, Errno> { didSet { renew() } }
     #endif
     var write: @Sendable (CInt, UnsafeRawPointer, Int) -> Result<Int, Errno> { didSet { renew() } }
@@ -228,6 +253,11 @@ struct SystemCalls: Sendable {
     /// The blocking sync a ``PortableBackend`` thread makes (``system_durable_sync(_:_:)``:
     /// `fcntl(F_FULLFSYNC)` on Darwin, `fsync(2)` / `fdatasync(2)` elsewhere).
     var durableSync: @Sendable (SyncMode, CInt) -> Result<Void, Errno> { didSet { renew() } }
+    #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
+    /// `kcmp(2)` with `KCMP_FILE` on two descriptors of this process: whether they share one open
+    /// file description (``system_kcmp_file(_:_:)``). Only the Linux engine shares syncs.
+    var kcmpFile: @Sendable (CInt, CInt) -> Result<Bool, Errno> { didSet { renew() } }
+    #endif
 
     #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
     /// The real system.
@@ -243,9 +273,9 @@ struct SystemCalls: Sendable {
         aioError: system_aio_error,
         aioReturn: system_aio_return,
         aioSuspend: system_aio_suspend,
-        eventfd: system_eventfd,
+        eventfd: { system_eventfd().map(LibraryDescriptors.movedAboveFloor) },
         eventfdRead: system_eventfd_read,
-        memfdCreate: system_memfd_create,
+        memfdCreate: { system_memfd_create($0).map(LibraryDescriptors.movedAboveFloor) },
         write: system_write,
         close: system_close,
         fileIdentity: system_fstat_identity,
@@ -254,7 +284,8 @@ struct SystemCalls: Sendable {
         fileStatus: system_fstat_status,
         noteMemory: { _, _, _ in },
         syncNow: system_sync_now,
-        durableSync: system_durable_sync
+        durableSync: system_durable_sync,
+        kcmpFile: system_kcmp_file
     )
     #else
     /// The real system.
@@ -333,6 +364,16 @@ func system_start_thread(name: String, _ body: @escaping @Sendable () -> Void) -
     return .success(())
 }
 
+/// The calling thread's `pthread_self()` as a number (never 0 for a running thread): an integer in
+/// glibc, a pointer in Darwin and musl.
+func system_thread_id() -> UInt {
+    #if canImport(Glibc)
+    UInt(pthread_self())
+    #else
+    UInt(bitPattern: pthread_self())
+    #endif
+}
+
 // MARK: File identity
 
 /// A file's identity: device and inode, the same for every descriptor of the file.
@@ -406,6 +447,18 @@ func system_fstat_status(_ fd: CInt) -> Result<FileStatus, Errno> {
 func system_sync_now(_ mode: SyncMode, _ fd: CInt) -> Result<Void, Errno> {
     mode == .fsync ? system_fsync(fd) : system_fdatasync(fd)
 }
+
+// MARK: Open file descriptions
+
+#if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
+/// `kcmp(getpid(), getpid(), KCMP_FILE, fd1, fd2)`: `true` when both descriptors refer to one open
+/// file description (`dup(2)`, inherited, passed over a socket), `false` when they refer to two
+/// (also two `open(2)`s of one file). Fails with ENOSYS where the kernel has no kcmp, EPERM where a
+/// seccomp filter or policy denies it, EBADF for a closed descriptor.
+func system_kcmp_file(_ fd1: CInt, _ fd2: CInt) -> Result<Bool, Errno> {
+    valueOrErrno(casyncfsync_kcmp_file(fd1, fd2)).map { $0 == 0 }
+}
+#endif
 
 // MARK: Sleeping and yielding (no table entry: nothing to inject)
 

@@ -70,6 +70,13 @@ int casyncfsync_eventfd_read(int fd, uint64_t *value);
 /// memfd_create(name, MFD_CLOEXEC).
 int casyncfsync_memfd(const char *name);
 
+/// kcmp(2) of two descriptors of this process with KCMP_FILE: 0 when both refer to one open file
+/// description (one `struct file`), 1 or 2 when they do not (the kernel's order of the two), -1 and
+/// errno on failure (ENOSYS: no kcmp in this kernel; EPERM: a seccomp filter or policy; EBADF).
+/// Only the Linux engine shares syncs per open file description, so only it asks.
+int casyncfsync_kcmp_file(int fd1, int fd2);
+
+// MARK: Constants Swift does not import from macros (Linux part)
 extern const int casyncfsync_EINPROGRESS;
 extern const int casyncfsync_AIO_NOTCANCELED;
 #endif  // CASYNCFSYNC_LINUX_AIO
@@ -95,5 +102,10 @@ void casyncfsync_set_thread_name(const char *name);
 /// fcntl(fd, F_FULLFSYNC) on Darwin (the sync that also flushes the drive's cache); -1 and
 /// ENOTSUP elsewhere. 0 or -1 and errno.
 int casyncfsync_full_fsync(int fd);
+
+// MARK: Constants Swift does not import from macros (every platform)
+/// O_PATH where the system has it (Linux), 0 elsewhere (no descriptor has the flag).
+extern const int casyncfsync_O_PATH;
+extern const int casyncfsync_F_DUPFD_CLOEXEC;
 
 #endif

@@ -12,5 +12,8 @@ int testsupport_ext4_shutdown(int fd);
 long testsupport_fs_magic(const char *path);
 /// The calling thread's name (pthread_getname_np) into buffer; 0 or an errno.
 int testsupport_thread_name(char *buffer, unsigned long size);
+/// Sends `fd` over a UNIX socket pair (SCM_RIGHTS) and returns the descriptor received: a new
+/// number for the same open file description, as a descriptor inherited from a parent is; -errno.
+int testsupport_pass_descriptor(int fd);
 
 #endif

@@ -139,7 +139,7 @@ AsyncSync.addObserver(counter)
 let scratch = FilePath(FileManager.default.currentDirectoryPath).appending("scratch-wal-bench-\(getpid())")
 try FileManager.default.createDirectory(atPath: scratch.string, withIntermediateDirectories: false)
 defer { try? FileManager.default.removeItem(atPath: scratch.string) }
-let backend = try AsyncSync.makeBackend(directory: scratch)  // probes the disk measured
+let backend = try await AsyncSync.makeBackend(directory: scratch)  // probes the disk measured
 
 var uts = utsname()
 uname(&uts)

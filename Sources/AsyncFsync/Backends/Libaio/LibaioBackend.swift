@@ -15,7 +15,8 @@ import SystemPackage
 /// time, and a request that arrives while one runs waits for the next, which starts when the
 /// running one ends and serves every request that joined it. A request is never served by a sync
 /// that started before it arrived, and the kernel, which reports a failed writeback only once per
-/// open file, never sees two syncs of one open file at once.
+/// open file description, never sees two syncs of one open file description at once, also through
+/// two descriptors (`dup(2)`, inherited): the engine tells them apart with `kcmp(2)`.
 ///
 /// At most `capacity` syncs are in the kernel at once; more wait in a queue, in order, until one
 /// completes (backpressure); they never fail because the context is full.
@@ -46,7 +47,7 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
     ///
     /// - Parameters:
     ///   - capacity: The number of requests in the kernel at once (the size of the AIO
-    ///   context, counted against `/proc/sys/fs/aio-max-nr`). The default is 256.
+    ///   context, counted against `/proc/sys/fs/aio-max-nr`), from 1 to 65 536. The default is 256.
     ///   - stickyFailures: Whether a durability failure of a file makes every later sync of that
     ///     file through this backend fail at once with ``AsyncSyncError/Code/earlierFailure``,
     ///     until ``clearFailure(of:)``. The default is `true`. With `false`, only the in-flight
@@ -56,11 +57,12 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
     ///     no backing store, fsync returns 0 at once) is synced with a direct `fsync(2)` /
     ///     `fdatasync(2)` on the caller's thread instead of a round trip through the kernel's
     ///     workqueue. Costs one `fstatfs(2)` per request on every file system (see
-    ///     docs/selection.md). The default is `true`; ``AsyncSync/makeBackend(environment:directory:)-uycg`` passes `false`
+    ///     docs/selection.md). The default is `true`; ``AsyncSync/makeBackend(environment:directory:)`` passes `false`
     ///     when `ASYNC_FSYNC_INLINE=off`.
-    /// - Throws: ``AsyncSyncError`` with code ``AsyncSyncError/Code/backendUnavailable`` when
-    ///   `io_setup(2)` fails (`EAGAIN`: aio-max-nr used up; `ENOSYS`/`EPERM`: kernel AIO absent or
-    ///   denied) or the thread cannot be started.
+    /// - Throws: ``AsyncSyncError`` with code ``AsyncSyncError/Code/invalidConfiguration`` when
+    ///   `capacity` is outside 1...65536 (nothing is made); with code
+    ///   ``AsyncSyncError/Code/backendUnavailable`` when `io_setup(2)` fails (`EAGAIN`: aio-max-nr
+    ///   used up; `ENOSYS`/`EPERM`: kernel AIO absent or denied) or the thread cannot be started.
     ///
     /// Uses `io_setup(2)`.
     public convenience init(capacity: Int = 256, stickyFailures: Bool = true, inlineMemoryFileSystems: Bool = true) throws {
@@ -72,6 +74,7 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
     /// tests injecting faults on tmpfs files reach the kernel AIO path.
     init(capacity: Int, stickyFailures: Bool = true, inlineMemoryFileSystems: Bool = false,
          system: SystemCalls, ledgerObserver: (@Sendable (FailureLedger.Event) -> Void)? = nil) throws(AsyncSyncError) {
+        try BackendCapacity.validate(capacity, backend: .libaio)  // before anything is made
         let ledger = FailureLedger(kind: .libaio, sticky: stickyFailures, system: system, observer: ledgerObserver)
         engine = try AIOEngine(driver: LibaioDriver(slotCount: capacity, system: system), system: system, ledger: ledger,
                                handsOffInvalid: true)
@@ -102,14 +105,13 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
 
     private func syncUnobserved(_ fd: FileDescriptor, mode: SyncMode) async throws {
         if let inline, inline.applies(to: fd) {
-            try inline.sync(fd, mode: mode, backend: .libaio, isAcceptingRequests: engine.isAcceptingRequests)
+            try inline.sync(fd, mode: mode, backend: .libaio, refusal: engine.refusalError(mode, fd))
             return
         }
         let arrival = ledger.stamp()
         if fallback.serves(fd) {
-            guard engine.isAcceptingRequests else {
-                throw AsyncSyncError.shutDown(mode, backend: .libaio, descriptor: fd)
-            }
+            // The engine's reason (shut down, or its broken source's errno) holds for every path.
+            if let refusal = engine.refusalError(mode, fd) { throw refusal }
             try await fallback.sync(fd, mode: mode, arrival: arrival, refused: nil)
             return
         }

@@ -12,9 +12,9 @@ import Musl
 /// A backend for every platform: each sync is a blocking call on one of a few threads of its own,
 /// so no thread of the cooperative pool waits.
 ///
-/// It is what ``AsyncSync/shared`` and ``AsyncSync/makeBackend(environment:directory:)-uycg`` give off
-/// Linux (macOS, and any system without kernel AIO), and what `ASYNC_FSYNC_BACKEND=portable`
-/// forces on Linux. The sync is `fcntl(F_FULLFSYNC)` on Darwin for both modes (a plain `fsync(2)`
+/// It is what ``AsyncSync/shared`` and ``AsyncSync/makeBackend(_:)`` give off Linux (macOS, and any
+/// system without kernel AIO), and what `ASYNC_FSYNC_BACKEND=portable` (or
+/// ``AsyncSync/Configuration/backend`` ``BackendKind/portable``) forces on Linux. The sync is `fcntl(F_FULLFSYNC)` on Darwin for both modes (a plain `fsync(2)`
 /// there leaves the data in the drive's cache; Darwin has no `fdatasync`), or `fsync(2)` when the
 /// file system refuses it with `ENOTSUP` or `EINVAL`; elsewhere `fsync(2)` or `fdatasync(2)`.
 ///
@@ -30,8 +30,8 @@ import Musl
 /// It has no completion thread to offer: ``preferredTaskExecutor`` and
 /// ``preferredSerialExecutor`` are `nil`, and a task resumes on its own executor.
 public final class PortableBackend: AsyncSyncBackend, CustomStringConvertible {
-    /// The number of threads ``AsyncSync/makeBackend(environment:directory:)-uycg`` and
-    /// ``AsyncSync/shared`` use: 4.
+    /// The number of threads ``AsyncSync/makeBackend(_:)`` and ``AsyncSync/shared`` use: 4 (the
+    /// configuration's capacity sizes an AIO context and does not change it).
     public static let defaultThreads = 4
 
     /// The largest number of threads accepted: 256.
@@ -257,6 +257,10 @@ final class PortableThreadPool: @unchecked Sendable {  // state is touched under
         while case .failure(.interrupted) = result, retries < Self.maximumInterruptedRetries {
             retries += 1
             result = system.durableSync(job.mode, fd.rawValue)
+        }
+        if Observers.isActive {  // one sync the system ran, for this request alone; EINTR retries told once
+            let errno: Errno? = if case .failure(let errno) = result { errno } else { nil }
+            Observers.forEach { $0.systemSyncCompleted(backend: .portable, mode: job.mode, requests: 1, errno: errno) }
         }
         switch result {
         case .failure(let errno):

@@ -10,7 +10,9 @@ import SystemPackage
 /// kernel and file system. No thread is created per request and no signal is used. Requests of
 /// one descriptor share syncs: at most one sync per descriptor is handed to glibc at a time (glibc
 /// would run them one after another anyway), and requests that arrive meanwhile are served
-/// together by the next one, which starts after each of them arrived.
+/// together by the next one, which starts after each of them arrived. Two descriptors of one open
+/// file description (`dup(2)`, inherited) never have a sync in glibc at once either (glibc queues
+/// by descriptor number, so it would run them together).
 ///
 /// At most `capacity` syncs are handed to glibc at once; more wait in a queue, in order.
 ///
@@ -32,7 +34,8 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
     /// Creates a backend with its own completion thread.
     ///
     /// - Parameters:
-    ///   - capacity: The number of requests handed to glibc at once. The default is 256.
+    ///   - capacity: The number of requests handed to glibc at once, from 1 to 65 536. The default
+    ///     is 256.
     ///   - stickyFailures: Whether a durability failure of a file makes every later sync of that
     ///     file through this backend fail at once with ``AsyncSyncError/Code/earlierFailure``,
     ///     until ``clearFailure(of:)``. The default is `true`. With `false`, only the in-flight
@@ -42,10 +45,12 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
     ///     no backing store, fsync returns 0 at once) is synced with a direct `fsync(2)` /
     ///     `fdatasync(2)` on the caller's thread instead of a round trip through glibc's helper
     ///     threads. Costs one `fstatfs(2)` per request on every file system (see
-    ///     docs/selection.md). The default is `true`; ``AsyncSync/makeBackend(environment:directory:)-uycg`` passes `false`
+    ///     docs/selection.md). The default is `true`; ``AsyncSync/makeBackend(environment:directory:)`` passes `false`
     ///     when `ASYNC_FSYNC_INLINE=off`.
-    /// - Throws: ``AsyncSyncError`` with code ``AsyncSyncError/Code/backendUnavailable`` when the
-    ///   shared completion thread, its eventfd or its doorbell request cannot be created.
+    /// - Throws: ``AsyncSyncError`` with code ``AsyncSyncError/Code/invalidConfiguration`` when
+    ///   `capacity` is outside 1...65536 (nothing is made); with code
+    ///   ``AsyncSyncError/Code/backendUnavailable`` when the shared completion thread, its eventfd
+    ///   or its doorbell request cannot be created.
     public convenience init(capacity: Int = 256, stickyFailures: Bool = true, inlineMemoryFileSystems: Bool = true) throws {
         try self.init(capacity: capacity, stickyFailures: stickyFailures,
                       inlineMemoryFileSystems: inlineMemoryFileSystems, system: .live)
@@ -55,6 +60,7 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
     /// tests injecting faults on tmpfs files reach the POSIX aio path.
     init(capacity: Int, stickyFailures: Bool = true, inlineMemoryFileSystems: Bool = false,
          system: SystemCalls, ledgerObserver: (@Sendable (FailureLedger.Event) -> Void)? = nil) throws(AsyncSyncError) {
+        try BackendCapacity.validate(capacity, backend: .posix)  // before anything is made
         let ledger = FailureLedger(kind: .posix, sticky: stickyFailures, system: system, observer: ledgerObserver)
         engine = try AIOEngine(driver: PosixAIODriver(slotCount: capacity, system: system), system: system, ledger: ledger)
         inline = inlineMemoryFileSystems ? InlineSync(system: system, ledger: ledger) : nil
@@ -83,7 +89,7 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
 
     private func syncUnobserved(_ fd: FileDescriptor, mode: SyncMode) async throws {
         if let inline, inline.applies(to: fd) {
-            try inline.sync(fd, mode: mode, backend: .posix, isAcceptingRequests: engine.isAcceptingRequests)
+            try inline.sync(fd, mode: mode, backend: .posix, refusal: engine.refusalError(mode, fd))
             return
         }
         try await engine.sync(fd, mode: mode)

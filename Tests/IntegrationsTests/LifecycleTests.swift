@@ -1,3 +1,5 @@
+#if ServiceLifecycle
+// The tests of the trait ServiceLifecycle.
 import AsyncFsync
 import AsyncFsyncLifecycle
 import Foundation
@@ -8,6 +10,10 @@ import Testing
 
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#elseif canImport(Musl)
+import Musl
 #endif
 
 /// A backend passing every call to a real one and keeping the outcome of each call, to check that
@@ -259,3 +265,5 @@ extension IntegrationsTests {
         }
     }
 }
+
+#endif

@@ -1,3 +1,5 @@
+#if Logging
+// Built with the package trait Logging only (its dependency swift-log is resolved only then).
 import AsyncFsync
 import Logging
 
@@ -20,9 +22,11 @@ import Logging
 /// | a recorded failure was cleared | `notice` | `backend`, `descriptor` |
 /// | a sync failed (only with ``syncFailureLevel`` set) | ``syncFailureLevel`` | `backend`, `mode`, `code`, `errno`, `descriptor`, `duration`, `error` |
 ///
-/// The `errno` value is the errno number (`5`); the `error` text and the message carry its name
-/// (`Input/output error (EIO)`). Successful syncs and ``AsyncFsync/GroupCommit`` batches are
-/// not logged (use `AsyncFsyncMetrics` for those).
+/// The `errno` value is the errno's C name (`EIO`, from ``AsyncFsync/AsyncSyncError/symbolicName(of:)``)
+/// and `code` the code's token (`shut_down`, ``AsyncFsync/AsyncSyncError/Code/name``; `cancelled`
+/// for a `CancellationError`): the same values `AsyncFsyncMetrics` gives its labels, so that a log
+/// line and a metric of one failure match. Successful syncs, the syncs the system ran and
+/// ``AsyncFsync/GroupCommit`` batches are not logged (use `AsyncFsyncMetrics` for those).
 public struct AsyncSyncLogging: AsyncSyncObserver {
     /// The logger every message goes to; its `logLevel` filters them as usual.
     public var logger: Logger
@@ -73,7 +77,7 @@ public struct AsyncSyncLogging: AsyncSyncObserver {
     /// Logs at `notice` that a file system is served through POSIX aio from now on.
     public func fileSystemServedByPOSIX(device: String, refusal: AsyncSyncError) {
         var metadata: Logger.Metadata = ["device": "\(device)", "error": "\(refusal)"]
-        if let errno = refusal.errno { metadata["errno"] = "\(errno.rawValue)" }
+        if let errno = refusal.errnoName { metadata["errno"] = "\(errno)" }
         logger.notice(
             "kernel AIO refused a sync on the file system \(device); its syncs go through POSIX aio from now on",
             metadata: metadata)
@@ -83,11 +87,11 @@ public struct AsyncSyncLogging: AsyncSyncObserver {
     public func durabilityFailureRecorded(backend: BackendKind, descriptor: FileDescriptor, errno: Errno, sticky: Bool) {
         let consequence = sticky ? "; its later syncs are refused until the failure is cleared" : ""
         logger.error(
-            "durability failure recorded for the file of fd \(descriptor.rawValue): \(errno) (errno \(errno.rawValue)); data written before it may be lost\(consequence)",
+            "durability failure recorded for the file of fd \(descriptor.rawValue): \(errno) (\(AsyncSyncError.symbolicName(of: errno))); data written before it may be lost\(consequence)",
             metadata: [
                 "backend": "\(backend)",
                 "descriptor": "\(descriptor.rawValue)",
-                "errno": "\(errno.rawValue)",
+                "errno": "\(AsyncSyncError.symbolicName(of: errno))",
                 "sticky": "\(sticky)",
             ])
     }
@@ -113,8 +117,8 @@ public struct AsyncSyncLogging: AsyncSyncObserver {
         ]
         switch error {
         case let error as AsyncSyncError:
-            metadata["code"] = "\(error.code)"
-            if let errno = error.errno { metadata["errno"] = "\(errno.rawValue)" }
+            metadata["code"] = "\(error.code.name)"
+            if let errno = error.errnoName { metadata["errno"] = "\(errno)" }
             if let descriptor = error.descriptor { metadata["descriptor"] = "\(descriptor.rawValue)" }
         case is CancellationError:
             metadata["code"] = "cancelled"
@@ -124,3 +128,5 @@ public struct AsyncSyncLogging: AsyncSyncObserver {
         logger.log(level: level, "\(mode) failed on the \(backend) backend: \(error)", metadata: metadata)
     }
 }
+
+#endif

@@ -1,3 +1,5 @@
+#if NIO
+// The tests of the trait NIO.
 import AsyncFsync
 import AsyncFsyncNIO
 import Foundation
@@ -101,3 +103,5 @@ extension IntegrationsTests {
         }
     }
 }
+
+#endif

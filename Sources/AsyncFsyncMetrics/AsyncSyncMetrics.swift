@@ -1,9 +1,13 @@
+#if Metrics
+// Built with the package trait Metrics only (its dependency swift-metrics is resolved only then).
 import AsyncFsync
 import CoreMetrics
 import Synchronization
 
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #elseif canImport(Musl)
 import Musl
 #endif
@@ -23,7 +27,8 @@ import Musl
 /// | Label | Kind | Dimensions | Recorded |
 /// |---|---|---|---|
 /// | `asyncfsync_sync_duration` | `Timer` (ns) | `backend`, `mode` | every sync call's duration, success or not |
-/// | `asyncfsync_syncs` | `Counter` | `backend`, `mode` | every sync call |
+/// | `asyncfsync_syncs` | `Counter` | `backend`, `mode` | every sync call (a request) |
+/// | `asyncfsync_system_syncs` | `Counter` | `backend`, `mode` | every sync the system ran; requests of one descriptor share one, so `system_syncs / syncs` is the syncs per request |
 /// | `asyncfsync_sync_failures` | `Counter` | `backend`, `mode`, `code`, `errno` | every sync call that threw |
 /// | `asyncfsync_posix_fallbacks` | `Counter` | `device` | a file system kernel AIO refused, served through POSIX aio from then on |
 /// | `asyncfsync_durability_failures` | `Counter` | `backend`, `errno` | a durability failure recorded for a file |
@@ -32,11 +37,12 @@ import Musl
 /// | `asyncfsync_backend_selections` | `Counter` | `backend` | each backend made by ``AsyncFsync/AsyncSync/makeBackend(environment:directory:)`` |
 ///
 /// `backend` is ``AsyncFsync/BackendKind``'s raw value (`libaio`, `posix`), `mode` `fsync` or
-/// `fdatasync`. For a failure, `code` is the ``AsyncFsync/AsyncSyncError/code`` in snake case
+/// `fdatasync`. For a failure, `code` is ``AsyncFsync/AsyncSyncError/Code/name``
 /// (`system`, `earlier_failure`, `concurrent_failure`, `shut_down`, …), `cancelled` for a
-/// `CancellationError` and `other` for any other error; `errno` is the symbolic name of
-/// ``AsyncFsync/AsyncSyncError/errno`` (`EIO`, `ENOSPC`, `EBADF`, …; `errno_<n>` for one without a
-/// name here) or `none`. These dimensions have a small, fixed set of values.
+/// `CancellationError` and `other` for any other error; `errno` is
+/// ``AsyncFsync/AsyncSyncError/symbolicName(of:)`` (`EIO`, `ENOSPC`, `EBADF`, …; `errno_<n>` for
+/// one without a name) or `none`. `AsyncFsyncLogging` names them the same way in its metadata.
+/// These dimensions have a small, fixed set of values.
 ///
 /// The per-sync metrics (the timer and the request counter for each backend and mode, the batch
 /// size recorder for each mode) are made once, when the observer is made; a failure's counter is
@@ -51,6 +57,9 @@ public final class AsyncSyncMetrics: AsyncSyncObserver {
     /// Indexed by ``slot(_:_:)``: backend kind × mode.
     private let durations: [Timer]
     private let requests: [Counter]
+    private let systemSyncs: [Counter]
+    /// Each kind's index in the per-sync arrays.
+    private let kindIndex: [BackendKind: Int]
     /// Indexed by mode (0 fsync, 1 fdatasync).
     private let batchSizes: [Recorder]
     private let failures = Mutex<[FailureKey: Counter]>([:])
@@ -84,15 +93,19 @@ public final class AsyncSyncMetrics: AsyncSyncObserver {
         self.factory = factory
         var durations: [Timer] = []
         var requests: [Counter] = []
+        var systemSyncs: [Counter] = []
         for kind in BackendKind.allCases {
             for mode in Self.modes {
                 let dimensions = [("backend", kind.rawValue), ("mode", mode.description)]
                 durations.append(Timer(label: "\(labelPrefix)_sync_duration", dimensions: dimensions, factory: factory))
                 requests.append(Counter(label: "\(labelPrefix)_syncs", dimensions: dimensions, factory: factory))
+                systemSyncs.append(Counter(label: "\(labelPrefix)_system_syncs", dimensions: dimensions, factory: factory))
             }
         }
         self.durations = durations
         self.requests = requests
+        self.systemSyncs = systemSyncs
+        self.kindIndex = Dictionary(uniqueKeysWithValues: BackendKind.allCases.enumerated().map { ($1, $0) })
         self.batchSizes = Self.modes.map { mode in
             Recorder(
                 label: "\(labelPrefix)_group_commit_batch_size", dimensions: [("mode", mode.description)],
@@ -117,13 +130,8 @@ public final class AsyncSyncMetrics: AsyncSyncObserver {
     }
 
     @inline(__always)
-    private static func slot(_ kind: BackendKind, _ mode: SyncMode) -> Int {
-        let kindIndex: Int
-        switch kind {
-        case .libaio: kindIndex = 0
-        case .posix: kindIndex = 1
-        }
-        return kindIndex * 2 + modeIndex(mode)
+    private func slot(_ kind: BackendKind, _ mode: SyncMode) -> Int {
+        (kindIndex[kind] ?? 0) * 2 + Self.modeIndex(mode)
     }
 
     @inline(__always)
@@ -137,7 +145,7 @@ public final class AsyncSyncMetrics: AsyncSyncObserver {
     /// Records the duration in `<prefix>_sync_duration`, counts the call in `<prefix>_syncs` and,
     /// when `error` is not `nil`, in `<prefix>_sync_failures`.
     public func syncCompleted(backend: BackendKind, mode: SyncMode, duration: Duration, error: (any Error)?) {
-        let slot = Self.slot(backend, mode)
+        let slot = slot(backend, mode)
         durations[slot].recordNanoseconds(Self.nanoseconds(duration))
         requests[slot].increment()
         guard let error else { return }
@@ -153,6 +161,11 @@ public final class AsyncSyncMetrics: AsyncSyncObserver {
         failureCounter(key).increment()
     }
 
+    /// Counts the sync in `<prefix>_system_syncs`.
+    public func systemSyncCompleted(backend: BackendKind, mode: SyncMode, requests: Int, errno: Errno?) {
+        systemSyncs[slot(backend, mode)].increment()
+    }
+
     /// Counts the file system in `<prefix>_posix_fallbacks`.
     public func fileSystemServedByPOSIX(device: String, refusal: AsyncSyncError) {
         Counter(label: "\(labelPrefix)_posix_fallbacks", dimensions: [("device", device)], factory: factory).increment()
@@ -162,7 +175,7 @@ public final class AsyncSyncMetrics: AsyncSyncObserver {
     public func durabilityFailureRecorded(backend: BackendKind, descriptor: FileDescriptor, errno: Errno, sticky: Bool) {
         Counter(
             label: "\(labelPrefix)_durability_failures",
-            dimensions: [("backend", backend.rawValue), ("errno", ErrnoName.of(errno))], factory: factory
+            dimensions: [("backend", backend.rawValue), ("errno", AsyncSyncError.symbolicName(of: errno))], factory: factory
         ).increment()
     }
 
@@ -190,7 +203,7 @@ public final class AsyncSyncMetrics: AsyncSyncObserver {
             if let counter = table[key] { return counter }
             let code: String
             switch key.kind {
-            case .library(let libraryCode): code = Self.codeName(libraryCode)
+            case .library(let libraryCode): code = libraryCode.name
             case .cancelled: code = "cancelled"
             case .other: code = "other"
             }
@@ -198,7 +211,7 @@ public final class AsyncSyncMetrics: AsyncSyncObserver {
                 label: "\(labelPrefix)_sync_failures",
                 dimensions: [
                     ("backend", key.backend.rawValue), ("mode", key.mode.description), ("code", code),
-                    ("errno", key.errno.map(ErrnoName.of) ?? "none"),
+                    ("errno", key.errno.map(AsyncSyncError.symbolicName(of:)) ?? "none"),
                 ],
                 factory: factory)
             table[key] = counter
@@ -211,50 +224,6 @@ public final class AsyncSyncMetrics: AsyncSyncObserver {
         let (seconds, attoseconds) = duration.components
         return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
     }
-
-    private static func codeName(_ code: AsyncSyncError.Code) -> String {
-        // Code's description is words ("earlier failure"); a dimension value is one token.
-        code.description.replacingSpaces(with: "_")
-    }
 }
 
-extension String {
-    fileprivate func replacingSpaces(with replacement: Character) -> String {
-        String(map { $0 == " " ? replacement : $0 })
-    }
-}
-
-/// Symbolic errno names for metric dimensions (AsyncFsync keeps its own table internal).
-enum ErrnoName {
-    static func of(_ errno: Errno) -> String {
-        switch errno.rawValue {
-        case EIO: "EIO"
-        case ENOSPC: "ENOSPC"
-        case EDQUOT: "EDQUOT"
-        case EROFS: "EROFS"
-        case EBADF: "EBADF"
-        case EINVAL: "EINVAL"
-        case EAGAIN: "EAGAIN"
-        case ENOSYS: "ENOSYS"
-        case EINTR: "EINTR"
-        case ECANCELED: "ECANCELED"
-        case EOPNOTSUPP: "EOPNOTSUPP"
-        case EPERM: "EPERM"
-        case EACCES: "EACCES"
-        case ENOMEM: "ENOMEM"
-        case EMFILE: "EMFILE"
-        case ENFILE: "ENFILE"
-        case ENOENT: "ENOENT"
-        case ENOTCONN: "ENOTCONN"
-        case ETIMEDOUT: "ETIMEDOUT"
-        case ESTALE: "ESTALE"
-        case EFBIG: "EFBIG"
-        case ENXIO: "ENXIO"
-        case ENODEV: "ENODEV"
-        case EOVERFLOW: "EOVERFLOW"
-        case EREMOTEIO: "EREMOTEIO"
-        case ESHUTDOWN: "ESHUTDOWN"
-        default: "errno_\(errno.rawValue)"
-        }
-    }
-}
+#endif

@@ -1,8 +1,12 @@
+#if NIO
+// Built with the package trait NIO only (its dependency swift-nio is resolved only then).
 import AsyncFsync
 import _NIOFileSystem
 
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #elseif canImport(Musl)
 import Musl
 #endif
@@ -138,3 +142,5 @@ extension AsyncSyncBackend {
         }
     }
 }
+
+#endif

@@ -1,3 +1,5 @@
+#if Logging || Metrics || ServiceLifecycle || NIO
+// What the tests of the traits share; the target is empty without a trait.
 import AsyncFsync
 import Foundation
 import Synchronization
@@ -5,6 +7,10 @@ import Testing
 
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#elseif canImport(Musl)
+import Musl
 #endif
 
 /// Every suite of this target, one at a time: observers are process-wide and cannot be removed,
@@ -52,7 +58,7 @@ let isCI = ProcessInfo.processInfo.environment["CI"] == "true"
 /// it is a loud warning and the test goes on (its assertions still hold, they just prove less).
 func requireDisk(_ path: FilePath, sourceLocation: SourceLocation = #_sourceLocation) throws {
     // The library's probe names the file system (statfs(2)); its result is cached per file system.
-    guard let probe = AsyncSync.probe(directory: path).first, probe.isMemoryFileSystem else { return }
+    guard let probe = AsyncSync.probeBlocking(directory: path).first, probe.isMemoryFileSystem else { return }
     let reason = "\(path) is on \(probe.fileSystem), a memory file system; run the tests from a checkout on disk"
     if isCI {
         Issue.record("cannot run under CI=true: \(reason)", sourceLocation: sourceLocation)
@@ -65,3 +71,5 @@ func requireDisk(_ path: FilePath, sourceLocation: SourceLocation = #_sourceLoca
 func makeBackend(for directory: ScratchDirectory) async throws -> any AsyncSyncBackend {
     try await AsyncSync.makeBackend(directory: directory.path)
 }
+
+#endif

@@ -1,3 +1,5 @@
+#if Metrics
+// The tests of the trait Metrics.
 import AsyncFsync
 import AsyncFsyncMetrics
 import CoreMetrics
@@ -6,6 +8,10 @@ import Testing
 
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#elseif canImport(Musl)
+import Musl
 #endif
 
 /// One metrics observer for the process (observers cannot be removed), recording into its own
@@ -20,6 +26,10 @@ enum MetricsFixture {
 
     static func requests(_ kind: BackendKind, _ mode: SyncMode) throws -> Int64 {
         try factory.expectCounter("test_syncs", [("backend", kind.rawValue), ("mode", "\(mode)")]).totalValue
+    }
+
+    static func systemSyncs(_ kind: BackendKind, _ mode: SyncMode) throws -> Int64 {
+        try factory.expectCounter("test_system_syncs", [("backend", kind.rawValue), ("mode", "\(mode)")]).totalValue
     }
 
     /// The total of a counter, 0 when it was not made yet.
@@ -42,6 +52,7 @@ extension IntegrationsTests {
             let before = (
                 fsync: try MetricsFixture.timerCount(kind, .fsync), fdatasync: try MetricsFixture.timerCount(kind, .fdatasync),
                 fsyncs: try MetricsFixture.requests(kind, .fsync), fdatasyncs: try MetricsFixture.requests(kind, .fdatasync))
+            let systemBefore = (fsync: try MetricsFixture.systemSyncs(kind, .fsync), fdatasync: try MetricsFixture.systemSyncs(kind, .fdatasync))
 
             for _ in 0..<3 { try await backend.fdatasync(fd) }
             for _ in 0..<2 { try await backend.fsync(fd) }
@@ -50,6 +61,9 @@ extension IntegrationsTests {
             #expect(try MetricsFixture.timerCount(kind, .fsync) - before.fsync == 2)
             #expect(try MetricsFixture.requests(kind, .fdatasync) - before.fdatasyncs == 3)
             #expect(try MetricsFixture.requests(kind, .fsync) - before.fsyncs == 2)
+            // One after the other, each call is a sync of its own in the system.
+            #expect(try MetricsFixture.systemSyncs(kind, .fdatasync) - systemBefore.fdatasync == 3)
+            #expect(try MetricsFixture.systemSyncs(kind, .fsync) - systemBefore.fsync == 2)
             let durations = try MetricsFixture.factory.expectTimer(
                 "test_sync_duration", [("backend", kind.rawValue), ("mode", "fsync")]).values.suffix(2)
             #expect(durations.allSatisfy { $0 > 0 })
@@ -57,6 +71,16 @@ extension IntegrationsTests {
                 .filter { $0.dimensions.contains { $0 == ("errno", "EIO") } }
             #expect(failures.isEmpty)
             await backend.shutdown()
+        }
+
+        @Test("A sync the system ran for several requests counts once in system_syncs, each request in syncs")
+        func systemSyncsCounted() throws {
+            let observer = MetricsFixture.observer
+            let before = (system: try MetricsFixture.systemSyncs(.posix, .fsync), requests: try MetricsFixture.requests(.posix, .fsync))
+            observer.systemSyncCompleted(backend: .posix, mode: .fsync, requests: 3, errno: nil)
+            for _ in 0..<3 { observer.syncCompleted(backend: .posix, mode: .fsync, duration: .microseconds(5), error: nil) }
+            #expect(try MetricsFixture.systemSyncs(.posix, .fsync) - before.system == 1)
+            #expect(try MetricsFixture.requests(.posix, .fsync) - before.requests == 3)
         }
 
         @Test("A failed sync (O_PATH descriptor: EBADF) is counted by backend, mode, code and errno")
@@ -163,3 +187,5 @@ extension IntegrationsTests {
         }
     }
 }
+
+#endif

@@ -1,3 +1,5 @@
+#if ServiceLifecycle
+// Built with the package trait ServiceLifecycle only (its dependency swift-service-lifecycle is resolved only then).
 import AsyncFsync
 import ServiceLifecycle
 
@@ -91,3 +93,5 @@ public final class AsyncSyncService: Service, Sendable, CustomStringConvertible 
     /// `AsyncSyncService(` followed by the backend's description and `)`.
     public var description: String { "AsyncSyncService(\(backend))" }
 }
+
+#endif
