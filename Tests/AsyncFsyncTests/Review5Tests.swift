@@ -63,6 +63,37 @@ extension AsyncFsyncTests {
             await group.shutdown()
         }
 
+        /// The threads of this process whose name starts with `prefix` (`/proc/self/task/*/comm`,
+        /// names cut at 15 characters).
+        static func threads(named prefix: String) -> Int {
+            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+            return tasks.count { task in
+                let comm = (try? String(contentsOfFile: "/proc/self/task/\(task)/comm", encoding: .utf8)) ?? ""
+                return comm.hasPrefix(prefix)
+            }
+        }
+
+        @Test("FINDING: every task that waits for AsyncSync.shared while it is being made starts a thread of its own (a 3600 s deadline it never needs)")
+        func sharedWaitersStartNoThreads() async throws {
+            let gate = OneShot<Void>()
+            let shared = SharedBackend(maker: {
+                _ = gate.wait(timeout: .seconds(60))  // the creation is held (a slow probe)
+                return .success(ScriptedBackend())
+            })
+            let before = Self.threads(named: "asyncfsync-tim")
+            let waiters = 16
+            let tasks = (0..<waiters).map { _ in Task { _ = try await shared.backend() } }
+            // On 62f039a each waiter's deadline thread appears within moments and stays until the
+            // backend is made; without them, nothing ever appears: the wait is bounded for that case.
+            let spiked = (try? await waitUntil(timeout: .seconds(5)) {
+                Self.threads(named: "asyncfsync-tim") - before >= waiters / 2
+            }) != nil
+            let started = Self.threads(named: "asyncfsync-tim") - before
+            gate.fulfill(())
+            for task in tasks { try await task.value }
+            #expect(!spiked, "\(started) threads started for \(waiters) tasks waiting for the shared backend")
+        }
+
         @Test("FINDING: AsyncSync.shared's kind, asked for by an observer of its own creation, is a guess (the last kind), not the kind being made")
         func sharedKindFromCreatorIsNotAGuess() async throws {
             let inner = Locked<BackendKind?>(nil)
