@@ -63,6 +63,24 @@ extension AsyncFsyncTests {
             await group.shutdown()
         }
 
+        @Test("FINDING: after GroupCommit.shutdown(), a request whose descriptor statx(2) cannot identify still syncs through the wrapped backend (AsyncSync.shared never refuses)")
+        func groupCommitUnidentifiedAfterShutdown() async throws {
+            let directory = try ScratchDirectory.onDisk()
+            let fd = try directory.file("wal")
+            defer { try? fd.close() }
+            var system = SystemCalls.live
+            system.fileIdentity = { descriptor in
+                descriptor == fd.rawValue ? .failure(.ioError) : SystemCalls.live.fileIdentity(descriptor)
+            }
+            // A wrapped backend that, like AsyncSync.shared, goes on serving after shutdown().
+            let backend = ScriptedBackend()
+            let group = GroupCommit(wrapping: backend, system: system)
+            await group.shutdown()
+            let error = await caughtError { try await group.sync(fd, mode: .fdatasync) }
+            #expect((error as? AsyncSyncError)?.code == .shutDown, "after shutdown(): \(String(describing: error))")
+            #expect(backend.calls == 0)
+        }
+
         /// The threads of this process whose name starts with `prefix` (`/proc/self/task/*/comm`,
         /// names cut at 15 characters).
         static func threads(named prefix: String) -> Int {
