@@ -81,6 +81,35 @@ extension AsyncFsyncTests {
             #expect(backend.calls == 0)
         }
 
+        @Test("FINDING: makeBackend() in a cancelled task does not probe: each probe is judged stuck at once (\"no answer within … a stuck file system?\") and a backend is chosen on that")
+        func makeBackendCancelledIsNotAStuckProbe() async throws {
+            let directory = try ScratchDirectory.onDisk()
+            let seen = Locked<[BackendProbe]>([])
+            final class Selected: AsyncSyncObserver, @unchecked Sendable {
+                let seen: Locked<[BackendProbe]>
+                init(_ seen: Locked<[BackendProbe]>) { self.seen = seen }
+                func backendSelected(_ kind: BackendKind, choice: String, probes: [BackendProbe]) {
+                    seen.withLock { $0 += probes }
+                }
+            }
+            let registration = AsyncSync.addObserver(Selected(seen))
+            defer { AsyncSync.removeObserver(registration) }
+            var configuration = AsyncSync.Configuration()
+            configuration.probeDirectory = directory.path
+            let task = Task {
+                withUnsafeCurrentTask { $0?.cancel() }
+                return try await AsyncSync.makeBackend(configuration)
+            }
+            let outcome: Result<any AsyncSyncBackend, any Error>
+            do { outcome = .success(try await task.value) } catch { outcome = .failure(error) }
+            if case .success(let backend) = outcome { await backend.shutdown() }
+            let stuck = seen.withLock { $0 }.filter { ($0.reason ?? "").contains("no answer within") }
+            // A cancelled caller gets CancellationError; at the least, no probe is reported as a
+            // stuck file system that was never asked.
+            #expect(stuck.isEmpty, "probes judged stuck for a cancelled caller: \(stuck.map { $0.reason ?? "" })")
+            #expect(throws: CancellationError.self) { try outcome.get() }
+        }
+
         /// The threads of this process whose name starts with `prefix` (`/proc/self/task/*/comm`,
         /// names cut at 15 characters).
         static func threads(named prefix: String) -> Int {
