@@ -118,8 +118,18 @@ public final class GroupCommit: AsyncSyncBackend {
         let arrival = try ledger.map { try $0.admit(fd, stamp: $0.stamp(), mode: mode, backend: kind).get() }
             ?? (lateLedger == nil ? nil : 0)
         guard case .success(let file) = system.fileIdentity(fd.rawValue) else {
-            // Not a file we can identify (closed descriptor…): the wrapped backend reports it.
-            return try await wrapped.sync(fd, mode: mode)
+            // Not a file we can identify (closed descriptor…): the wrapped backend reports it. The
+            // wrapped backend stamps its own, later arrival: a success is judged once more against
+            // this request's own (a failure recorded in between counts; unidentified: any counts).
+            // Refused after shutdown(), as on every other path (AsyncSync.shared never refuses).
+            guard state.withLock({ $0.lifecycle == .accepting }) else {
+                throw AsyncSyncError.shutDown(mode, backend: kind, descriptor: fd)
+            }
+            try await wrapped.sync(fd, mode: mode)
+            if let ledger = self.ledger, let arrival, let errno = ledger.judgeSuccess(arrival: arrival, descriptor: fd) {
+                throw AsyncSyncError.concurrentFailure(mode, errno: errno, backend: kind, descriptor: fd)
+            }
+            return
         }
         let id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
         let outcome = await withTaskCancellationHandler {

@@ -46,6 +46,7 @@ public enum AsyncSync {
     ///   capacity out of ``Configuration/capacityRange``, or
     ///   ``AsyncSyncError/Code/backendUnavailable`` when the chosen backend (or, with `auto`,
     ///   every backend) cannot work here; the message carries the probes' reasons.
+    ///   `CancellationError` when the task is cancelled before the probes answered (nothing is made).
     public static func makeBackend(_ configuration: Configuration) async throws -> any AsyncSyncBackend {
         try configuration.validate()
         let (choice, prober, directory) = selection(configuration)
@@ -54,6 +55,9 @@ public enum AsyncSync {
         for kind in kinds {
             probes[kind] = await prober.probe(kind, in: directory)
         }
+        // A cancelled caller's probes were not waited for (each reads "no answer", which would be
+        // false): nothing is chosen on them.
+        try Task.checkCancellation()
         return try makeBackend(choice, prober: prober, directory: directory, configuration: configuration) { kind, _ in
             probes[kind]!
         }

@@ -144,12 +144,10 @@ final class SharedBackend: AsyncSyncBackend, CustomStringConvertible {
         switch outcomeOrCreation() {
         case .ready(let outcome): return try outcome.get()
         case .wait(let pending), .start(let pending):
-            // A cancelled caller throws `CancellationError` instead of waiting (`OneShot.value`
-            // returns at once for it, so looping would spin).
-            while true {
-                if let outcome = await pending.value(timeout: .seconds(3600)) { return try outcome.get() }
-                try Task.checkCancellation()
-            }
+            // No deadline, so no thread per waiter: a caller waits for the one creation, each
+            // probe of which is bounded in time. `nil` only when the task is cancelled.
+            guard let outcome = await pending.value() else { throw CancellationError() }
+            return try outcome.get()
         }
     }
 

@@ -161,6 +161,13 @@ final class OneShot<Value: Sendable>: @unchecked Sendable {
         cancelledDeadlines.remove(id)
     }
 
+    /// Waits without blocking a thread, and without a deadline, until the value arrives; nil when
+    /// the waiting task is cancelled first. Starts no thread: a caller that would wait for ever
+    /// anyway (the shared backend's creation) has no use for a deadline.
+    func value() async -> Value? {
+        await awaitValue()
+    }
+
     /// The value, or nil when the waiting task is cancelled first.
     private func awaitValue() async -> Value? {
         pthread_mutex_lock(mutex)
