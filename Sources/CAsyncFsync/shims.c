@@ -135,6 +135,7 @@ const int casyncfsync_EINPROGRESS = EINPROGRESS;
 const int casyncfsync_AIO_NOTCANCELED = AIO_NOTCANCELED;
 const int casyncfsync_O_PATH = O_PATH;
 const int casyncfsync_F_DUPFD_CLOEXEC = F_DUPFD_CLOEXEC;
+const int casyncfsync_O_DIRECT = O_DIRECT;
 
 int casyncfsync_kcmp_file(int fd1, int fd2) {
 #ifdef SYS_kcmp

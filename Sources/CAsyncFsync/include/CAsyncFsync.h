@@ -81,5 +81,7 @@ extern const int casyncfsync_EINPROGRESS;
 extern const int casyncfsync_AIO_NOTCANCELED;
 extern const int casyncfsync_O_PATH;
 extern const int casyncfsync_F_DUPFD_CLOEXEC;
+/// O_DIRECT (needs _GNU_SOURCE, so Swift does not see it; its value differs between architectures).
+extern const int casyncfsync_O_DIRECT;
 
 #endif
