@@ -1,3 +1,4 @@
+#if os(Linux)
 import CAsyncFsync
 import Foundation
 import SystemPackage
@@ -119,3 +120,4 @@ extension AsyncFsyncTests {
         }
     }
 }
+#endif  // os(Linux)

@@ -65,6 +65,12 @@ int casyncfsync_fstatfs_type(int fd, long *type);
 /// fstat(2) where statx is missing (ENOSYS).
 int casyncfsync_file_status(int fd, uint64_t *device, uint64_t *inode, unsigned *type);
 
+/// statx(2) of fd asking STATX_DIOALIGN (Linux 6.1+): where the kernel and the file system report
+/// it (*reported = 1), the memory and file-offset alignments O_DIRECT needs on this file (both 0:
+/// the file does not support O_DIRECT); always the file's block size (stx_blksize). Where statx is
+/// missing (ENOSYS) or on other systems, fstat(2)'s st_blksize and *reported = 0. 0 or -1 and errno.
+int casyncfsync_dio_alignment(int fd, int *reported, uint32_t *memory, uint32_t *offset, uint32_t *block_size);
+
 /// kcmp(2) of two descriptors of this process with KCMP_FILE: 0 when both refer to one open file
 /// description (one `struct file`), 1 or 2 when they do not (the kernel's order of the two), -1 and
 /// errno on failure (ENOSYS: no kcmp in this kernel; EPERM: a seccomp filter or policy; EBADF).
@@ -81,7 +87,8 @@ extern const int casyncfsync_EINPROGRESS;
 extern const int casyncfsync_AIO_NOTCANCELED;
 extern const int casyncfsync_O_PATH;
 extern const int casyncfsync_F_DUPFD_CLOEXEC;
-/// O_DIRECT (needs _GNU_SOURCE, so Swift does not see it; its value differs between architectures).
+/// O_DIRECT (needs _GNU_SOURCE, so Swift does not see it; its value differs between architectures);
+/// 0 where the system has none.
 extern const int casyncfsync_O_DIRECT;
 
 #endif
