@@ -28,7 +28,10 @@ final class FaultFS {
     static let binary: String? = {
         let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent("FaultFileSystem")
-        let out = "/tmp/asyncfsync-faultfs-\(getuid())"
+        // One directory per checkout (FNV-1a of the source path): checkouts whose faultfs.c differ
+        // would otherwise rebuild one shared binary under each other's running tests.
+        let checkout = source.path.utf8.reduce(UInt64(0xcbf2_9ce4_8422_2325)) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 }
+        let out = "/tmp/asyncfsync-faultfs-\(getuid())-\(String(checkout, radix: 16))"
         guard let (status, output) = try? runCommand(["bash", source.appendingPathComponent("build.sh").path, out]),
               status == 0 else {
             print("⚠️  faultfs did not build")
