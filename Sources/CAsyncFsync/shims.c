@@ -167,6 +167,11 @@ const int casyncfsync_O_PATH = O_PATH;
 const int casyncfsync_O_PATH = 0;
 #endif
 const int casyncfsync_F_DUPFD_CLOEXEC = F_DUPFD_CLOEXEC;
+#ifdef O_DIRECT
+const int casyncfsync_O_DIRECT = O_DIRECT;
+#else
+const int casyncfsync_O_DIRECT = 0;  // Darwin: F_NOCACHE instead, out of scope
+#endif
 
 int casyncfsync_full_fsync(int fd) {
 #if defined(F_FULLFSYNC)
@@ -194,5 +199,56 @@ int casyncfsync_file_status(int fd, uint64_t *device, uint64_t *inode, unsigned 
     *device = (uint64_t)fallback.st_dev;
     *inode = (uint64_t)fallback.st_ino;
     *type = (unsigned)(fallback.st_mode & S_IFMT);
+    return 0;
+}
+
+// The direct I/O alignments of statx(2) (Linux 6.1+). glibc takes struct statx from the kernel's
+// <linux/stat.h> when it is installed; without it (or with headers older than 6.1) the struct has
+// no stx_dio_* fields, so the shim then declares the kernel's layout itself (a stable ABI: the
+// struct only grows into its spare space).
+#if defined(__linux__) && defined(STATX_INO)
+#if defined(STATX_DIOALIGN) && !defined(CASYNCFSYNC_OWN_STATX)
+typedef struct statx dio_statx;
+#else
+#ifndef STATX_DIOALIGN
+#define STATX_DIOALIGN 0x00002000U
+#endif
+typedef struct {
+    uint32_t stx_mask, stx_blksize;
+    uint64_t stx_attributes;
+    uint32_t stx_nlink, stx_uid, stx_gid;
+    uint16_t stx_mode, spare0;
+    uint64_t stx_ino, stx_size, stx_blocks, stx_attributes_mask;
+    struct { int64_t sec; uint32_t nsec; int32_t reserved; } stx_times[4];
+    uint32_t stx_rdev_major, stx_rdev_minor, stx_dev_major, stx_dev_minor;
+    uint64_t stx_mnt_id;
+    uint32_t stx_dio_mem_align, stx_dio_offset_align;
+    uint64_t spare3[12];
+} dio_statx;
+_Static_assert(sizeof(dio_statx) == 0x100, "the kernel's struct statx is 256 bytes");
+_Static_assert(__builtin_offsetof(dio_statx, stx_dio_mem_align) == 0x98, "stx_dio_mem_align at 0x98");
+#endif
+#endif
+
+int casyncfsync_dio_alignment(int fd, int *reported, uint32_t *memory, uint32_t *offset, uint32_t *block_size) {
+    *reported = 0;
+    *memory = *offset = 0;
+#if defined(__linux__) && defined(STATX_INO)
+    dio_statx info;
+    memset(&info, 0, sizeof info);
+    if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, (struct statx *)&info) == 0) {
+        *block_size = info.stx_blksize;
+        if (info.stx_mask & STATX_DIOALIGN) {
+            *reported = 1;
+            *memory = info.stx_dio_mem_align;
+            *offset = info.stx_dio_offset_align;
+        }
+        return 0;
+    }
+    if (errno != ENOSYS) return -1;
+#endif
+    struct stat fallback;
+    if (fstat(fd, &fallback) != 0) return -1;
+    *block_size = fallback.st_blksize > 0 ? (uint32_t)fallback.st_blksize : 0;
     return 0;
 }

@@ -28,7 +28,10 @@ final class FaultFS {
     static let binary: String? = {
         let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent("FaultFileSystem")
-        let out = "/tmp/asyncfsync-faultfs-\(getuid())"
+        // One directory per checkout (FNV-1a of the source path): checkouts whose faultfs.c differ
+        // would otherwise rebuild one shared binary under each other's running tests.
+        let checkout = source.path.utf8.reduce(UInt64(0xcbf2_9ce4_8422_2325)) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 }
+        let out = "/tmp/asyncfsync-faultfs-\(getuid())-\(String(checkout, radix: 16))"
         guard let (status, output) = try? runCommand(["bash", source.appendingPathComponent("build.sh").path, out]),
               status == 0 else {
             print("⚠️  faultfs did not build")
@@ -41,7 +44,10 @@ final class FaultFS {
     /// Mounts a new instance; `writebackCache` lets the kernel cache writes and send them to the
     /// file system only at writeback (during fsync); `powerLoss` starts it in power-loss mode,
     /// with the (empty) backing directory as the durable state.
-    init(writebackCache: Bool = false, powerLoss: Bool = false) throws {
+    /// `directIO` makes every file the mount opens `FOPEN_DIRECT_IO` (no page cache, as libfuse's
+    /// `direct_io` option would): a short reply to a write then reaches the caller's `pwrite(2)` as
+    /// a short count, with or without `O_DIRECT` (Tests/FaultFileSystem/README.md, "Write faults").
+    init(writebackCache: Bool = false, powerLoss: Bool = false, directIO: Bool = false) throws {
         base = FilePath("/tmp").appending("asyncfsync-fuse-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         mountPoint = base.appending("mnt")
         backing = base.appending("backing")
@@ -52,6 +58,7 @@ final class FaultFS {
         daemon.arguments = [backing.string, mountPoint.string, "-f", "-o", "auto_unmount"]
             + (writebackCache ? ["--writeback-cache"] : [])
             + (powerLoss ? ["--power-loss"] : [])
+            + (directIO ? ["--direct-io"] : [])
         daemon.standardOutput = FileHandle.nullDevice
         daemon.standardError = FileHandle.nullDevice
         try daemon.run()
@@ -90,6 +97,32 @@ final class FaultFS {
     }
 
     func counter(_ name: String) throws -> Int { Int(try status()[name] ?? "") ?? -1 }
+
+    /// The fault the write handler injects: an errno answered without writing, or a short write
+    /// that writes and reports only the first bytes.
+    enum WriteFault {
+        case errno(Errno)
+        /// Half of each write (rounded down).
+        case half
+        /// At most this many bytes of each write.
+        case atMost(Int)
+    }
+
+    /// Injects `fault` into the next `count` writes of file data (`nil`: every one) whose path
+    /// contains `matching` (`nil`: all paths); earlier write faults are replaced.
+    func injectWriteFault(_ fault: WriteFault, count: Int? = nil, matching: String? = nil) throws {
+        let what = switch fault {
+        case .errno(let errno): "write_errno=\(errno.rawValue) short_write=0"
+        case .half: "write_errno=0 short_write=half"
+        case .atMost(let bytes): "write_errno=0 short_write=\(bytes)"
+        }
+        try control("\(what) write_count=\(count ?? -1) write_match=\(matching ?? "")")
+    }
+
+    /// Switches the write faults off.
+    func clearWriteFaults() throws {
+        try control("write_errno=0 short_write=0 write_count=-1 write_match=")
+    }
 
     /// Power-loss mode: writes what a power cut now would leave into a fresh directory and
     /// returns it (removed with the file system). The mount keeps working; call it again later

@@ -1,6 +1,6 @@
 // faultfs: a passthrough FUSE file system whose fsync handler injects errnos, for tests.
 //
-//   faultfs BACKING_DIR MOUNTPOINT [--writeback-cache] [--power-loss] [-f] [-o auto_unmount,...]
+//   faultfs BACKING_DIR MOUNTPOINT [--writeback-cache] [--direct-io] [--power-loss] [-f] [-o auto_unmount,...]
 //
 // Control: the virtual file /.faultfs at the mount root. Write one line of key=value words:
 //   errno=EIO|ENOSPC|EDQUOT|EROFS|EPERM|ENOMEM|ENOTCONN|EINTR|EACCES|<number>|0
@@ -11,8 +11,10 @@
 //   reset                       everything back to defaults, counters to zero
 // Read it for one line: fsync=N fdatasync=N injected=N errno=N op=... count=N match=... delay_ms=N
 //   inflight=N max_inflight=N   (fsync handlers running now / the most at once since the reset)
-//   write_errno=N failed_writes=N
-// Control also takes write_errno=EIO (writes of file data fail; 0 = none). Mount option
+//   write_errno=N failed_writes=N short_write=N write_count=N write_match=... writes=N short_writes=N
+// Write faults: write_errno=EIO (writes of file data fail; 0 = none), short_write=half|N (a write
+// writes and reports only its first half / first N bytes; 0 = off; write_errno wins), for the
+// next write_count=N writes (-1: all) of paths containing write_match=SUBSTRING. Mount option
 // --writeback-cache makes the kernel cache writes and send them at writeback.
 // Power-loss mode (--power-loss, or power_loss=1 / power_loss=0): see "Power-loss mode" below;
 // crash=/ABS/DIR writes the durable state there, /.faultfs-durable/PATH reads one file's durable
@@ -56,10 +58,17 @@ static struct {
     long inflight, max_inflight;  // fsync handlers running now, and the most at once
     int write_error;              // 0: writes of file data succeed
     long failed_writes;
-} state = {PTHREAD_MUTEX_INITIALIZER, 0, 3, -1, "", 0, 0, 0, 0, 0, 0, 0, 0};
+    long short_write;             // 0: off; > 0: write at most this many bytes; -1: half of each
+    long write_count;             // write faults left (-1: unlimited)
+    char write_match[256];        // write faults only for paths containing this (empty: all)
+    long writes, short_writes;    // writes of file data seen; those made short
+} state = {PTHREAD_MUTEX_INITIALIZER, 0, 3, -1, "", 0, 0, 0, 0, 0, 0, 0, 0, 0, -1, "", 0, 0};
 
 // --writeback-cache: the kernel caches writes and sends them at writeback (during fsync).
 static int writeback_cache = 0;
+// --direct-io: every open file is FOPEN_DIRECT_IO (the mount's files bypass the page cache, as
+// with libfuse's direct_io option, which this libfuse's option parser does not take).
+static int direct_io = 0;
 
 static void pl_reset_counters(void);
 
@@ -74,13 +83,22 @@ static void reset_state(void) {
     state.max_inflight = state.inflight;
     state.write_error = 0;
     state.failed_writes = 0;
+    state.short_write = 0;
+    state.write_count = -1;
+    state.write_match[0] = 0;
+    state.writes = state.short_writes = 0;
 }
 
 // With --writeback-cache the kernel reads pages of files opened write-only (to fill partial
 // pages) and applies O_APPEND itself, writing back at explicit offsets: open the backing file
 // read-write and without O_APPEND (as libfuse's passthrough example does), or those reads fail
 // with EBADF and the writebacks land at the end of the file.
+//
+// O_DIRECT is never passed on: it governs the caller's path through the kernel (the FUSE
+// request is made without the page cache), not the daemon's own I/O, and the buffers libfuse
+// hands the write handler are not aligned, so a backing O_DIRECT write would fail with EINVAL.
 static int backing_flags(int flags) {
+    flags &= ~O_DIRECT;
     if (!writeback_cache) return flags;
     if ((flags & O_ACCMODE) == O_WRONLY) flags = (flags & ~O_ACCMODE) | O_RDWR;
     return flags & ~O_APPEND;
@@ -663,6 +681,16 @@ static int apply_control(char *line) {
         } else if (strcmp(word, "write_errno") == 0) {
             int e = parse_errno(value);
             if (e < 0 || e >= 512) result = -EINVAL; else state.write_error = e;
+        } else if (strcmp(word, "short_write") == 0) {
+            char *end;
+            long n = strtol(value, &end, 10);
+            if (strcmp(value, "half") == 0) state.short_write = -1;
+            else if (*value && !*end && n >= 0) state.short_write = n;
+            else result = -EINVAL;
+        } else if (strcmp(word, "write_count") == 0) {
+            state.write_count = strtol(value, NULL, 10);
+        } else if (strcmp(word, "write_match") == 0) {
+            snprintf(state.write_match, sizeof state.write_match, "%s", value);
         } else {
             result = -EINVAL;
         }
@@ -677,11 +705,14 @@ static int status_line(char *out, size_t size) {
     int n = snprintf(out, size,
                      "fsync=%ld fdatasync=%ld injected=%ld errno=%d op=%s count=%ld match=%s delay_ms=%ld"
                      " inflight=%ld max_inflight=%ld write_errno=%d failed_writes=%ld"
+                     " short_write=%ld write_count=%ld write_match=%s writes=%ld short_writes=%ld"
                      " power_loss=%d snapshots=%ld dir_snapshots=%ld\n",
                      state.fsyncs, state.fdatasyncs, state.injected, state.error,
                      state.ops == 1 ? "fsync" : state.ops == 2 ? "fdatasync" : "both",
                      state.count, state.match, state.delay_ms, state.inflight, state.max_inflight,
-                     state.write_error, state.failed_writes, pl.enabled, pl.snapshots, pl.dir_snapshots);
+                     state.write_error, state.failed_writes, state.short_write, state.write_count,
+                     state.write_match, state.writes, state.short_writes,
+                     pl.enabled, pl.snapshots, pl.dir_snapshots);
     pthread_mutex_unlock(&pl.lock);
     pthread_mutex_unlock(&state.lock);
     return n;
@@ -786,6 +817,7 @@ static int fs_create(const char *path, mode_t mode, struct fuse_file_info *fi) {
     pthread_mutex_unlock(&pl.lock);
     if (fd < 0) return -saved;
     fi->fh = (uint64_t)fd;
+    if (direct_io) fi->direct_io = 1;
     return 0;
 }
 
@@ -800,6 +832,7 @@ static int fs_open(const char *path, struct fuse_file_info *fi) {
     int fd = open(real, backing_flags(fi->flags));
     if (fd < 0) return -errno;
     fi->fh = (uint64_t)fd;
+    if (direct_io) fi->direct_io = 1;
     return 0;
 }
 
@@ -827,12 +860,26 @@ static int fs_write(const char *path, const char *buf, size_t size, off_t offset
         return result < 0 ? result : (int)size;
     }
     if (is_durable_view(path)) return -EROFS;
+    // A write fault (write_errno, else short_write) applies to the next write_count writes whose
+    // path contains write_match; an errno is answered without writing, a short write writes the
+    // first bytes and reports only those.
     pthread_mutex_lock(&state.lock);
-    int injected = state.write_error;
-    if (injected) state.failed_writes++;
+    state.writes++;
+    int injected = 0;
+    size_t allowed = size;
+    int applies = (state.write_error != 0 || state.short_write != 0) && state.write_count != 0
+        && (state.write_match[0] == 0 || (path && strstr(path, state.write_match) != NULL));
+    if (applies && state.write_error) {
+        injected = state.write_error;
+        state.failed_writes++;
+    } else if (applies) {
+        allowed = state.short_write < 0 ? size / 2 : (size_t)state.short_write;
+        if (allowed < size) state.short_writes++; else { allowed = size; applies = 0; }  // not short: no fault
+    }
+    if (applies && state.write_count > 0) state.write_count--;
     pthread_mutex_unlock(&state.lock);
     if (injected) return -injected;
-    ssize_t n = pwrite((int)fi->fh, buf, size, offset);
+    ssize_t n = pwrite((int)fi->fh, buf, allowed, offset);
     return n < 0 ? -errno : (int)n;
 }
 
@@ -981,6 +1028,7 @@ int main(int argc, char *argv[]) {
     for (int i = 2; i < argc; i++) {  // our own flags, not libfuse's
         if (strcmp(argv[i], "--writeback-cache") == 0) writeback_cache = 1;
         else if (strcmp(argv[i], "--power-loss") == 0) power_loss = 1;
+        else if (strcmp(argv[i], "--direct-io") == 0) direct_io = 1;
         else argv[kept++] = argv[i];
     }
     argc = kept;

@@ -166,7 +166,7 @@ extension AsyncSyncError {
 
     /// What was being done when an ``AsyncSyncError`` happened.
     public struct Operation: Hashable, Sendable, CustomStringConvertible {
-        private enum Base: Hashable, Sendable { case fsync, fdatasync, setup, probe }
+        private enum Base: Hashable, Sendable { case fsync, fdatasync, setup, probe, write }
         private var base: Base
         private init(_ base: Base) { self.base = base }
 
@@ -179,6 +179,10 @@ extension AsyncSyncError {
         /// Probing whether a backend works (see ``AsyncSync/probe(directory:)``).
         public static let probe = Operation(.probe)
 
+        /// A write of a buffer to a file, and what is checked before one: an ``AlignedBuffer``'s
+        /// allocation, a file's ``DirectIOAlignment`` and a request's alignment.
+        public static let write = Operation(.write)
+
         /// The operation of a sync in `mode`.
         public static func sync(_ mode: SyncMode) -> Operation {
             mode == .fsync ? .fsync : .fdatasync
@@ -187,13 +191,14 @@ extension AsyncSyncError {
         /// Whether this is ``fsync`` or ``fdatasync``.
         public var isSync: Bool { base == .fsync || base == .fdatasync }
 
-        /// The operation's name: `"fsync"`, `"fdatasync"`, `"setup"` or `"probe"`.
+        /// The operation's name: `"fsync"`, `"fdatasync"`, `"setup"`, `"probe"` or `"write"`.
         public var description: String {
             switch base {
             case .fsync: "fsync"
             case .fdatasync: "fdatasync"
             case .setup: "setup"
             case .probe: "probe"
+            case .write: "write"
             }
         }
     }

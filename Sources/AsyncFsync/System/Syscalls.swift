@@ -258,6 +258,9 @@ struct SystemCalls: Sendable {
     /// file description (``system_kcmp_file(_:_:)``). Only the Linux engine shares syncs.
     var kcmpFile: @Sendable (CInt, CInt) -> Result<Bool, Errno> { didSet { renew() } }
     #endif
+    /// `statx(2)` with `STATX_DIOALIGN`: the `O_DIRECT` alignments of a file where the kernel
+    /// reports them, and its block size (``system_dio_alignment(_:)``).
+    var directIOAlignment: @Sendable (CInt) -> Result<DirectIOReport, Errno> { didSet { renew() } }
 
     #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
     /// The real system.
@@ -285,7 +288,8 @@ struct SystemCalls: Sendable {
         noteMemory: { _, _, _ in },
         syncNow: system_sync_now,
         durableSync: system_durable_sync,
-        kcmpFile: system_kcmp_file
+        kcmpFile: system_kcmp_file,
+        directIOAlignment: system_dio_alignment
     )
     #else
     /// The real system.
@@ -299,7 +303,8 @@ struct SystemCalls: Sendable {
         fileStatus: system_fstat_status,
         noteMemory: { _, _, _ in },
         syncNow: system_sync_now,
-        durableSync: system_durable_sync
+        durableSync: system_durable_sync,
+        directIOAlignment: system_dio_alignment
     )
     #endif
 }
@@ -459,6 +464,46 @@ func system_kcmp_file(_ fd1: CInt, _ fd2: CInt) -> Result<Bool, Errno> {
     valueOrErrno(casyncfsync_kcmp_file(fd1, fd2)).map { $0 == 0 }
 }
 #endif
+
+// MARK: Direct I/O (O_DIRECT alignment, aligned memory)
+
+/// What `statx(2)` with `STATX_DIOALIGN` says of a file (``DirectIOAlignment`` applies the rule).
+struct DirectIOReport: Hashable, Sendable {
+    /// Whether the kernel and the file system reported the alignments (`STATX_DIOALIGN` in
+    /// `stx_mask`; Linux 6.1+, and only file systems that implement it).
+    var reported: Bool
+    /// `stx_dio_mem_align` (0 when not reported, or when the file does not support `O_DIRECT`).
+    var memoryAlignment: UInt32
+    /// `stx_dio_offset_align` (0 likewise).
+    var offsetAlignment: UInt32
+    /// `stx_blksize` (`st_blksize` where `statx(2)` is missing).
+    var blockSize: UInt32
+}
+
+/// `statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN)`; `fstat(2)`'s block size where statx is missing.
+func system_dio_alignment(_ fd: CInt) -> Result<DirectIOReport, Errno> {
+    var reported: CInt = 0
+    var memory: UInt32 = 0
+    var offset: UInt32 = 0
+    var blockSize: UInt32 = 0
+    return valueOrErrno(casyncfsync_dio_alignment(fd, &reported, &memory, &offset, &blockSize)).map { _ in
+        DirectIOReport(reported: reported != 0, memoryAlignment: memory, offsetAlignment: offset, blockSize: blockSize)
+    }
+}
+
+/// `posix_memalign(3)` (which returns the errno itself): `byteCount` bytes at an address that is a
+/// multiple of `alignment` (a power of two; raised to the pointer size, the least it accepts).
+func system_aligned_allocate(_ byteCount: Int, _ alignment: Int) -> Result<UnsafeMutableRawPointer, Errno> {
+    var memory: UnsafeMutableRawPointer?
+    let result = posix_memalign(&memory, max(alignment, MemoryLayout<UnsafeRawPointer>.size), byteCount)
+    guard result == 0, let memory else { return .failure(Errno(rawValue: result == 0 ? ENOMEM : result)) }
+    return .success(memory)
+}
+
+/// `free(3)` of memory from ``system_aligned_allocate(_:_:)``.
+func system_aligned_free(_ memory: UnsafeMutableRawPointer) {
+    free(memory)
+}
 
 // MARK: Sleeping and yielding (no table entry: nothing to inject)
 

@@ -70,6 +70,12 @@ int casyncfsync_eventfd_read(int fd, uint64_t *value);
 /// memfd_create(name, MFD_CLOEXEC).
 int casyncfsync_memfd(const char *name);
 
+/// statx(2) of fd asking STATX_DIOALIGN (Linux 6.1+): where the kernel and the file system report
+/// it (*reported = 1), the memory and file-offset alignments O_DIRECT needs on this file (both 0:
+/// the file does not support O_DIRECT); always the file's block size (stx_blksize). Where statx is
+/// missing (ENOSYS) or on other systems, fstat(2)'s st_blksize and *reported = 0. 0 or -1 and errno.
+int casyncfsync_dio_alignment(int fd, int *reported, uint32_t *memory, uint32_t *offset, uint32_t *block_size);
+
 /// kcmp(2) of two descriptors of this process with KCMP_FILE: 0 when both refer to one open file
 /// description (one `struct file`), 1 or 2 when they do not (the kernel's order of the two), -1 and
 /// errno on failure (ENOSYS: no kcmp in this kernel; EPERM: a seccomp filter or policy; EBADF).
@@ -107,5 +113,8 @@ int casyncfsync_full_fsync(int fd);
 /// O_PATH where the system has it (Linux), 0 elsewhere (no descriptor has the flag).
 extern const int casyncfsync_O_PATH;
 extern const int casyncfsync_F_DUPFD_CLOEXEC;
+/// O_DIRECT (needs _GNU_SOURCE, so Swift does not see it; its value differs between architectures);
+/// 0 where the system has none.
+extern const int casyncfsync_O_DIRECT;
 
 #endif
