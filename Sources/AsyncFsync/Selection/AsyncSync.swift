@@ -147,8 +147,28 @@ public enum AsyncSync {
             return result
         }
         let chosen = "\(environmentVariable)=\(choice)"
-        Observers.forEach { $0.backendSelected(backend.kind, choice: chosen, probes: probes) }
+        let kind = backend.kind
+        announceSelection { Observers.forEach { $0.backendSelected(kind, choice: chosen, probes: probes) } }
         return backend
+    }
+
+    /// Where the announcements of a selection go while ``shared`` is being made: they run once the
+    /// made backend is published, so that an observer asking ``shared`` (its kind, its executors)
+    /// gets the backend made, not an answer for a backend that does not exist yet.
+    final class DeferredAnnouncements: @unchecked Sendable {  // used by the one creating thread
+        var pending: [() -> Void] = []
+    }
+
+    @TaskLocal static var deferredAnnouncements: DeferredAnnouncements?
+
+    /// Tells the observers of a selection now, or, while ``shared`` is being made, once it is
+    /// published.
+    static func announceSelection(_ announce: @escaping () -> Void) {
+        if let deferred = deferredAnnouncements {
+            deferred.pending.append(announce)
+        } else {
+            announce()
+        }
     }
 
     private static func choose(

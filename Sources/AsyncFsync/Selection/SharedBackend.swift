@@ -120,14 +120,18 @@ final class SharedBackend: AsyncSyncBackend, CustomStringConvertible {
         guard case .start(let pending) = step else { return step }
         let create: @Sendable () -> Void = { [self] in
             creator.store(system_thread_id(), ordering: .releasing)
-            let outcome = maker()
-            creator.store(0, ordering: .releasing)
+            // The observers are told of the selection once the backend is published (below): one
+            // that asks this shared backend for its kind or executors then gets the made one's.
+            let announcements = AsyncSync.DeferredAnnouncements()
+            let outcome = AsyncSync.$deferredAnnouncements.withValue(announcements) { maker() }
             state.withLock { state in
                 state = .made(outcome)
                 if case .success(let backend) = outcome {
                     made.store(Unmanaged.passRetained(Made(backend)), ordering: .releasing)
                 }
             }
+            creator.store(0, ordering: .releasing)
+            for announce in announcements.pending { announce() }
             pending.fulfill(outcome)
         }
         // On a thread of its own: a cancelled first caller must not decide the process-wide backend,
