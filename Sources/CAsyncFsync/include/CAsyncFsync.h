@@ -70,11 +70,6 @@ int casyncfsync_eventfd_read(int fd, uint64_t *value);
 /// memfd_create(name, MFD_CLOEXEC).
 int casyncfsync_memfd(const char *name);
 
-/// statx(2) of fd asking STATX_DIOALIGN (Linux 6.1+): where the kernel and the file system report
-/// it (*reported = 1), the memory and file-offset alignments O_DIRECT needs on this file (both 0:
-/// the file does not support O_DIRECT); always the file's block size (stx_blksize). Where statx is
-/// missing (ENOSYS) or on other systems, fstat(2)'s st_blksize and *reported = 0. 0 or -1 and errno.
-int casyncfsync_dio_alignment(int fd, int *reported, uint32_t *memory, uint32_t *offset, uint32_t *block_size);
 
 /// kcmp(2) of two descriptors of this process with KCMP_FILE: 0 when both refer to one open file
 /// description (one `struct file`), 1 or 2 when they do not (the kernel's order of the two), -1 and
@@ -86,6 +81,12 @@ int casyncfsync_kcmp_file(int fd1, int fd2);
 extern const int casyncfsync_EINPROGRESS;
 extern const int casyncfsync_AIO_NOTCANCELED;
 #endif  // CASYNCFSYNC_LINUX_AIO
+
+/// statx(2) of fd asking STATX_DIOALIGN (Linux 6.1+): where the kernel and the file system report
+/// it (*reported = 1), the memory and file-offset alignments O_DIRECT needs on this file (both 0:
+/// the file does not support O_DIRECT); always the file's block size (stx_blksize). Where statx is
+/// missing (ENOSYS) or on other systems, fstat(2)'s st_blksize and *reported = 0. 0 or -1 and errno.
+int casyncfsync_dio_alignment(int fd, int *reported, uint32_t *memory, uint32_t *offset, uint32_t *block_size);
 
 // MARK: Every platform (-1 and errno)
 /// fstatfs(fd)->f_type into *type; 0 or -1 and errno (Linux: the file system's magic number;
