@@ -200,7 +200,11 @@ extension AsyncFsyncTests {
                 let seen = atIdentity.load(ordering: .acquiring)
                 pause.store(Int.random(in: 0...40, using: &generator), ordering: .relaxed)
                 let follower = Task { try await group.sync(followerFD, mode: .fdatasync) }
-                while atIdentity.load(ordering: .acquiring) == seen { await Task.yield() }
+                let deadline = ContinuousClock.now + .seconds(30)
+                while atIdentity.load(ordering: .acquiring) == seen {
+                    guard ContinuousClock.now < deadline else { throw WaitTimedOut(timeout: .seconds(30)) }
+                    await Task.yield()
+                }
                 Self.spin(microseconds: Int.random(in: 0...30, using: &generator))
                 backend.scripted.release(upTo: 1_000)  // the leader's sync fails with EIO, recorded, and hands off
                 _ = await caughtError { try await leader.value }
