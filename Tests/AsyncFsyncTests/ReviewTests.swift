@@ -56,6 +56,14 @@ final class HoldingObserver: AsyncSyncObserver {
     private struct State { var armed = false; var holding = false; var released = false }
     private let state = Locked(State())
 
+    /// A shared backend whose creation holds in ``holdHere()`` (when armed) before it selects.
+    func holdingSharedBackend() -> SharedBackend {
+        SharedBackend(maker: { [self] in
+            holdHere()
+            return SharedBackend.environmentMaker()
+        })
+    }
+
     static let shared: HoldingObserver = {
         let observer = HoldingObserver()
         AsyncSync.addObserver(observer)
@@ -67,6 +75,13 @@ final class HoldingObserver: AsyncSyncObserver {
     var isHolding: Bool { state.withLock { $0.holding } }
 
     func backendSelected(_ kind: BackendKind, choice: String, probes: [BackendProbe]) {
+        holdHere()
+    }
+
+    /// Holds the caller while armed, until released. The observers of the shared backend's
+    /// selection are told only once it is made, so a test that holds its creation makes the
+    /// shared backend with a maker that holds here first (``holdingSharedBackend()``).
+    func holdHere() {
         let hold = state.withLock { state -> Bool in
             guard state.armed else { return false }
             state.armed = false
@@ -775,7 +790,7 @@ extension AsyncFsyncTests {
         @Test("FINDING: a cancelled task waiting for AsyncSync.shared's first creation neither spins nor waits for it")
         func sharedBackendCancelledWaiterSpins() async throws {
             let observer = HoldingObserver.shared
-            let shared = SharedBackend()
+            let shared = observer.holdingSharedBackend()
             observer.arm()
             let maker = Watched { try await shared.backend() }
             try #require(await eventually(10) { observer.isHolding }, "the first creation reached its selection")
@@ -860,7 +875,7 @@ extension AsyncFsyncTests {
         @Test("FINDING: every concurrent first caller of AsyncSync.shared gets the backend when it is made")
         func sharedBackendConcurrentFirstUse() async throws {
             let observer = HoldingObserver.shared
-            let shared = SharedBackend()
+            let shared = observer.holdingSharedBackend()
             observer.arm()
             let maker = Watched { try await shared.backend() }
             try #require(await eventually(10) { observer.isHolding }, "the first creation reached its selection")
@@ -962,7 +977,7 @@ extension AsyncFsyncTests {
             let fd = try fs.open("wal")
             defer { try? fd.close() }
             let observer = HoldingObserver.shared
-            let shared = SharedBackend()
+            let shared = observer.holdingSharedBackend()
             let group = GroupCommit(wrapping: shared, delay: .milliseconds(300))
             try fs.control("reset")
             try fs.control("delay_ms=300")

@@ -88,12 +88,15 @@ final class SharedBackend: AsyncSyncBackend, CustomStringConvertible {
 
     /// The process's shared backend: the configuration from the environment.
     convenience init() {
-        self.init(maker: {
-            Result { () throws(AsyncSyncError) -> any AsyncSyncBackend in
-                let configuration = try AsyncSync.Configuration(environment: nil)
-                return try AsyncSync.makeBackendBlocking(configuration)
-            }
-        })
+        self.init(maker: Self.environmentMaker)
+    }
+
+    /// Makes the backend of the environment's configuration (blocking).
+    static let environmentMaker: Making = {
+        Result { () throws(AsyncSyncError) -> any AsyncSyncBackend in
+            let configuration = try AsyncSync.Configuration(environment: nil)
+            return try AsyncSync.makeBackendBlocking(configuration)
+        }
     }
 
     /// A shared backend whose creation is `maker` (tests: count the backends made, hold one).
