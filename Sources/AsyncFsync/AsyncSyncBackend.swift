@@ -42,6 +42,49 @@ public protocol AsyncSyncBackend: Sendable {
     ///   when the task was cancelled before the request was handed to the system.
     func sync(_ fd: FileDescriptor, mode: SyncMode) async throws
 
+    /// Writes all of `buffer` to `fd` at `offset` without blocking a thread.
+    ///
+    /// The write is handed to the system (`IOCB_CMD_PWRITE` on ``LibaioBackend``, `aio_write(3)` on
+    /// ``PosixAIOBackend``). A short write is continued until the whole buffer is written or the
+    /// system reports an error. On a buffered file the data reaches the page cache, not the disk:
+    /// a later ``sync(_:mode:)`` of the same descriptor makes it durable. That sync covers every
+    /// write this backend accepted for the descriptor before the sync was asked for, including
+    /// writes still in flight (it waits for them); writes accepted after it are not waited for.
+    ///
+    /// - Parameters:
+    ///   - fd: An open descriptor of a regular file, open for writing. It must stay open until this
+    ///     call returns. On an `O_DIRECT` descriptor, `buffer`'s address and count and `offset`
+    ///     must be multiples of the file's ``DirectIOAlignment`` (use ``AlignedBuffer``).
+    ///   - buffer: The bytes to write. The memory must stay valid and unchanged until this call
+    ///     returns: once handed to the system the write is never abandoned, not even when the task
+    ///     is cancelled.
+    ///   - offset: Where in the file the first byte goes (`>= 0`).
+    /// - Throws: ``AsyncSyncError`` with operation ``AsyncSyncError/Operation/write`` and the errno
+    ///   (`ENOSPC`, `EDQUOT`, `EFBIG`, `EIO`, `EBADF`, `EINVAL` for a misaligned `O_DIRECT` request,
+    ///   …); ``AsyncSyncError/Code/shutDown`` after ``shutdown()``; `CancellationError` when the task
+    ///   was cancelled before the write was handed to the system. A failed write is not a durability
+    ///   failure: nothing of it is recorded against later syncs of the file (docs/errors.md).
+    func write(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64) async throws
+
+    /// Writes all of `buffer` to `fd` at `offset` and makes the written data durable, like a write
+    /// followed by `fdatasync(2)`, without blocking a thread.
+    ///
+    /// It returns only once the data is durable, through a sync that started after the write
+    /// completed. On an `O_DIRECT` descriptor, ``LibaioBackend`` submits one `IOCB_CMD_PWRITE` with
+    /// `RWF_DSYNC`; on a buffered file the write is followed by an `fdatasync` shared by the file's
+    /// concurrent durable writes and syncs; ``PosixAIOBackend`` uses `aio_write(3)` then
+    /// `aio_fsync(O_DSYNC, …)`.
+    ///
+    /// - Parameters:
+    ///   - fd: As for ``write(_:from:at:)``.
+    ///   - buffer: As for ``write(_:from:at:)``.
+    ///   - offset: As for ``write(_:from:at:)``.
+    /// - Throws: A failure of the write part as for ``write(_:from:at:)``; a failure of its
+    ///   durability with operation ``AsyncSyncError/Operation/durableWrite`` (one `RWF_DSYNC` write)
+    ///   or ``AsyncSyncError/Operation/fdatasync`` (the sync after a buffered write). Such a failure
+    ///   is sticky like a failed sync (``AsyncSyncError/isDurabilityFailure``).
+    func durableWrite(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64) async throws
+
     /// Forgets an earlier durability failure of the file `fd` refers to, so that its syncs run again.
     ///
     /// After a sync of a file failed with a durability error (``AsyncSyncError/isDurabilityFailure``),
@@ -104,6 +147,30 @@ extension AsyncSyncBackend {
     /// The default for backends that keep no failures: there is nothing to forget.
     @discardableResult
     public func clearFailure(of fd: FileDescriptor) throws -> Bool { false }
+
+    /// The default for backends that cannot write: throws
+    /// ``AsyncSyncError/Code/backendUnavailable``.
+    ///
+    /// - Parameters:
+    ///   - fd: The descriptor.
+    ///   - buffer: The bytes.
+    ///   - offset: The offset.
+    /// - Throws: Always ``AsyncSyncError/Code/backendUnavailable``.
+    public func write(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64) async throws {
+        throw AsyncSyncError.writesUnsupported(kind, operation: .write, descriptor: fd)
+    }
+
+    /// The default for backends that cannot write: throws
+    /// ``AsyncSyncError/Code/backendUnavailable``.
+    ///
+    /// - Parameters:
+    ///   - fd: The descriptor.
+    ///   - buffer: The bytes.
+    ///   - offset: The offset.
+    /// - Throws: Always ``AsyncSyncError/Code/backendUnavailable``.
+    public func durableWrite(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64) async throws {
+        throw AsyncSyncError.writesUnsupported(kind, operation: .durableWrite, descriptor: fd)
+    }
 
     /// Makes the data and metadata of `fd` durable, like `fsync(2)`.
     ///

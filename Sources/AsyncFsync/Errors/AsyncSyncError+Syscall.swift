@@ -48,6 +48,15 @@ extension AsyncSyncError {
             descriptor: descriptor)
     }
 
+    /// A write asked of a backend that cannot write (the protocol's default).
+    static func writesUnsupported(
+        _ backend: BackendKind, operation: Operation, descriptor: FileDescriptor
+    ) -> AsyncSyncError {
+        AsyncSyncError(
+            code: .backendUnavailable, errno: .notSupported, operation: operation, step: .request, backend: backend,
+            descriptor: descriptor, message: "this backend does not write; use LibaioBackend, PosixAIOBackend or PortableBackend")
+    }
+
     /// Creating a backend's resources failed.
     static func setup(
         backend: BackendKind, errno: Errno, systemCall: String, message: String = ""

@@ -83,12 +83,35 @@ public struct AsyncSyncError: Error, Sendable, Hashable {
     /// `EPERM` under seccomp or `ENOMEM`) never is: nothing reached the file system. Data covered by
     /// a durability failure must be treated as lost: the kernel reports a failed writeback once and
     /// a later sync of the same file may succeed although the data is gone.
+    ///
+    /// A failed ``Operation/write`` never is (the data did not reach the file, and no writeback of
+    /// earlier data was involved). A ``Operation/durableWrite`` that completed with an errno is,
+    /// except for `ENOSPC`, `EDQUOT` and `EFBIG` (the blocks were refused before anything was
+    /// written).
     public var isDurabilityFailure: Bool {
-        guard let errno, operation.isSync else { return false }
+        guard let errno else { return false }
+        if operation == .durableWrite {
+            switch code {
+            case .earlierFailure, .concurrentFailure: return true
+            case .system: return step == .completion && Self.isDurableWriteDurabilityErrno(errno)
+            default: return false
+            }
+        }
+        guard operation.isSync else { return false }
         switch code {
         case .earlierFailure, .concurrentFailure: return true
         case .system: return step == .completion && Self.isDurabilityErrno(errno)
         default: return false
+        }
+    }
+
+    /// Whether an `RWF_DSYNC` write that completed with `errno` may have lost data written before
+    /// it: not when the file system refused to allocate the blocks (`ENOSPC`, `EDQUOT`, `EFBIG`),
+    /// which happens before anything of the write reaches the file; otherwise as for a sync.
+    static func isDurableWriteDurabilityErrno(_ errno: Errno) -> Bool {
+        switch errno {
+        case .noSpace, .diskQuotaExceeded, .fileTooLarge: false
+        default: isDurabilityErrno(errno)
         }
     }
 
@@ -166,7 +189,7 @@ extension AsyncSyncError {
 
     /// What was being done when an ``AsyncSyncError`` happened.
     public struct Operation: Hashable, Sendable, CustomStringConvertible {
-        private enum Base: Hashable, Sendable { case fsync, fdatasync, setup, probe, write }
+        private enum Base: Hashable, Sendable { case fsync, fdatasync, setup, probe, write, durableWrite }
         private var base: Base
         private init(_ base: Base) { self.base = base }
 
@@ -183,6 +206,10 @@ extension AsyncSyncError {
         /// allocation, a file's ``DirectIOAlignment`` and a request's alignment.
         public static let write = Operation(.write)
 
+        /// A durable write whose durability is one system request (an `O_DIRECT` write with
+        /// `RWF_DSYNC`): its failure at completion may be a failure of the write or of its sync.
+        public static let durableWrite = Operation(.durableWrite)
+
         /// The operation of a sync in `mode`.
         public static func sync(_ mode: SyncMode) -> Operation {
             mode == .fsync ? .fsync : .fdatasync
@@ -191,7 +218,8 @@ extension AsyncSyncError {
         /// Whether this is ``fsync`` or ``fdatasync``.
         public var isSync: Bool { base == .fsync || base == .fdatasync }
 
-        /// The operation's name: `"fsync"`, `"fdatasync"`, `"setup"`, `"probe"` or `"write"`.
+        /// The operation's name: `"fsync"`, `"fdatasync"`, `"setup"`, `"probe"`, `"write"` or
+        /// `"durable write"`.
         public var description: String {
             switch base {
             case .fsync: "fsync"
@@ -199,6 +227,7 @@ extension AsyncSyncError {
             case .setup: "setup"
             case .probe: "probe"
             case .write: "write"
+            case .durableWrite: "durable write"
             }
         }
     }

@@ -273,6 +273,31 @@ public final class GroupCommit: AsyncSyncBackend {
     }
 
     /// The wrapped backend's executor: a batch's sync completes there, so its waiters go on there.
+    /// Writes through the wrapped backend (see ``AsyncSyncBackend/write(_:from:at:)``); a later
+    /// ``sync(_:mode:)`` of the descriptor covers it, as the wrapped backend's syncs do.
+    ///
+    /// - Parameters:
+    ///   - fd: An open descriptor of a regular file; it must stay open until this call returns.
+    ///   - buffer: The bytes; valid and unchanged until this call returns.
+    ///   - offset: Where the first byte goes.
+    /// - Throws: As ``AsyncSyncBackend/write(_:from:at:)``.
+    public func write(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64) async throws {
+        try await wrapped.write(fd, from: buffer, at: offset)
+    }
+
+    /// A durable write through the wrapped backend (see
+    /// ``AsyncSyncBackend/durableWrite(_:from:at:)``), which already shares the `fdatasync` of a
+    /// buffered file between the descriptor's concurrent durable writes and syncs.
+    ///
+    /// - Parameters:
+    ///   - fd: An open descriptor of a regular file; it must stay open until this call returns.
+    ///   - buffer: The bytes; valid and unchanged until this call returns.
+    ///   - offset: Where the first byte goes.
+    /// - Throws: As ``AsyncSyncBackend/durableWrite(_:from:at:)``.
+    public func durableWrite(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64) async throws {
+        try await wrapped.durableWrite(fd, from: buffer, at: offset)
+    }
+
     public var preferredTaskExecutor: (any TaskExecutor)? { wrapped.preferredTaskExecutor }
 
     /// The wrapped backend's serial executor, for an actor that syncs through this group.
