@@ -137,6 +137,13 @@ public protocol AsyncSyncBackend: Sendable {
     var preferredSerialExecutor: (any SerialExecutor)? { get }
 }
 
+/// A backend whose syncs wait for the writes it accepted before them (``GroupCommit`` asks it
+/// whether a descriptor has such writes, since it may sync a file through another descriptor).
+protocol WriteTracking {
+    /// Whether writes this backend accepted for `fd` are not complete yet.
+    func hasIncompleteWrites(_ fd: FileDescriptor) -> Bool
+}
+
 /// A heap copy of some bytes whose address does not move while a write awaits.
 struct OwnedBytes: @unchecked Sendable {
     let bytes: UnsafeRawBufferPointer

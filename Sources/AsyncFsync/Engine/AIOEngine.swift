@@ -872,6 +872,11 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         shared.withLock { $0.machine.summary }
     }
 
+    /// Whether writes accepted for `fd` are not complete yet (``WriteTracking``).
+    func hasIncompleteWrites(_ fd: FileDescriptor) -> Bool {
+        shared.withLock { $0.writes.holdsSyncs(of: fd.rawValue) }
+    }
+
     /// Syncs held for the writes accepted before them, and writes not complete yet (tests).
     var writeCounts: (heldSyncs: Int, incompleteWrites: Int) {
         shared.withLock { ($0.writes.heldSyncCount, $0.writes.incompleteWriteCount) }
