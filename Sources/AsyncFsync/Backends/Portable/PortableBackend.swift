@@ -27,6 +27,12 @@ import Musl
 /// request cancelled while still queued, and a shutdown that lets the queue drain and waits for
 /// every thread to leave its loop. It works under ``GroupCommit``.
 ///
+/// It writes too: ``write(_:from:at:)`` is a `pwrite(2)` on one of its threads (continued after a
+/// short count), and ``durableWrite(_:from:at:)`` that write followed by a sync of its own. A
+/// ``sync(_:mode:)`` of a descriptor covers every write this backend accepted for that descriptor
+/// before the sync was asked for: the sync waits, on no thread, until those writes have completed;
+/// writes accepted after it are not waited for.
+///
 /// It has no completion thread to offer: ``preferredTaskExecutor`` and
 /// ``preferredSerialExecutor`` are `nil`, and a task resumes on its own executor.
 public final class PortableBackend: AsyncSyncBackend, CustomStringConvertible {
