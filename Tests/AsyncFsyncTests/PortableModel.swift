@@ -1,3 +1,5 @@
+import CTestSupport
+import Foundation
 import SystemPackage
 import Testing
 
@@ -327,8 +329,10 @@ extension AsyncFsyncTests.ModelChecks {
             ([.write, .sync, .write], [0, 1, 0], [2]),
             ([.write, .durableWrite, .sync], [0, 0, 1], [2]),
         ]
+        // Under a sanitizer (5–10 times slower) up to two threads.
+        let underSanitizer = testsupport_tsan_loaded() != 0 || ProcessInfo.processInfo.environment["ASAN_OPTIONS"] != nil
         for mix in mixes {
-            for threads in mix.threads {
+            for threads in mix.threads where !underSanitizer || threads <= 2 {
                 configs.append(.init(kinds: mix.kinds, descriptors: mix.descriptors, threads: threads, writeErrors: true))
             }
         }
