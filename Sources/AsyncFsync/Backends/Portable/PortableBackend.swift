@@ -87,6 +87,11 @@ public final class PortableBackend: AsyncSyncBackend, CustomStringConvertible {
 
     /// Syncs `fd` on one of the backend's threads.
     ///
+    /// The sync covers every ``write(_:from:at:)`` and ``durableWrite(_:from:at:)`` this backend
+    /// accepted for `fd` before this call, including writes still in flight: it starts only once
+    /// they have completed (it waits on no thread meanwhile). Writes accepted after this call are
+    /// not waited for.
+    ///
     /// - Parameters:
     ///   - fd: An open descriptor; it must stay open until this call returns.
     ///   - mode: ``SyncMode/fsync`` or ``SyncMode/fdatasync``.
@@ -130,8 +135,8 @@ public final class PortableBackend: AsyncSyncBackend, CustomStringConvertible {
     /// of its own (`fdatasync(2)`; `fcntl(F_FULLFSYNC)` on Darwin), on the backend's threads.
     ///
     /// The write part is ``write(_:from:at:)``. The sync part starts after the write part completed
-    /// and after every write accepted for the descriptor before this call completed, as a
-    /// ``sync(_:mode:)`` asked for at this call would. It returns only once that sync succeeded and
+    /// and after every write this backend accepted for the descriptor before this durable write,
+    /// as a ``sync(_:mode:)`` asked for at this call would. It returns only once that sync succeeded and
     /// no durability failure of the file was recorded since this call arrived.
     ///
     /// - Parameters:
