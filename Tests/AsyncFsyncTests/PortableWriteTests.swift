@@ -85,7 +85,7 @@ extension AsyncFsyncTests {
         static func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
 
         /// Writes `bytes` through the backend from memory that stays valid until the call returns.
-        static func write(_ backend: PortableBackend, _ fd: FileDescriptor, _ bytes: [UInt8], at offset: Int64, durable: Bool = false) async throws {
+        static func write(_ backend: any AsyncSyncBackend, _ fd: FileDescriptor, _ bytes: [UInt8], at offset: Int64, durable: Bool = false) async throws {
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 16)
             defer { buffer.deallocate() }
             buffer.copyBytes(from: bytes)
@@ -96,7 +96,7 @@ extension AsyncFsyncTests {
             }
         }
 
-        static func write(_ backend: PortableBackend, _ fd: FileDescriptor, _ text: String, at offset: Int64, durable: Bool = false) async throws {
+        static func write(_ backend: any AsyncSyncBackend, _ fd: FileDescriptor, _ text: String, at offset: Int64, durable: Bool = false) async throws {
             try await write(backend, fd, bytes(text), at: offset, durable: durable)
         }
 
@@ -197,6 +197,28 @@ extension AsyncFsyncTests {
             let written = log.firstIndex(of: "write @0 ends")
             let synced = log.firstIndex(of: "sync fd\(fd.rawValue) starts")
             #expect(written != nil && synced != nil && written! < synced!, "\(log)")
+            await backend.shutdown()
+        }
+
+        @Test("through GroupCommit: a write goes to the portable backend, and the group's sync still waits for it")
+        func throughGroupCommit() async throws {
+            let directory = try ScratchDirectory.onDisk()
+            let fd = try Self.emptyFile(directory)
+            defer { try? fd.close() }
+            let probe = WriteProbe()
+            let backend = try PortableBackend(threads: 2, system: probe.system)
+            let group = GroupCommit(wrapping: backend)
+            probe.hold(0)
+            let write = Task { try await Self.write(group, fd, "group", at: 0) }
+            try await waitUntil { probe.started(0) }
+            let sync = Task { try await group.fdatasync(fd) }
+            try await waitUntil { backend.pool.heldCount == 1 }
+            #expect(probe.syncCalls == 0)
+            probe.release(0)
+            try await write.value
+            try await sync.value
+            #expect(probe.log == ["write @0 ends", "sync fd\(fd.rawValue) starts", "sync fd\(fd.rawValue) ends"], "\(probe.log)")
+            await group.shutdown()
             await backend.shutdown()
         }
 
