@@ -45,7 +45,7 @@ public protocol AsyncSyncBackend: Sendable {
     /// Writes all of `buffer` to `fd` at `offset` without blocking a thread.
     ///
     /// The write is handed to the system (`IOCB_CMD_PWRITE` on ``LibaioBackend``, `aio_write(3)` on
-    /// ``PosixAIOBackend``). A short write is continued until the whole buffer is written or the
+    /// ``PosixAIOBackend``, `pwrite(2)` on a thread of ``PortableBackend``). A short write is continued until the whole buffer is written or the
     /// system reports an error. On a buffered file the data reaches the page cache, not the disk:
     /// a later ``sync(_:mode:)`` of the same descriptor makes it durable. That sync covers every
     /// write this backend accepted for the descriptor before the sync was asked for, including
