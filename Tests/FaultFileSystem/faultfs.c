@@ -12,6 +12,7 @@
 // Read it for one line: fsync=N fdatasync=N injected=N errno=N op=... count=N match=... delay_ms=N
 //   inflight=N max_inflight=N   (fsync handlers running now / the most at once since the reset)
 //   write_errno=N failed_writes=N short_write=N write_count=N write_match=... writes=N short_writes=N
+//   dsync_writes=N              (writes whose request carried O_DSYNC: see fs_write)
 // Write faults: write_errno=EIO (writes of file data fail; 0 = none), short_write=half|N (a write
 // writes and reports only its first half / first N bytes; 0 = off; write_errno wins), for the
 // next write_count=N writes (-1: all) of paths containing write_match=SUBSTRING. Mount option
@@ -62,7 +63,8 @@ static struct {
     long write_count;             // write faults left (-1: unlimited)
     char write_match[256];        // write faults only for paths containing this (empty: all)
     long writes, short_writes;    // writes of file data seen; those made short
-} state = {PTHREAD_MUTEX_INITIALIZER, 0, 3, -1, "", 0, 0, 0, 0, 0, 0, 0, 0, 0, -1, "", 0, 0};
+    long dsync_writes;            // writes whose request carried O_DSYNC (RWF_DSYNC, an O_DSYNC open)
+} state = {PTHREAD_MUTEX_INITIALIZER, 0, 3, -1, "", 0, 0, 0, 0, 0, 0, 0, 0, 0, -1, "", 0, 0, 0};
 
 // --writeback-cache: the kernel caches writes and sends them at writeback (during fsync).
 static int writeback_cache = 0;
@@ -87,6 +89,7 @@ static void reset_state(void) {
     state.write_count = -1;
     state.write_match[0] = 0;
     state.writes = state.short_writes = 0;
+    state.dsync_writes = 0;
 }
 
 // With --writeback-cache the kernel reads pages of files opened write-only (to fill partial
@@ -706,12 +709,12 @@ static int status_line(char *out, size_t size) {
                      "fsync=%ld fdatasync=%ld injected=%ld errno=%d op=%s count=%ld match=%s delay_ms=%ld"
                      " inflight=%ld max_inflight=%ld write_errno=%d failed_writes=%ld"
                      " short_write=%ld write_count=%ld write_match=%s writes=%ld short_writes=%ld"
-                     " power_loss=%d snapshots=%ld dir_snapshots=%ld\n",
+                     " dsync_writes=%ld power_loss=%d snapshots=%ld dir_snapshots=%ld\n",
                      state.fsyncs, state.fdatasyncs, state.injected, state.error,
                      state.ops == 1 ? "fsync" : state.ops == 2 ? "fdatasync" : "both",
                      state.count, state.match, state.delay_ms, state.inflight, state.max_inflight,
                      state.write_error, state.failed_writes, state.short_write, state.write_count,
-                     state.write_match, state.writes, state.short_writes,
+                     state.write_match, state.writes, state.short_writes, state.dsync_writes,
                      pl.enabled, pl.snapshots, pl.dir_snapshots);
     pthread_mutex_unlock(&pl.lock);
     pthread_mutex_unlock(&state.lock);
@@ -877,10 +880,38 @@ static int fs_write(const char *path, const char *buf, size_t size, off_t offset
         if (allowed < size) state.short_writes++; else { allowed = size; applies = 0; }  // not short: no fault
     }
     if (applies && state.write_count > 0) state.write_count--;
+    // A write that carries O_DSYNC (the kernel sets it in the request's flags for RWF_DSYNC and for
+    // files opened O_DSYNC/O_SYNC) is durable when it returns: it counts as the write followed by
+    // an fdatasync (fsync for O_SYNC) of the file. The kernel sends no FUSE fsync after an
+    // asynchronous O_DIRECT write (kernel AIO), so the request's flag is the only sign of it. The
+    // sync's fault (errno=, op=, count=, match=) applies to that part: the bytes are written and
+    // the errno is answered, with no snapshot; otherwise the file's content after the write is
+    // durable (power-loss mode).
+    int dsync = (fi->flags & O_DSYNC) != 0;
+    int sync_bit = (fi->flags & O_SYNC) == O_SYNC ? 1 : 2;
+    int sync_injected = 0;
+    if (dsync && !injected) {
+        state.dsync_writes++;
+        if (state.error != 0 && (state.ops & sync_bit) && state.count != 0
+            && (state.match[0] == 0 || strstr(path, state.match) != NULL)) {
+            sync_injected = state.error;
+            state.injected++;
+            if (state.count > 0) state.count--;
+        }
+    }
     pthread_mutex_unlock(&state.lock);
     if (injected) return -injected;
     ssize_t n = pwrite((int)fi->fh, buf, allowed, offset);
-    return n < 0 ? -errno : (int)n;
+    if (n < 0) return -errno;
+    if (dsync && sync_injected) return -sync_injected;
+    if (dsync) {
+        struct pl_pending pending;
+        int rc = pl_begin_file(&pending, (int)fi->fh);
+        if (rc == 0) rc = fdatasync((int)fi->fh) == 0 ? 0 : -errno;
+        pl_end(&pending, rc == 0);
+        if (rc != 0) return rc;
+    }
+    return (int)n;
 }
 
 static int fs_statfs(const char *path, struct statvfs *st) {

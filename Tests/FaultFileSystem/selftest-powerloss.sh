@@ -237,6 +237,24 @@ run_cases() {
   for i in $(seq 16); do has "$image/p$i" "p$i" || all=0; done
   expect "16 concurrent delayed syncs each installed their own snapshot" [ $all = 1 ]
 
+  # A write carrying O_DSYNC (dd oflag=dsync opens the file O_DSYNC) is durable when it returns,
+  # with no fsync of its own; the fsync fault fails its sync part: not durable.
+  printf 'd0' > "$mnt/dsync" && sync "$mnt/dsync" && sync "$mnt"
+  ctl reset
+  printf 'd1' | dd of="$mnt/dsync" oflag=dsync conv=notrunc status=none
+  crash
+  expect "an O_DSYNC write survives without a sync" has "$image/dsync" d1
+  # With --writeback-cache the kernel caches it and sends a writeback (without the flag) and an
+  # fsync instead.
+  if [ "$mode" = plain ]; then
+    expect "dsync_writes counts it" [ "$(counter dsync_writes)" -ge 1 ]
+  fi
+  ctl errno=EIO op=fdatasync count=1
+  expect "its sync part gets the fsync fault" bash -c '! printf d2 | dd of="$1" oflag=dsync conv=notrunc status=none 2>/dev/null' _ "$mnt/dsync"
+  ctl reset
+  crash
+  expect "a failed O_DSYNC write is not durable" has "$image/dsync" d1
+
   unmount
 }
 

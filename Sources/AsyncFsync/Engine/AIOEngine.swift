@@ -734,8 +734,8 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         switch result {
         case .failure(let errno):
             var error = writeError(request, errno: errno, step: .completion)
-            if errno == WriteState.stalledErrno, error.message.isEmpty {
-                error.message = "the system wrote 0 of the remaining \(request.count) bytes and reported no error"
+            if request.stalled {
+                error.message = "the system wrote 0 of the remaining \(request.count - request.written) bytes and reported no error"
             }
             request.continuation.resume(throwing: error)
         case .success:

@@ -27,6 +27,9 @@ struct WriteRequest {
     /// The order in which the engine accepted it (``WriteState``, the sync rule).
     var sequence: UInt64 = 0
     var interruptedRetries: UInt8 = 0
+    /// Ended by a completion of 0 bytes with bytes left and no errno (``WriteState/stalledErrno``),
+    /// not by an errno of the system's.
+    var stalled = false
 }
 
 /// The writes of one engine and the rule that ties syncs to them: a plain value, like
@@ -248,7 +251,9 @@ struct WriteState {
             return .retry(prepared(slot))
         case .success(let bytes):
             let complete = requests[index]!.written + bytes >= requests[index]!.count
-            done.append(finish(slot: slot, released: &released))
+            var request = finish(slot: slot, released: &released)
+            request.stalled = !complete
+            done.append(request)
             return .finished(complete ? .success(()) : .failure(Self.stalledErrno))
         case .failure(let errno):
             done.append(finish(slot: slot, released: &released))
