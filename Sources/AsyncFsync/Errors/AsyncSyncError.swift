@@ -211,7 +211,7 @@ extension AsyncSyncError {
         public static let durableWrite = Operation(.durableWrite)
 
         /// Opening a file (``AsyncFile/open(_:options:permissions:backend:)``, or the directory
-        /// ``AsyncFile/syncDirectory(of:backend:)`` syncs): `open(2)` and what is learned at open.
+        /// ``AsyncFile/syncDirectory(containing:backend:)`` syncs): `open(2)` and what is learned at open.
         public static let open = Operation(.open)
 
         /// Closing a file's descriptor (``AsyncFile/close()``): `close(2)`.
