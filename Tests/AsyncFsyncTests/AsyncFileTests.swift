@@ -619,6 +619,157 @@ extension AsyncFsyncTests {
             try await Self.exerciseDirect(ext4.mountPoint.appending("direct"), where: "loop ext4")
         }
 
+        // MARK: Writes through the real backends
+
+        /// The backends whose writes the tests exercise: every tested backend that writes in this
+        /// build (one that does not is reported as a test that cannot run).
+        static func writingBackends() async throws -> [(BackendKind, any AsyncSyncBackend)] {
+            let scratch = try ScratchDirectory.onTmpfs()
+            var result: [(BackendKind, any AsyncSyncBackend)] = []
+            for kind in BackendKind.tested {
+                let backend = try makeBackend(kind)
+                let probe = try AsyncFile.open(scratch.path.appending("probe-\(kind)"), options: [.create], backend: backend)
+                let error = await caughtError { try await probe.write(contentsOf: [1], at: 0) } as? AsyncSyncError
+                try await probe.close()
+                if error?.code == .backendUnavailable {
+                    _ = TestEnvironment.require(false, "the \(kind) backend does not write in this build")
+                    await backend.shutdown()
+                    continue
+                }
+                result.append((kind, backend))
+            }
+            return result
+        }
+
+        static func read(_ file: AsyncFile, count: Int, at offset: Int64) throws -> [UInt8] {
+            try file.withDescriptor { fd in
+                var bytes = [UInt8](repeating: 0, count: count)
+                let read = try bytes.withUnsafeMutableBytes { try fd.read(fromAbsoluteOffset: offset, into: $0) }
+                return Array(bytes[..<read])
+            }
+        }
+
+        @Test("buffered writes and durable writes through each backend (tmpfs, disk): the bytes land where asked, concurrent writers included")
+        func bufferedWrites() async throws {
+            for (kind, backend) in try await Self.writingBackends() {
+                for (place, scratch) in try Self.places() {
+                    let file = try AsyncFile.open(scratch.path.appending("buffered"), options: [.create, .exclusive], backend: backend)
+                    try await file.syncDirectory()
+                    let first = [UInt8](repeating: 0xA1, count: 1000)
+                    try await file.write(contentsOf: first, at: 0)
+                    let second = [UInt8](repeating: 0xB2, count: 3000)
+                    try await file.durableWrite(contentsOf: second, at: 1000)
+                    var aligned = try AlignedBuffer(byteCount: 4096, alignment: 4096)
+                    aligned.withUnsafeMutableBytes { $0.copyBytes(from: [UInt8](repeating: 0xC3, count: 4096)) }
+                    try await file.write(aligned, count: 100, at: 4000)
+                    try await file.durableWrite(aligned, at: 8192)
+                    // 32 tasks write 512-byte records at their own offsets, then one sync covers them.
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        for index in 0..<32 {
+                            group.addTask {
+                                try await file.write(contentsOf: [UInt8](repeating: UInt8(index), count: 512), at: Int64(16384 + 512 * index))
+                            }
+                        }
+                        try await group.waitForAll()
+                    }
+                    try await file.fdatasync()
+                    #expect(try Self.read(file, count: 1000, at: 0) == first, "\(kind), \(place)")
+                    #expect(try Self.read(file, count: 3000, at: 1000) == second, "\(kind), \(place)")
+                    #expect(try Self.read(file, count: 100, at: 4000) == [UInt8](repeating: 0xC3, count: 100), "\(kind), \(place)")
+                    #expect(try Self.read(file, count: 4096, at: 8192) == [UInt8](repeating: 0xC3, count: 4096), "\(kind), \(place)")
+                    for index in 0..<32 {
+                        #expect(try Self.read(file, count: 512, at: Int64(16384 + 512 * index)) == [UInt8](repeating: UInt8(index), count: 512),
+                                "\(kind), \(place): record \(index)")
+                    }
+                    try await file.close()
+                }
+                await backend.shutdown()
+            }
+        }
+
+        @Test("O_DIRECT writes and durable writes through each backend (disk, loop ext4): aligned buffers and copies land where asked")
+        func directWrites() async throws {
+            var places: [(String, FilePath, AnyObject)] = []
+            let disk = try ScratchDirectory.onDisk()
+            places.append(("disk", disk.path, disk))
+            if TestEnvironment.require(LoopExt4.canRun, "needs root, /dev/loop-control and mkfs.ext4") {
+                let ext4 = try LoopExt4(thin: false)
+                places.append(("loop ext4", ext4.mountPoint, ext4))
+            }
+            for (kind, backend) in try await Self.writingBackends() {
+                for (place, directory, _) in places {
+                    let file = try AsyncFile.open(directory.appending("direct-\(kind)"), options: [.create, .direct], backend: backend)
+                    let alignment = try #require(file.directIOAlignment)
+                    let block = alignment.offsetAlignment
+                    var buffer = try AlignedBuffer(byteCount: 4 * max(block, 4096), for: alignment)
+                    buffer.withUnsafeMutableBytes { bytes in
+                        for index in bytes.indices { bytes[index] = UInt8(truncatingIfNeeded: index &* 13 &+ 5) }
+                    }
+                    let expected = buffer.withUnsafeBytes { Array($0) }
+                    try await file.write(buffer, at: 0)
+                    try await file.durableWrite(buffer, count: block, at: Int64(buffer.byteCount))
+                    let copy = [UInt8](repeating: 0x7E, count: 2 * block)
+                    try await file.durableWrite(contentsOf: copy, at: Int64(buffer.byteCount + block))
+                    try await file.fdatasync()
+                    try await file.close()
+                    // Read back through the page cache (an O_DIRECT read would need aligned memory).
+                    let reader = try AsyncFile.open(directory.appending("direct-\(kind)"), options: [.readOnly], backend: backend)
+                    #expect(try Self.read(reader, count: buffer.byteCount, at: 0) == expected, "\(kind), \(place)")
+                    #expect(try Self.read(reader, count: block, at: Int64(buffer.byteCount)) == Array(expected[..<block]), "\(kind), \(place)")
+                    #expect(try Self.read(reader, count: 2 * block, at: Int64(buffer.byteCount + block)) == copy, "\(kind), \(place)")
+                    try await reader.close()
+                }
+                await backend.shutdown()
+            }
+        }
+
+        @Test("close() while real writes are in flight (each backend): every write ends once, written or refused as closed; the descriptor is closed once, after them")
+        func closeUnderRealWrites() async throws {
+            for (kind, backend) in try await Self.writingBackends() {
+                let scratch = try ScratchDirectory.onDisk()
+                let log = DescriptorLog()
+                let file = try AsyncFile.open(scratch.path.appending("a"), options: [.create], backend: backend, system: log.system())
+                let fd = file.descriptorForTesting.rawValue
+                let written = Locked<[Int]>([])
+                let refused = Locked(0)
+                let others = Locked<[String]>([])
+                await withTaskGroup(of: Void.self) { group in
+                    for index in 0..<48 {
+                        group.addTask {
+                            if index == 24 {
+                                do { try await file.close() } catch { others.withLock { $0.append("close: \(error)") } }
+                                return
+                            }
+                            do {
+                                if index % 3 == 0 {
+                                    try await file.durableWrite(contentsOf: [UInt8](repeating: UInt8(index), count: 4096), at: Int64(4096 * index))
+                                } else {
+                                    try await file.write(contentsOf: [UInt8](repeating: UInt8(index), count: 4096), at: Int64(4096 * index))
+                                }
+                                written.withLock { $0.append(index) }
+                            } catch let error as AsyncSyncError where error.errno == .badFileDescriptor && error.message.contains("was closed") {
+                                refused.withLock { $0 += 1 }
+                            } catch {
+                                others.withLock { $0.append("\(index): \(error)") }
+                            }
+                        }
+                    }
+                }
+                try await file.close()
+                #expect(others.withLock { $0 }.isEmpty, "\(kind): \(others.withLock { $0 })")
+                #expect(written.withLock { $0.count } + refused.withLock { $0 } == 47, "\(kind)")
+                #expect(log.closes(of: fd) == 1 && file.inFlightCount == 0, "\(kind)")
+                let reader = try FileDescriptor.open(scratch.path.appending("a"), .readOnly)
+                defer { try? reader.close() }
+                for index in written.withLock({ $0 }) {
+                    var bytes = [UInt8](repeating: 0, count: 4096)
+                    _ = try bytes.withUnsafeMutableBytes { try reader.read(fromAbsoluteOffset: Int64(4096 * index), into: $0) }
+                    #expect(bytes == [UInt8](repeating: UInt8(index), count: 4096), "\(kind): write \(index)")
+                }
+                await backend.shutdown()
+            }
+        }
+
         @Test("a readOnly file refuses writes with EBADF before submission, and syncs")
         func readOnly() async throws {
             let scratch = try ScratchDirectory.onTmpfs()

@@ -97,13 +97,6 @@ public struct AlignedBuffer: ~Copyable, @unchecked Sendable {  // unchecked: the
         try body(UnsafeMutableRawBufferPointer(start: memory, count: byteCount))
     }
 
-    /// The buffer's bytes, for a write that lends them across a suspension (``AsyncFile``): the
-    /// memory stays where it is for the value's whole life, and the caller's borrow keeps the value
-    /// alive and unchanged until its call returns.
-    var unsafeBytes: UnsafeRawBufferPointer {
-        UnsafeRawBufferPointer(start: memory, count: byteCount)
-    }
-
     private static func invalid(_ message: String) -> AsyncSyncError {
         AsyncSyncError(code: .invalidConfiguration, errno: nil, operation: .write, step: .request, backend: nil,
                        message: "aligned buffer: \(message)")
