@@ -339,7 +339,10 @@ public actor WriteAheadLog {
                 try await waitForWrites(in: old, before: .max)
                 try await durability.sync(old.file, mode: .fdatasync)
             case .direct:
+                // Durable writes covered every record already; the sync also covers the file's
+                // size and holds where a file system does not honour RWF_DSYNC on every write.
                 try await flush(old, through: old.size)
+                try await durability.sync(old.file, mode: .fdatasync)
             }
             await options.rotationHook?(.oldSegmentSynced)
             current = Segment(try Self.create(directory.appending(Segment.name(firstLSN: nextLSN)), options), size: 0)
