@@ -43,29 +43,38 @@ import Musl
 ///
 /// See docs/design.md, "The file handle".
 public final class AsyncFile: Sendable {
-    /// How ``open(_:options:permissions:backend:)`` opens a file. The descriptor is always
-    /// close-on-exec (`O_CLOEXEC`).
-    public struct Options: OptionSet, Hashable, Sendable {
-        /// The flags, one bit each (not the `open(2)` flags).
-        public let rawValue: UInt32
+    /// How ``open(_:options:permissions:backend:)`` opens a file, written as a set:
+    /// `[.create, .exclusive]`. The descriptor is always close-on-exec (`O_CLOEXEC`).
+    public struct Options: Hashable, Sendable, ExpressibleByArrayLiteral {
+        private var bits: UInt32
 
-        /// Makes options from their bits.
+        private init(bits: UInt32) { self.bits = bits }
+
+        /// The options listed (none for `[]`: open an existing file for reading and writing).
         ///
-        /// - Parameter rawValue: The bits of the options.
-        public init(rawValue: UInt32) { self.rawValue = rawValue }
+        /// - Parameter elements: The options.
+        public init(arrayLiteral elements: Options...) {
+            bits = elements.reduce(0) { $0 | $1.bits }
+        }
+
+        /// Whether every option of `other` is among these.
+        ///
+        /// - Parameter other: An option, or several.
+        /// - Returns: `true` when all of `other` is set here.
+        public func contains(_ other: Options) -> Bool { bits & other.bits == other.bits }
 
         /// Creates the file if it does not exist (`O_CREAT`), with the permissions given at open.
-        public static let create = Options(rawValue: 1 << 0)
+        public static let create = Options(bits: 1 << 0)
         /// With ``create``: fails with `EEXIST` if the file exists (`O_EXCL`).
-        public static let exclusive = Options(rawValue: 1 << 1)
+        public static let exclusive = Options(bits: 1 << 1)
         /// Truncates an existing file to length 0 (`O_TRUNC`); not with ``readOnly``.
-        public static let truncate = Options(rawValue: 1 << 2)
+        public static let truncate = Options(bits: 1 << 2)
         /// Transfers bypass the page cache (`O_DIRECT`, Linux): writes must be aligned to the
         /// file's ``AsyncFile/directIOAlignment`` (use ``AlignedBuffer``).
-        public static let direct = Options(rawValue: 1 << 3)
+        public static let direct = Options(bits: 1 << 3)
         /// Opens for reading only (`O_RDONLY`): the handle syncs but does not write. Without it the
         /// file is opened for reading and writing (`O_RDWR`).
-        public static let readOnly = Options(rawValue: 1 << 4)
+        public static let readOnly = Options(bits: 1 << 4)
     }
 
     /// The path the file was opened at (a later rename does not change it).
