@@ -45,7 +45,7 @@ public protocol AsyncSyncBackend: Sendable {
     /// Writes all of `buffer` to `fd` at `offset` without blocking a thread.
     ///
     /// The write is handed to the system (`IOCB_CMD_PWRITE` on ``LibaioBackend``, `aio_write(3)` on
-    /// ``PosixAIOBackend``). A short write is continued until the whole buffer is written or the
+    /// ``PosixAIOBackend``, `pwrite(2)` on a thread of ``PortableBackend``). A short write is continued until the whole buffer is written or the
     /// system reports an error. On a buffered file the data reaches the page cache, not the disk:
     /// a later ``sync(_:mode:)`` of the same descriptor makes it durable. That sync covers every
     /// write this backend accepted for the descriptor before the sync was asked for, including
@@ -135,6 +135,13 @@ public protocol AsyncSyncBackend: Sendable {
     ///
     /// Code running there must not block.
     var preferredSerialExecutor: (any SerialExecutor)? { get }
+}
+
+/// A backend whose syncs wait for the writes it accepted before them (``GroupCommit`` asks it
+/// whether a descriptor has such writes, since it may sync a file through another descriptor).
+protocol WriteTracking {
+    /// Whether writes this backend accepted for `fd` are not complete yet.
+    func hasIncompleteWrites(_ fd: FileDescriptor) -> Bool
 }
 
 /// A heap copy of some bytes whose address does not move while a write awaits.

@@ -22,19 +22,33 @@ extension AsyncFsyncTests {
             return nil
         }
 
+        /// The next request a thread takes, with its ticket.
+        func take(_ state: inout State) -> (ticket: State.Ticket, job: String)? {
+            if case .run(let ticket, let job) = state.next() { return (ticket, job) }
+            return nil
+        }
+
+        /// Submits a sync of descriptor 3 (the queue's old tests).
+        @discardableResult
+        func submitSync(_ state: inout State, _ id: Int, _ job: String, descriptor: CInt = 3) -> State.Submit {
+            state.submit(id: UInt64(id), descriptor: descriptor, kind: .sync, job)
+        }
+
         @Test("requests run in arrival order, each taken once; an idle thread waits")
         func fifo() {
             var state = started(2)
             for (id, job) in ["a", "b", "c"].enumerated() {
-                guard case .queued = state.submit(id: UInt64(id), job) else { Issue.record("refused"); return }
+                guard case .queued = submitSync(&state, id, job) else { Issue.record("refused"); return }
             }
-            #expect(taken(state.next()) == "a")
-            #expect(taken(state.next()) == "b")
+            let a = take(&state)
+            let b = take(&state)
+            #expect(a?.job == "a" && b?.job == "b")
             #expect(state.busyThreads == 2)
-            state.finished()
-            #expect(taken(state.next()) == "c")
-            state.finished()
-            state.finished()
+            #expect(state.finished(a!.ticket) == 0)
+            let c = take(&state)
+            #expect(c?.job == "c")
+            _ = state.finished(b!.ticket)
+            _ = state.finished(c!.ticket)
             guard case .wait = state.next() else { Issue.record("an idle thread must wait while running"); return }
             #expect(state.queuedCount == 0 && state.busyThreads == 0)
         }
@@ -42,33 +56,37 @@ extension AsyncFsyncTests {
         @Test("a queued request that is cancelled leaves the queue and is never run; a taken one is not given back")
         func cancellation() {
             var state = started(1)
-            _ = state.submit(id: 1, "running")
-            _ = state.submit(id: 2, "queued")
-            _ = state.submit(id: 3, "later")
-            #expect(taken(state.next()) == "running")
+            submitSync(&state, 1, "running")
+            submitSync(&state, 2, "queued")
+            submitSync(&state, 3, "later")
+            let running = take(&state)
+            #expect(running?.job == "running")
             #expect(state.cancel(1) == nil, "a request a thread took runs to its result")
-            #expect(state.cancel(2) == "queued")
+            #expect(state.cancel(2)?.job == "queued")
             #expect(state.cancel(2) == nil, "given back once")
             #expect(state.cancel(99) == nil)
-            state.finished()
+            _ = state.finished(running!.ticket)
             #expect(taken(state.next()) == "later")
         }
 
         @Test("shutdown: new requests are refused, queued ones still run, the waiters are returned once by the last thread to leave")
         func drain() {
             var state = started(2)
-            _ = state.submit(id: 1, "a")
-            _ = state.submit(id: 2, "b")
-            #expect(taken(state.next()) == "a")
+            submitSync(&state, 1, "a")
+            submitSync(&state, 2, "b")
+            let a = take(&state)
+            #expect(a?.job == "a")
             guard case .wait(wakeAll: true) = state.shutdown("first") else { Issue.record("wake every thread"); return }
             guard case .wait(wakeAll: false) = state.shutdown("second") else { Issue.record("one wake-up is enough"); return }
             #expect(!state.isAccepting)
-            guard case .refused("c") = state.submit(id: 3, "c") else { Issue.record("accepted after shutdown"); return }
+            guard case .refused("c") = submitSync(&state, 3, "c") else { Issue.record("accepted after shutdown"); return }
+            guard case .refused("w") = state.submit(id: 4, descriptor: 3, kind: .write, "w") else { Issue.record("a write accepted after shutdown"); return }
             // The second thread takes what is queued, then leaves; the busy one leaves after it.
-            #expect(taken(state.next()) == "b")
-            state.finished()
+            let b = take(&state)
+            #expect(b?.job == "b")
+            _ = state.finished(b!.ticket)
             guard case .exit(.none) = state.next() else { Issue.record("the first thread to leave returns no waiter"); return }
-            state.finished()
+            _ = state.finished(a!.ticket)
             guard case .exit(.stopped(let waiters)) = state.next() else { Issue.record("the last one stops"); return }
             #expect(waiters == ["first", "second"])
             #expect(state.lifecycle == .stopped && state.liveThreads == 0)
@@ -78,12 +96,12 @@ extension AsyncFsyncTests {
         @Test("a thread leaves only once the queue is empty, even when the shutdown came before it was free")
         func drainBeforeExit() {
             var state = started(1)
-            for id in 1...3 { _ = state.submit(id: UInt64(id), "\(id)") }
+            for id in 1...3 { submitSync(&state, id, "\(id)") }
             _ = state.shutdown(nil)
             var ran: [String] = []
-            while case .run(_, let job) = state.next() {
+            while case .run(let ticket, let job) = state.next() {
                 ran.append(job)
-                state.finished()
+                _ = state.finished(ticket)
             }
             #expect(ran == ["1", "2", "3"])
             #expect(state.lifecycle == .stopped)
@@ -104,6 +122,143 @@ extension AsyncFsyncTests {
             guard case .stopped(let waiters) = draining.threadDidNotStart() else { Issue.record("the failed start is the last"); return }
             #expect(waiters == ["w"])
             #expect(draining.lifecycle == .stopped)
+        }
+
+        // MARK: Writes and the sync that covers them
+
+        @Test("a sync asked for while writes of its descriptor are in flight is held until they complete, in any order; other descriptors are not held")
+        func syncWaitsForEarlierWrites() {
+            var state = started(4)
+            guard case .queued = state.submit(id: 1, descriptor: 3, kind: .write, "w1"),
+                  case .queued = state.submit(id: 2, descriptor: 3, kind: .write, "w2") else { Issue.record("writes are queued"); return }
+            let w1 = take(&state)!
+            guard case .held = state.submit(id: 3, descriptor: 3, kind: .sync, "s") else { Issue.record("the sync must be held"); return }
+            guard case .queued = state.submit(id: 4, descriptor: 4, kind: .sync, "other") else { Issue.record("another descriptor is not held"); return }
+            #expect(state.isHeld(3) && state.heldCount == 1)
+            let w2 = take(&state)!
+            #expect(take(&state)?.job == "other")
+            guard case .wait = state.next() else { Issue.record("the held sync is not run"); return }
+            #expect(state.finished(w2.ticket) == 0, "w1 still runs: the sync stays held")
+            guard case .wait = state.next() else { Issue.record("still held after w2"); return }
+            #expect(state.finished(w1.ticket) == 1, "the last earlier write releases it: wake one thread")
+            #expect(!state.isHeld(3) && state.pendingWriteCount(of: 3) == 0)
+            let sync = take(&state)
+            #expect(sync?.job == "s" && sync?.ticket.work == .sync)
+        }
+
+        @Test("writes accepted after a sync never hold it: a stream of later writes cannot starve it")
+        func laterWritesDoNotHold() {
+            var state = started(2)
+            _ = state.submit(id: 1, descriptor: 3, kind: .write, "w1")
+            let w1 = take(&state)!
+            guard case .held = state.submit(id: 2, descriptor: 3, kind: .sync, "s") else { Issue.record("held by w1"); return }
+            // Later writes keep arriving and running.
+            for id in 3...6 { _ = state.submit(id: UInt64(id), descriptor: 3, kind: .write, "w\(id)") }
+            let w3 = take(&state)!
+            #expect(w3.job == "w3")
+            #expect(state.finished(w1.ticket) == 1, "w1 was the only write before the sync")
+            #expect(state.pendingWriteCount(of: 3) == 4)
+            // Released behind the writes queued before its release, ahead of any later one.
+            var order: [String] = []
+            _ = state.submit(id: 7, descriptor: 3, kind: .write, "w7")
+            while let next = take(&state) {
+                order.append(next.job)
+                _ = state.finished(next.ticket)
+            }
+            #expect(order == ["w4", "w5", "w6", "s", "w7"])
+            _ = state.finished(w3.ticket)
+        }
+
+        @Test("with nothing in flight a sync is queued at once; a sync after a completed write is not held")
+        func syncWithoutPendingWrites() {
+            var state = started(1)
+            _ = state.submit(id: 1, descriptor: 3, kind: .write, "w")
+            let w = take(&state)!
+            _ = state.finished(w.ticket)
+            guard case .queued = state.submit(id: 2, descriptor: 3, kind: .sync, "s") else { Issue.record("nothing to wait for"); return }
+            #expect(state.heldCount == 0)
+        }
+
+        @Test("a cancelled queued write releases the syncs it held; a held sync can be cancelled; a durable write's sync part cannot")
+        func cancellingWrites() {
+            var state = started(1)
+            _ = state.submit(id: 1, descriptor: 3, kind: .write, "w1")
+            _ = state.submit(id: 2, descriptor: 3, kind: .sync, "s1")
+            _ = state.submit(id: 3, descriptor: 3, kind: .sync, "s2")
+            #expect(state.heldCount == 2)
+            let cancelled = state.cancel(1)
+            #expect(cancelled?.job == "w1" && cancelled?.wake == 2, "nothing of w1 was written: both syncs are free")
+            #expect(state.pendingWriteCount(of: 3) == 0 && state.heldCount == 0)
+            #expect(state.cancel(3)?.job == "s2", "a queued sync is given back")
+
+            _ = state.submit(id: 4, descriptor: 3, kind: .write, "w4")
+            _ = state.submit(id: 5, descriptor: 3, kind: .sync, "s5")
+            let held = state.cancel(5)
+            #expect(held?.job == "s5" && held?.wake == 0 && state.heldCount == 0, "a held sync is given back")
+
+            // A durable write whose sync part is held: its write ran, so it is never given back.
+            var durable = started(2)
+            _ = durable.submit(id: 10, descriptor: 3, kind: .write, "w")
+            _ = durable.submit(id: 11, descriptor: 3, kind: .durableWrite, "d")
+            let w = take(&durable)!
+            let d = take(&durable)!
+            guard case .held(wake: 0) = durable.durableWriteWritten(d.ticket, job: d.job, succeeded: true) else {
+                Issue.record("its sync part waits for w"); return
+            }
+            #expect(durable.isHeld(11) && durable.cancel(11) == nil)
+            #expect(durable.finished(w.ticket) == 1)
+            #expect(durable.cancel(11) == nil, "queued again, still not given back")
+            let sync = take(&durable)
+            #expect(sync?.job == "d" && sync?.ticket.work == .durableSync)
+        }
+
+        @Test("a durable write: the thread runs its sync after its write; held while an earlier write runs; a failed write ends it without a sync")
+        func durableWrites() {
+            var state = started(2)
+            _ = state.submit(id: 1, descriptor: 3, kind: .durableWrite, "d1")
+            let d1 = take(&state)!
+            #expect(d1.ticket.work == .durableWrite)
+            guard case .held = state.submit(id: 2, descriptor: 3, kind: .sync, "s") else { Issue.record("the write part holds a later sync"); return }
+            guard case .sync(let sync, wake: 1) = state.durableWriteWritten(d1.ticket, job: d1.job, succeeded: true) else {
+                Issue.record("nothing earlier: sync now, and the later sync is released"); return
+            }
+            #expect(sync.work == .durableSync && sync.id == 1 && state.busyThreads == 1)
+            #expect(state.finished(sync) == 0 && state.busyThreads == 0)
+            _ = take(&state).map { _ = state.finished($0.ticket) }
+
+            // A write accepted before the durable write still runs: the sync part waits for it.
+            _ = state.submit(id: 3, descriptor: 3, kind: .write, "w")
+            _ = state.submit(id: 4, descriptor: 3, kind: .durableWrite, "d2")
+            let w = take(&state)!
+            let d2 = take(&state)!
+            guard case .held(wake: 0) = state.durableWriteWritten(d2.ticket, job: d2.job, succeeded: true) else { Issue.record("held"); return }
+            #expect(state.busyThreads == 1, "the thread is free while the sync part waits")
+            #expect(state.finished(w.ticket) == 1)
+            let part = take(&state)
+            #expect(part?.job == "d2" && part?.ticket.work == .durableSync)
+            _ = state.finished(part!.ticket)
+
+            // A failed write part: done, nothing held, no sync.
+            _ = state.submit(id: 5, descriptor: 3, kind: .durableWrite, "d3")
+            let d3 = take(&state)!
+            guard case .done(wake: 0) = state.durableWriteWritten(d3.ticket, job: d3.job, succeeded: false) else { Issue.record("done"); return }
+            #expect(state.busyThreads == 0 && state.pendingWriteCount(of: 3) == 0 && state.queuedCount == 0)
+        }
+
+        @Test("shutdown drains writes and held syncs: the threads leave only after the released sync ran")
+        func drainWithWrites() {
+            var state = started(2)
+            _ = state.submit(id: 1, descriptor: 3, kind: .write, "w")
+            _ = state.submit(id: 2, descriptor: 3, kind: .sync, "s")
+            let w = take(&state)!
+            guard case .wait(wakeAll: true) = state.shutdown("waiter") else { Issue.record("a drain"); return }
+            guard case .exit(.none) = state.next() else { Issue.record("the idle thread leaves: the busy one will run the sync"); return }
+            #expect(state.finished(w.ticket) == 1)
+            let s = take(&state)
+            #expect(s?.job == "s")
+            _ = state.finished(s!.ticket)
+            guard case .exit(.stopped(let waiters)) = state.next() else { Issue.record("then the last thread stops"); return }
+            #expect(waiters == ["waiter"])
         }
     }
 

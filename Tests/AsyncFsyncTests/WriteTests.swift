@@ -256,6 +256,32 @@ extension AsyncFsyncTests {
             #expect(try contents(fd, count: 4096) == [UInt8](repeating: 7, count: 4096))
         }
 
+        @Test("GroupCommit: a sync of a descriptor with a write in flight waits for it (the wrapped backend's rule); another descriptor of the file is not held by it")
+        func groupCommitWaitsForWrites() async throws {
+            let recorder = HeldWrites()
+            let wrapped = try LibaioBackend(capacity: 8, system: recorder.system)
+            let group = GroupCommit(wrapping: wrapped)
+            let directory = try ScratchDirectory.onDisk()
+            let fd = try directory.file("data", contents: "")
+            defer { try? fd.close() }
+            let other = try FileDescriptor.open(directory.path.appending("data"), .writeOnly)
+            defer { try? other.close() }
+            let write = Task { try await group.write(fd, [UInt8](repeating: 3, count: 4096), at: 0) }
+            #expect(await eventually(30) { recorder.heldCount == 1 })
+            #expect(wrapped.hasIncompleteWrites(fd) && !wrapped.hasIncompleteWrites(other))
+            let sync = Task { try await group.fdatasync(fd) }
+            #expect(await eventually(30) { writeCounts(wrapped).heldSyncs == 1 }, "held in the wrapped backend")
+            try await group.fdatasync(other)  // accepted no write: not held
+            #expect(writeCounts(wrapped).heldSyncs == 1)
+            recorder.release(stopHolding: true)
+            try await write.value
+            try await sync.value
+            let log = recorder.log
+            let reaped = try #require(log.firstIndex(of: "reap write"))
+            #expect(log[reaped...].contains("submit fdsync"), "a sync after the write's completion: \(log)")
+            await group.shutdown()
+        }
+
         @Test("bad input: a negative offset is refused before anything is submitted; an empty write succeeds",
               arguments: BackendKind.aio)
         func badInput(kind: BackendKind) async throws {

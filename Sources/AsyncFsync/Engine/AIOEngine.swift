@@ -451,6 +451,17 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
             return
         }
         let id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
+        // As for a sync: a write that finds a free write slot is handed to the system at once and
+        // cannot be cancelled any more, so it gets no cancellation handler (one that loses the slot
+        // to a concurrent write meanwhile waits without one and is written: a cancellation is
+        // honoured only where it can be told in time).
+        if shared.withLock({ $0.writes.handsOverAtOnce }) {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
+                arriveWrite(WriteRequest(id: id, descriptor: descriptor, buffer: base, count: buffer.count, offset: offset,
+                                         kind: kind, continuation: continuation, arrival: stamp))
+            }
+            return
+        }
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
                 arriveWrite(WriteRequest(id: id, descriptor: descriptor, buffer: base, count: buffer.count, offset: offset,
@@ -870,6 +881,11 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
     /// The state machine in one line (tests).
     var stateSummary: String {
         shared.withLock { $0.machine.summary }
+    }
+
+    /// Whether writes accepted for `fd` are not complete yet (``WriteTracking``).
+    func hasIncompleteWrites(_ fd: FileDescriptor) -> Bool {
+        shared.withLock { $0.writes.holdsSyncs(of: fd.rawValue) }
     }
 
     /// Syncs held for the writes accepted before them, and writes not complete yet (tests).

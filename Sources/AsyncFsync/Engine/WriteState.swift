@@ -130,12 +130,15 @@ struct WriteState {
     /// complete, and ``released`` lists it then.
     mutating func gate(_ waiter: Waiter) -> Waiter? {
         let fd = waiter.descriptor.rawValue
-        guard var file = files[fd], !file.incomplete.isEmpty else { return waiter }
-        file.gated.append(Gated(barrier: file.lastSequence, waiter: waiter))
-        files[fd] = file
+        guard let barrier = files[fd].flatMap({ $0.incomplete.isEmpty ? nil : $0.lastSequence }) else { return waiter }
+        files[fd]!.gated.append(Gated(barrier: barrier, waiter: waiter))  // in place: no copy of the arrays
         pending += 1
         return nil
     }
+
+    /// Whether a write arriving now would be handed to the system at once (a write slot is free
+    /// and nothing waits): then it needs no cancellation handler.
+    var handsOverAtOnce: Bool { !blockedOnResources && ready.count < freeSlots.count }
 
     /// Takes the submitter role if it is free and a write can be submitted.
     mutating func takeSubmitterRole() -> Bool {
@@ -270,9 +273,8 @@ struct WriteState {
 
     /// Removes the held sync `id` of `descriptor`.
     mutating func cancelHeld(id: UInt64, descriptor: CInt) -> Waiter? {
-        guard var file = files[descriptor], let position = file.gated.firstIndex(where: { $0.waiter.id == id }) else { return nil }
-        let waiter = file.gated.remove(at: position).waiter
-        files[descriptor] = file.incomplete.isEmpty && file.gated.isEmpty ? nil : file
+        guard let position = files[descriptor]?.gated.firstIndex(where: { $0.waiter.id == id }) else { return nil }
+        let waiter = files[descriptor]!.gated.remove(at: position).waiter
         pending -= 1
         return waiter
     }
@@ -380,18 +382,21 @@ struct WriteState {
         freeRequests.append(index)
         pending -= 1
         let fd = request.descriptor.rawValue
-        guard var file = files[fd] else { return request }
-        file.incomplete.removeAll { $0 == request.sequence }
-        let oldest = file.incomplete.first ?? .max
-        if !file.gated.isEmpty {
-            file.gated.removeAll { gated in
+        guard files[fd] != nil else { return request }
+        // In place (the entry stays, with its storage: no allocation per write on a descriptor
+        // written again; an entry per descriptor number ever written is the whole cost).
+        files[fd]!.incomplete.removeAll { $0 == request.sequence }
+        let oldest = files[fd]!.incomplete.first ?? .max
+        if !files[fd]!.gated.isEmpty {
+            var freed = 0
+            files[fd]!.gated.removeAll { gated in
                 guard gated.barrier < oldest else { return false }
                 released.append(gated.waiter)
-                pending -= 1
+                freed += 1
                 return true
             }
+            pending -= freed
         }
-        files[fd] = file.incomplete.isEmpty && file.gated.isEmpty ? nil : file
         return request
     }
 }

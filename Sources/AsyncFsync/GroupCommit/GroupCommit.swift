@@ -117,7 +117,12 @@ public final class GroupCommit: AsyncSyncBackend {
         let ledger = self.ledger
         let arrival = try ledger.map { try $0.admit(fd, stamp: $0.stamp(), mode: mode, backend: kind).get() }
             ?? (lateLedger == nil ? nil : 0)
-        guard case .success(let file) = system.fileIdentity(fd.rawValue) else {
+        // Writes through this descriptor still in the wrapped backend: a batch may be synced through
+        // another descriptor of the file, whose sync would not wait for them. The request goes to
+        // the wrapped backend, whose sync of this descriptor is held until they completed (the
+        // seeds' contract); it still shares that sync with the descriptor's other requests.
+        let writesPending = (wrapped as? any WriteTracking)?.hasIncompleteWrites(fd) ?? false
+        guard !writesPending, case .success(let file) = system.fileIdentity(fd.rawValue) else {
             // Not a file we can identify (closed descriptor…): the wrapped backend reports it. The
             // wrapped backend stamps its own, later arrival: a success is judged once more against
             // this request's own (a failure recorded in between counts; unidentified: any counts).

@@ -246,6 +246,13 @@ extension AsyncSyncBackend {
     }
 }
 
+extension SharedBackend: WriteTracking {
+    /// The made backend's answer; false until it is made (nothing was written through it).
+    func hasIncompleteWrites(_ fd: FileDescriptor) -> Bool {
+        (ifMade as? any WriteTracking)?.hasIncompleteWrites(fd) ?? false
+    }
+}
+
 extension SharedBackend: FailureLedgerProviding {
     /// The made backend's ledger; nil until it is made (``GroupCommit`` looks again at each request).
     var failureLedger: FailureLedger? {

@@ -175,6 +175,12 @@ func system_write(_ fd: CInt, _ buffer: UnsafeRawPointer, _ count: Int) -> Resul
     valueOrErrno(write(fd, buffer, count))
 }
 
+/// `pwrite(2)`: at most `count` bytes from `buffer` at `offset`; the count written (possibly
+/// short) or the errno.
+func system_pwrite(_ fd: CInt, _ buffer: UnsafeRawPointer, _ count: Int, _ offset: Int64) -> Result<Int, Errno> {
+    valueOrErrno(pwrite(fd, buffer, count, off_t(offset)))
+}
+
 func system_close(_ fd: CInt) -> Result<Void, Errno> {
     valueOrErrno(close(fd)).map { _ in }
 }
@@ -269,6 +275,9 @@ struct SystemCalls: Sendable {
     /// The blocking sync a ``PortableBackend`` thread makes (``system_durable_sync(_:_:)``:
     /// `fcntl(F_FULLFSYNC)` on Darwin, `fsync(2)` / `fdatasync(2)` elsewhere).
     var durableSync: @Sendable (SyncMode, CInt) -> Result<Void, Errno> { didSet { renew() } }
+    /// The blocking `pwrite(2)` a ``PortableBackend`` thread makes (``system_pwrite(_:_:_:_:)``):
+    /// one call, which may write less than asked.
+    var pwrite: @Sendable (CInt, UnsafeRawPointer, Int, Int64) -> Result<Int, Errno> { didSet { renew() } }
     #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
     /// `kcmp(2)` with `KCMP_FILE` on two descriptors of this process: whether they share one open
     /// file description (``system_kcmp_file(_:_:)``). Only the Linux engine shares syncs.
@@ -307,6 +316,7 @@ struct SystemCalls: Sendable {
         noteMemory: { _, _, _ in },
         syncNow: system_sync_now,
         durableSync: system_durable_sync,
+        pwrite: system_pwrite,
         kcmpFile: system_kcmp_file,
         directIOAlignment: system_dio_alignment
     )
@@ -325,6 +335,7 @@ struct SystemCalls: Sendable {
         noteMemory: { _, _, _ in },
         syncNow: system_sync_now,
         durableSync: system_durable_sync,
+        pwrite: system_pwrite,
         directIOAlignment: system_dio_alignment
     )
     #endif

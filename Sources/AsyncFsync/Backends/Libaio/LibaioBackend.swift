@@ -239,6 +239,10 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
     }
 }
 
+extension LibaioBackend: WriteTracking {
+    func hasIncompleteWrites(_ fd: FileDescriptor) -> Bool { engine.hasIncompleteWrites(fd) }
+}
+
 extension LibaioBackend: FailureLedgerProviding {
     var failureLedger: FailureLedger? { ledger }
 }

@@ -164,6 +164,10 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
     }
 }
 
+extension PosixAIOBackend: WriteTracking {
+    func hasIncompleteWrites(_ fd: FileDescriptor) -> Bool { engine.hasIncompleteWrites(fd) }
+}
+
 extension PosixAIOBackend: FailureLedgerProviding {
     var failureLedger: FailureLedger? { ledger }
 }
