@@ -317,16 +317,17 @@ extension AsyncFsyncTests {
             var testDescription: String { rawValue }
         }
 
-        /// The backends, variants and write modes of the power-loss test: each wrong log once, on
-        /// one backend, per mode. The direct mode needs durable writes (the engine backends).
+        /// The backends, variants and write modes of the power-loss test: each correct log on every
+        /// backend, each wrong log once, on one backend, per mode.
         static var powerLossCases: [(BackendKind, Variant, WriteMode)] {
             #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
             [(.libaio, .correct, .buffered), (.posix, .correct, .buffered), (.portable, .correct, .buffered),
              (.libaio, .unsafeSkipDirectorySync, .buffered), (.posix, .unsafeSkipDataSync, .buffered),
-             (.libaio, .correct, .direct), (.posix, .correct, .direct),
+             (.libaio, .correct, .direct), (.posix, .correct, .direct), (.portable, .correct, .direct),
              (.posix, .unsafeSkipDirectorySync, .direct), (.libaio, .unsafeSkipDataSync, .direct)]
             #else
-            [(.portable, .correct, .buffered), (.portable, .unsafeSkipDirectorySync, .buffered), (.portable, .unsafeSkipDataSync, .buffered)]
+            [(.portable, .correct, .buffered), (.portable, .unsafeSkipDirectorySync, .buffered), (.portable, .unsafeSkipDataSync, .buffered),
+             (.portable, .correct, .direct)]
             #endif
         }
 
