@@ -243,6 +243,27 @@ extension AsyncFsyncTests {
             try await third.close()
         }
 
+        @Test("a cancelled append leaves no hole: its record is written anyway, unacknowledged; later appends are acknowledged and all are recovered",
+              arguments: [WriteMode.buffered, .direct])
+        func cancelledAppend(mode: WriteMode) async throws {
+            let scratch = try ScratchDirectory.onDisk()
+            let directory = scratch.path.appending("wal")
+            let options = WriteAheadLogOptions(segmentSize: 1 << 20, durability: .groupCommit(AsyncSync.shared), writeMode: mode)
+            let (log, _) = try await Self.open(directory, options)
+            #expect(try await log.append(Self.payload(0, 0)) == LSN(rawValue: 1))
+            let cancelled = Task {
+                withUnsafeCurrentTask { $0?.cancel() }  // cancelled before its write reaches the backend
+                return try await log.append(Self.payload(0, 1))
+            }
+            let outcome = await cancelled.result
+            #expect(throws: CancellationError.self, "\(mode)") { try outcome.get() }
+            #expect(try await log.append(Self.payload(0, 2)) == LSN(rawValue: 3), "\(mode): the log is not poisoned")
+            try await log.close()
+            let (again, replayed) = try await Self.open(directory, options)
+            try await again.close()
+            #expect(replayed.map(\.payload) == (0..<3).map { Self.payload(0, $0) }, "\(mode): the cancelled record is in the log")
+        }
+
         @Test("record size: a payload above the limit is refused without poisoning the log; a log reopened with a smaller limit keeps its larger records")
         func recordSizeLimit() async throws {
             let scratch = try ScratchDirectory.onDisk()

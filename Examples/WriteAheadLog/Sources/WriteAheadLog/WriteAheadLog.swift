@@ -208,8 +208,9 @@ public actor WriteAheadLog {
     ///   log; then ``WriteAheadLogError/Code/poisoned`` for every later append;
     ///   ``WriteAheadLogError/Code/closed`` after ``close()``;
     ///   ``WriteAheadLogError/Code/recordTooLarge``; `CancellationError` when the task was
-    ///   cancelled before its sync was handed to the system (the record stays in the log,
-    ///   unacknowledged).
+    ///   cancelled before its write or sync was handed to the system (the record stays in the log,
+    ///   unacknowledged: a buffered write cancelled that early is made with a blocking `pwrite(2)`,
+    ///   a direct one by the next durable write, so no hole is left before later records).
     public func append(_ payload: [UInt8]) async throws -> LSN {
         guard payload.count <= min(options.maxRecordSize, Int(UInt32.max)) else {
             throw WriteAheadLogError(code: .recordTooLarge, message: "a record of \(payload.count) bytes is above the limit of \(options.maxRecordSize)", underlying: nil)
@@ -255,9 +256,21 @@ public actor WriteAheadLog {
     private func writeAndSync(_ frame: [UInt8], at offset: Int, in segment: Segment) async throws {
         segment.unwritten.insert(offset)
         do {
-            try await durability.write(frame, at: offset, to: segment.file)
+            do {
+                try await durability.write(frame, at: offset, to: segment.file)
+            } catch is CancellationError {
+                // Cancelled before the write was handed to the system: write it anyway (blocking),
+                // so that no hole is left in front of the records after it; the append is not
+                // acknowledged.
+                _ = try segment.file.withDescriptor { try $0.writeAll(toAbsoluteOffset: Int64(offset), frame) }
+                segment.unwritten.remove(offset)
+                segment.writesProgressed()
+                throw CancellationError()
+            }
             segment.unwritten.remove(offset)
             segment.writesProgressed()
+        } catch is CancellationError {
+            throw CancellationError()
         } catch {
             segment.unwritten.remove(offset)
             segment.writesProgressed()
@@ -307,6 +320,13 @@ public actor WriteAheadLog {
                 } else {
                     try await segment.file.durableWrite(buffer, count: padded, at: Int64(start))
                 }
+            } catch is CancellationError {
+                // This append's task was cancelled before its write was handed to the system:
+                // nothing was written; the next flush (another append's, a rotation's or close's)
+                // writes these frames.
+                segment.flushing = false
+                segment.flushEnded()
+                throw CancellationError()
             } catch {
                 segment.flushing = false
                 segment.flushEnded()
@@ -405,6 +425,8 @@ public actor WriteAheadLog {
         if failure == nil {
             stats.dataSyncRequests += 1
             do {
+                // Frames of cancelled appends may wait for a durable write still (direct mode).
+                if options.writeMode == .direct { try await flush(current, through: current.size) }
                 try await durability.sync(current.file, mode: .fdatasync)
             } catch {
                 poison(error)
