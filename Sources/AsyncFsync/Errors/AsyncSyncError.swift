@@ -189,7 +189,7 @@ extension AsyncSyncError {
 
     /// What was being done when an ``AsyncSyncError`` happened.
     public struct Operation: Hashable, Sendable, CustomStringConvertible {
-        private enum Base: Hashable, Sendable { case fsync, fdatasync, setup, probe, write, durableWrite }
+        private enum Base: Hashable, Sendable { case fsync, fdatasync, setup, probe, write, durableWrite, open, close }
         private var base: Base
         private init(_ base: Base) { self.base = base }
 
@@ -210,6 +210,13 @@ extension AsyncSyncError {
         /// `RWF_DSYNC`): its failure at completion may be a failure of the write or of its sync.
         public static let durableWrite = Operation(.durableWrite)
 
+        /// Opening a file (``AsyncFile/open(_:options:permissions:backend:)``, or the directory
+        /// ``AsyncFile/syncDirectory(containing:backend:)`` syncs): `open(2)` and what is learned at open.
+        public static let open = Operation(.open)
+
+        /// Closing a file's descriptor (``AsyncFile/close()``): `close(2)`.
+        public static let close = Operation(.close)
+
         /// The operation of a sync in `mode`.
         public static func sync(_ mode: SyncMode) -> Operation {
             mode == .fsync ? .fsync : .fdatasync
@@ -228,6 +235,8 @@ extension AsyncSyncError {
             case .probe: "probe"
             case .write: "write"
             case .durableWrite: "durable write"
+            case .open: "open"
+            case .close: "close"
             }
         }
     }

@@ -185,6 +185,12 @@ func system_close(_ fd: CInt) -> Result<Void, Errno> {
     valueOrErrno(close(fd)).map { _ in }
 }
 
+/// `open(2)` of `path` with `flags` and, for a file it creates, `mode`: a new descriptor (the lowest
+/// free number). `EINTR` is returned as is; the caller decides whether to retry.
+func system_open(_ path: FilePath, _ flags: CInt, _ mode: CUnsignedInt) -> Result<CInt, Errno> {
+    path.withPlatformString { valueOrErrno(open($0, flags, mode_t(mode))) }
+}
+
 /// `fcntl(fd, F_DUPFD_CLOEXEC, minimum)`: a new descriptor of the same open file, close-on-exec,
 /// at the lowest free number not below `minimum`.
 func system_fcntl_dupfd_cloexec(_ fd: CInt, _ minimum: CInt) -> Result<CInt, Errno> {
@@ -250,6 +256,9 @@ struct SystemCalls: Sendable {
     /// `fcntl(fd, F_GETFL)`: whether a descriptor is `O_DIRECT` (a durable write picks its path by it).
     var statusFlags: @Sendable (CInt) -> Result<CInt, Errno> { didSet { renew() } }
     var close: @Sendable (CInt) -> Result<Void, Errno> { didSet { renew() } }
+    /// `open(2)` (``system_open(_:_:_:)``): the descriptors an ``AsyncFile`` owns, and the
+    /// directories it syncs.
+    var openFile: @Sendable (FilePath, CInt, CUnsignedInt) -> Result<CInt, Errno> { didSet { renew() } }
     var fileIdentity: @Sendable (CInt) -> Result<FileIdentity, Errno> { didSet { renew() } }
     /// Starts a detached thread with every signal blocked (``system_start_thread(name:_:)``).
     var startThread: @Sendable (String, @escaping @Sendable () -> Void) -> Result<Void, Errno> { didSet { renew() } }
@@ -299,6 +308,7 @@ struct SystemCalls: Sendable {
         write: system_write,
         statusFlags: system_fcntl_getfl,
         close: system_close,
+        openFile: system_open,
         fileIdentity: system_fstat_identity,
         startThread: { name, body in system_start_thread(name: name, body) },
         fileSystemType: system_fstatfs_type,
@@ -317,6 +327,7 @@ struct SystemCalls: Sendable {
         write: system_write,
         statusFlags: system_fcntl_getfl,
         close: system_close,
+        openFile: system_open,
         fileIdentity: system_fstat_identity,
         startThread: { name, body in system_start_thread(name: name, body) },
         fileSystemType: system_fstatfs_type,

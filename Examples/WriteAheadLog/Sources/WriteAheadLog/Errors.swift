@@ -14,6 +14,8 @@ public struct WriteAheadLogError: Error, Sendable, CustomStringConvertible {
         case corrupt
         /// The payload is larger than ``WriteAheadLogOptions/maxRecordSize``.
         case recordTooLarge
+        /// Options that do not go together (``WriteMode/direct`` with the blocking durability).
+        case invalidOptions
     }
 
     /// What went wrong; branch on this.

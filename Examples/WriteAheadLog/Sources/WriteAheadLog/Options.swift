@@ -43,23 +43,63 @@ public struct Durability: Sendable, CustomStringConvertible {
         }
     }
 
-    /// Makes the data (`.fdatasync`) or data and metadata (`.fsync`) of `fd` durable. The blocking
-    /// form blocks the caller's executor (the log's actor, `nonisolated(nonsending)`); the
-    /// group-commit form suspends there and the sync runs elsewhere.
-    nonisolated(nonsending)
-    func sync(_ fd: FileDescriptor, mode: SyncMode) async throws {
+    /// The backend the log's files (``AsyncFile``) send their writes and syncs to: the
+    /// `GroupCommit`; for the blocking form, `AsyncSync.shared`, which its files only name in
+    /// errors (their I/O is blocking calls on the descriptor).
+    var fileBackend: any AsyncSyncBackend {
         switch storage {
-        case .groupCommit(let group):
-            try await group.sync(fd, mode: mode)
-        case .blocking:
-            #if canImport(Darwin)
-            let result = fcntl(fd.rawValue, F_FULLFSYNC)  // Darwin's fsync leaves data in the drive's cache
-            #else
-            let result = mode == .fsync ? fsync(fd.rawValue) : fdatasync(fd.rawValue)
-            #endif
-            if result != 0 { throw Errno(rawValue: errno) }
+        case .groupCommit(let group): group
+        case .blocking: AsyncSync.shared
         }
     }
+
+    /// Makes the data (`.fdatasync`) or data and metadata (`.fsync`) of `file` durable. The
+    /// blocking form blocks the caller's executor (the log's actor, `nonisolated(nonsending)`); the
+    /// group-commit form suspends there and the sync runs elsewhere.
+    nonisolated(nonsending)
+    func sync(_ file: AsyncFile, mode: SyncMode) async throws {
+        switch storage {
+        case .groupCommit:
+            try await file.sync(mode)
+        case .blocking:
+            try file.withDescriptor { fd in
+                #if canImport(Darwin)
+                let result = fcntl(fd.rawValue, F_FULLFSYNC)  // Darwin's fsync leaves data in the drive's cache
+                #else
+                let result = mode == .fsync ? fsync(fd.rawValue) : fdatasync(fd.rawValue)
+                #endif
+                if result != 0 { throw Errno(rawValue: errno) }
+            }
+        }
+    }
+
+    /// Writes `bytes` at `offset` of a buffered `file`. The group-commit form writes through the
+    /// backend (no thread blocks); a backend that does not write (`backendUnavailable`, a backend
+    /// of one's own written before writes existed) gets a blocking `pwrite(2)` instead, as does the
+    /// blocking form.
+    nonisolated(nonsending)
+    func write(_ bytes: [UInt8], at offset: Int, to file: AsyncFile) async throws {
+        if case .groupCommit = storage {
+            do {
+                return try await file.write(contentsOf: bytes, at: Int64(offset))
+            } catch let error as AsyncSyncError where error.code == .backendUnavailable && error.operation == .write {
+                // falls through to the blocking write
+            }
+        }
+        _ = try file.withDescriptor { try $0.writeAll(toAbsoluteOffset: Int64(offset), bytes) }
+    }
+}
+
+/// How the log writes its segments.
+public enum WriteMode: Sendable, Hashable {
+    /// Through the page cache: each record is written at its offset as soon as it is appended
+    /// (concurrent appends write concurrently), then an `fdatasync` makes it durable. The default.
+    case buffered
+    /// `O_DIRECT`: records are packed as in buffered mode, and the log writes them with one
+    /// block-aligned durable write at a time (`RWF_DSYNC` on kernel AIO), which covers every
+    /// record appended since the previous one; the last, partial block is written again with the
+    /// records that follow it. Needs the group-commit durability and a file system with `O_DIRECT`.
+    case direct
 }
 
 /// Settings of a ``WriteAheadLog``.
@@ -73,6 +113,8 @@ public struct WriteAheadLogOptions: Sendable {
     /// How records are made durable. Default: ``Durability/groupCommit(_:delay:)`` over
     /// `AsyncSync.shared`.
     public var durability: Durability
+    /// How segments are written. Default: ``WriteMode/buffered``.
+    public var writeMode: WriteMode
 
     /// Tests only: skip the directory sync after a new segment's creation, so that the segment's
     /// name (and every record acknowledged in it) can vanish in a power loss. Wrong on purpose.
@@ -83,10 +125,12 @@ public struct WriteAheadLogOptions: Sendable {
     /// Tests only: called at each step of a rotation, inside the log's actor.
     var rotationHook: (@Sendable (RotationStep) async -> Void)?
 
-    public init(segmentSize: Int = 16 << 20, maxRecordSize: Int = 1 << 20, durability: Durability = .groupCommit()) {
+    public init(segmentSize: Int = 16 << 20, maxRecordSize: Int = 1 << 20, durability: Durability = .groupCommit(),
+                writeMode: WriteMode = .buffered) {
         self.segmentSize = segmentSize
         self.maxRecordSize = maxRecordSize
         self.durability = durability
+        self.writeMode = writeMode
     }
 }
 

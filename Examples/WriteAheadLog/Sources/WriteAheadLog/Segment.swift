@@ -6,36 +6,67 @@ import Darwin
 import Musl
 #endif
 
-/// A descriptor closed exactly once: by ``close()`` or, if nobody did, when its owner goes.
-final class OwnedDescriptor {
-    let fd: FileDescriptor
-    private(set) var isClosed = false
-
-    init(_ fd: FileDescriptor) { self.fd = fd }
-
-    func close() {
-        guard !isClosed else { return }
-        isClosed = true
-        try? fd.close()
-    }
-
-    deinit { close() }
-}
-
 /// One segment file: `segment-<first LSN, 16 hex digits>.wal` in the log's directory, its records
 /// back to back from offset 0. Only the log's actor touches it.
+///
+/// Its ``AsyncFile`` owns the descriptor: closing a full segment waits for the appends that still
+/// await its sync, so the log keeps no count of its own for that.
 final class Segment {
-    let file: OwnedDescriptor
-    /// Where the next record goes: the end of the last record written.
+    let file: AsyncFile
+    /// Where the next record goes: the end of the last record reserved.
     var size: Int
-    /// Appends that wrote here and wait for their sync (the descriptor must stay open for them).
-    var syncsInFlight = 0
 
-    var fd: FileDescriptor { file.fd }
+    // Buffered mode: writes run concurrently, each at its reserved offset.
 
-    init(_ file: OwnedDescriptor, size: Int) {
+    /// The offsets of records reserved whose write has not completed yet.
+    var unwritten: Set<Int> = []
+    /// Appends waiting for the writes before their own end to complete.
+    var writeWaiters: [CheckedContinuation<Void, Never>] = []
+
+    // O_DIRECT mode: one block-aligned durable write at a time covers every frame reserved since
+    // the previous one, starting at the block that holds the end of the durable part (that
+    // partial block is written again, with the new frames after the old bytes).
+
+    /// The offset alignment of the file's O_DIRECT transfers (1 in buffered mode).
+    let block: Int
+    /// The alignment of the memory a transfer is made from.
+    let memoryAlignment: Int
+    /// The file offset of `tail[0]`: a multiple of `block`.
+    var tailStart: Int
+    /// The bytes from `tailStart` to `size`: the partial block already in the file, then the
+    /// frames not yet written.
+    var tail: [UInt8]
+    /// Everything before this offset is durable.
+    var durableEnd: Int
+    /// A durable write of the tail is in flight.
+    var flushing = false
+    /// Appends waiting for the flush in flight.
+    var flushWaiters: [CheckedContinuation<Void, Never>] = []
+
+    /// A segment of `file` whose records end at `size`; `contents` are the file's bytes (recovery),
+    /// from which an O_DIRECT segment takes its partial last block.
+    init(_ file: AsyncFile, size: Int, contents: [UInt8] = []) {
         self.file = file
         self.size = size
+        block = file.directIOAlignment?.offsetAlignment ?? 1
+        memoryAlignment = file.directIOAlignment.map { max($0.memoryAlignment, $0.offsetAlignment) } ?? 1
+        tailStart = size / block * block
+        tail = Array(contents[min(tailStart, contents.count)..<min(size, contents.count)])
+        durableEnd = size
+    }
+
+    /// Resumes the appends waiting for writes (each checks again what it waits for).
+    func writesProgressed() {
+        let waiters = writeWaiters
+        writeWaiters = []
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// Resumes the appends waiting for the flush in flight.
+    func flushEnded() {
+        let waiters = flushWaiters
+        flushWaiters = []
+        for waiter in waiters { waiter.resume() }
     }
 
     static let prefix = "segment-"
@@ -70,8 +101,11 @@ final class Segment {
         return found.sorted { $0.firstLSN < $1.firstLSN }
     }
 
-    /// The whole content of the file open as `fd`.
-    static func readAll(_ fd: FileDescriptor) throws -> [UInt8] {
+    /// The whole content of the file at `path` (read through the page cache, on a descriptor of
+    /// its own).
+    static func readAll(_ path: FilePath) throws -> [UInt8] {
+        let fd = try FileDescriptor.open(path, .readOnly)
+        defer { try? fd.close() }
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 1 << 16)
         while true {

@@ -18,10 +18,12 @@ import Musl
 /// ```
 ///
 /// Durability rules (why each sync is where it is):
-/// - An append writes its frame at the end of the current segment (`pwrite(2)`; writes are
-///   serialized by the actor, so records never interleave) and then awaits an `fdatasync` of the
-///   segment that started after the write. Through `GroupCommit` (the default), concurrent
-///   appends share that sync.
+/// - An append reserves its frame's place at the end of the current segment inside the actor (so
+///   records never interleave), writes it there without blocking a thread (``AsyncFile``, through
+///   the backend), waits until every record before it in the segment is written, and then awaits
+///   an `fdatasync` of the segment that started after those writes. Through `GroupCommit` (the
+///   default), concurrent appends share that sync. In ``WriteMode/direct`` one block-aligned
+///   durable write at a time covers every frame reserved since the previous one.
 /// - A full segment is synced before the next one is created, so a segment that has a successor
 ///   is complete and recovery treats damage there as corruption rather than a torn write.
 /// - A new segment is created with `O_CREAT | O_EXCL`, and the directory is fsynced before any
@@ -67,20 +69,20 @@ public actor WriteAheadLog {
     }
 
     private let durability: Durability
-    private let directoryFile: OwnedDescriptor
+    private let directoryFile: AsyncFile
     private var current: Segment
-    /// Full segments whose appends still wait for their syncs (closed when the last one ends).
-    private var retired: [Segment] = []
+    /// The closes of full segments: each waits for the appends still awaiting its sync.
+    private var retiring: [Task<Void, any Error>] = []
     private var nextLSN: UInt64
     /// The first write or sync failure: the log is poisoned.
     private var failure: (any Error)?
     private var closing: Task<Void, any Error>?
     private var rotation: Task<Void, Never>?
-    private var syncsInFlight = 0
+    private var appendsInFlight = 0
     private var idleWaiters: [CheckedContinuation<Void, Never>] = []
     private var stats = Statistics()
 
-    private init(directory: FilePath, options: WriteAheadLogOptions, directoryFile: OwnedDescriptor,
+    private init(directory: FilePath, options: WriteAheadLogOptions, directoryFile: AsyncFile,
                  current: Segment, recovery: Recovery, directorySyncs: Int) {
         self.directory = directory
         self.options = options
@@ -119,16 +121,20 @@ public actor WriteAheadLog {
         replay: (LogRecord) throws -> Void = { _ in }
     ) async throws -> WriteAheadLog {
         let durability = options.durability
+        let backend = durability.fileBackend
+        if options.writeMode == .direct, case .blocking = durability.storage {
+            throw WriteAheadLogError(code: .invalidOptions, message: "the direct write mode needs the group-commit durability", underlying: nil)
+        }
         if mkdir(directory.string, 0o755) != 0, errno != EEXIST { throw Errno(rawValue: errno) }
         // The directory's name lives in its parent. Synced at every open, not only when this call
         // made the directory: an earlier open may have made it and stopped before its sync.
         var parent = directory.removingLastComponent()
         if parent.isEmpty { parent = "." }
-        let parentFile = OwnedDescriptor(try FileDescriptor.open(parent, .readOnly, options: .directory))
-        try await durability.sync(parentFile.fd, mode: .fsync)
-        parentFile.close()
+        let parentFile = try AsyncFile.open(parent, options: [.readOnly], backend: backend)
+        try await durability.sync(parentFile, mode: .fsync)
+        try await parentFile.close()
         var directorySyncs = 1
-        let directoryFile = OwnedDescriptor(try FileDescriptor.open(directory, .readOnly, options: .directory))
+        let directoryFile = try AsyncFile.open(directory, options: [.readOnly], backend: backend)
 
         var recovery = Recovery()
         var last: Segment?
@@ -140,8 +146,7 @@ public actor WriteAheadLog {
                 throw WriteAheadLogError(code: .corrupt, message: "\(name) starts at record \(firstLSN), but the segment before it ends before record \(next)", underlying: nil)
             }
             let path = directory.appending(name)
-            let file = OwnedDescriptor(try FileDescriptor.open(path, isLast ? .readWrite : .readOnly))
-            let bytes = try Segment.readAll(file.fd)
+            let bytes = try Segment.readAll(path)
             var offset = 0
             scan: while true {
                 switch Frame.decode(bytes, at: offset, lsn: next) {
@@ -151,6 +156,9 @@ public actor WriteAheadLog {
                     recovery.records += 1
                     offset = end
                 case .end:
+                    break scan
+                case .invalid where bytes[offset...].allSatisfy({ $0 == 0 }) && (!isLast || options.writeMode == .direct):
+                    // The zeros after the last record of an O_DIRECT write's last block: padding.
                     break scan
                 case .invalid(let reason):
                     guard isLast else {
@@ -162,10 +170,11 @@ public actor WriteAheadLog {
             }
             recovery.segments += 1
             if isLast {
-                if recovery.truncatedBytes > 0 { try file.fd.resize(to: Int64(offset)) }
+                let file = try AsyncFile.open(path, options: options.writeMode == .direct ? [.direct] : [], backend: backend)
+                if recovery.truncatedBytes > 0 { try file.withDescriptor { try $0.resize(to: Int64(offset)) } }
                 // The replayed records, and the truncation, are durable before anyone acts on them.
-                try await durability.sync(file.fd, mode: .fdatasync)
-                last = Segment(file, size: offset)
+                try await durability.sync(file, mode: .fdatasync)
+                last = Segment(file, size: offset, contents: bytes)
             }
         }
         recovery.nextLSN = LSN(rawValue: next)
@@ -173,14 +182,11 @@ public actor WriteAheadLog {
         if let last {
             current = last
         } else {
-            let path = directory.appending(Segment.name(firstLSN: next))
-            let fd = try FileDescriptor.open(path, .readWrite, options: [.create, .exclusiveCreate],
-                                             permissions: [.ownerReadWrite, .groupRead, .otherRead])
-            current = Segment(OwnedDescriptor(fd), size: 0)
+            current = Segment(try Self.create(directory.appending(Segment.name(firstLSN: next)), options), size: 0)
         }
         // The segments' names (a new first segment, or one whose rotation was cut short) are
         // durable before any record in them is acknowledged.
-        try await durability.sync(directoryFile.fd, mode: .fsync)
+        try await durability.sync(directoryFile, mode: .fsync)
         directorySyncs += 1
         return WriteAheadLog(directory: directory, options: options, directoryFile: directoryFile,
                              current: current, recovery: recovery, directorySyncs: directorySyncs)
@@ -202,8 +208,9 @@ public actor WriteAheadLog {
     ///   log; then ``WriteAheadLogError/Code/poisoned`` for every later append;
     ///   ``WriteAheadLogError/Code/closed`` after ``close()``;
     ///   ``WriteAheadLogError/Code/recordTooLarge``; `CancellationError` when the task was
-    ///   cancelled before its sync was handed to the system (the record stays in the log,
-    ///   unacknowledged).
+    ///   cancelled before its write or sync was handed to the system (the record stays in the log,
+    ///   unacknowledged: a buffered write cancelled that early is made with a blocking `pwrite(2)`,
+    ///   a direct one by the next durable write, so no hole is left before later records).
     public func append(_ payload: [UInt8]) async throws -> LSN {
         guard payload.count <= min(options.maxRecordSize, Int(UInt32.max)) else {
             throw WriteAheadLogError(code: .recordTooLarge, message: "a record of \(payload.count) bytes is above the limit of \(options.maxRecordSize)", underlying: nil)
@@ -221,30 +228,21 @@ public actor WriteAheadLog {
             }
             break
         }
-        // No suspension from here to the end of the write: records never interleave.
+        // No suspension from here until the frame has its place: records never interleave.
         let lsn = nextLSN
         let segment = current
         let frame = Frame.encode(lsn: lsn, payload: payload)
-        do {
-            try segment.fd.writeAll(toAbsoluteOffset: Int64(segment.size), frame)
-        } catch {
-            poison(error)  // part of the frame may be in the file: recovery will cut it
-            throw error
-        }
+        let offset = segment.size
         nextLSN += 1
         segment.size += frame.count
-
-        segment.syncsInFlight += 1
-        syncsInFlight += 1
-        defer { syncEnded(segment) }
+        appendsInFlight += 1
+        defer { appendEnded() }
         stats.dataSyncRequests += 1
-        do {
-            if !options.unsafeSkipDataSync { try await durability.sync(segment.fd, mode: .fdatasync) }
-        } catch is CancellationError {
-            throw CancellationError()
-        } catch {
-            poison(error)
-            throw error
+        switch options.writeMode {
+        case .buffered: try await writeAndSync(frame, at: offset, in: segment)
+        case .direct:
+            segment.tail += frame
+            try await flush(segment, through: offset + frame.count)
         }
         // A failure seen meanwhile may concern data written before this record: do not
         // acknowledge a record that recovery could cut off behind a lost one.
@@ -253,25 +251,129 @@ public actor WriteAheadLog {
         return LSN(rawValue: lsn)
     }
 
+    /// Buffered mode: writes the frame at its offset, waits for the writes of the records before
+    /// it, then syncs the segment (a sync that starts after all of them are written).
+    private func writeAndSync(_ frame: [UInt8], at offset: Int, in segment: Segment) async throws {
+        segment.unwritten.insert(offset)
+        do {
+            do {
+                try await durability.write(frame, at: offset, to: segment.file)
+            } catch is CancellationError {
+                // Cancelled before the write was handed to the system: write it anyway (blocking),
+                // so that no hole is left in front of the records after it; the append is not
+                // acknowledged.
+                _ = try segment.file.withDescriptor { try $0.writeAll(toAbsoluteOffset: Int64(offset), frame) }
+                segment.unwritten.remove(offset)
+                segment.writesProgressed()
+                throw CancellationError()
+            }
+            segment.unwritten.remove(offset)
+            segment.writesProgressed()
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch {
+            segment.unwritten.remove(offset)
+            segment.writesProgressed()
+            poison(error)  // part of the frame may be in the file: recovery will cut it
+            throw error
+        }
+        try await waitForWrites(in: segment, before: offset + frame.count)
+        do {
+            if !options.unsafeSkipDataSync { try await durability.sync(segment.file, mode: .fdatasync) }
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch {
+            poison(error)
+            throw error
+        }
+    }
+
+    /// Waits until every write of a record that starts before `end` in `segment` has completed;
+    /// throws the poison if one of them failed (this record would follow a hole).
+    private func waitForWrites(in segment: Segment, before end: Int) async throws {
+        while segment.unwritten.contains(where: { $0 < end }) {
+            await withCheckedContinuation { segment.writeWaiters.append($0) }
+        }
+        if let failure { throw WriteAheadLogError.poisoned(failure) }
+    }
+
+    /// O_DIRECT mode: returns once the segment is durable up to `end`. The append that finds no
+    /// durable write in flight makes one of everything reserved so far, from the block holding the
+    /// durable end; the others wait for it, and go on or lead the next.
+    private func flush(_ segment: Segment, through end: Int) async throws {
+        while segment.durableEnd < end {
+            if let failure { throw WriteAheadLogError.poisoned(failure) }
+            if segment.flushing {
+                await withCheckedContinuation { segment.flushWaiters.append($0) }
+                continue
+            }
+            segment.flushing = true
+            let target = segment.size
+            let start = segment.tailStart
+            let padded = (segment.tail.count + segment.block - 1) / segment.block * segment.block
+            do {
+                let alignment = segment.memoryAlignment
+                var buffer = try AlignedBuffer(byteCount: (padded + alignment - 1) / alignment * alignment, alignment: alignment)
+                buffer.withUnsafeMutableBytes { $0.copyBytes(from: segment.tail) }  // the rest stays zero
+                if options.unsafeSkipDataSync {
+                    try await segment.file.write(buffer, count: padded, at: Int64(start))
+                } else {
+                    try await segment.file.durableWrite(buffer, count: padded, at: Int64(start))
+                }
+            } catch is CancellationError {
+                // This append's task was cancelled before its write was handed to the system:
+                // nothing was written; the next flush (another append's, a rotation's or close's)
+                // writes these frames.
+                segment.flushing = false
+                segment.flushEnded()
+                throw CancellationError()
+            } catch {
+                segment.flushing = false
+                segment.flushEnded()
+                poison(error)
+                throw error
+            }
+            segment.durableEnd = target
+            let nextStart = target / segment.block * segment.block
+            segment.tail.removeFirst(nextStart - start)
+            segment.tailStart = nextStart
+            segment.flushing = false
+            segment.flushEnded()
+        }
+    }
+
+    /// Creates a segment file (`O_CREAT | O_EXCL`, `O_DIRECT` in the direct mode).
+    private static func create(_ path: FilePath, _ options: WriteAheadLogOptions) throws -> AsyncFile {
+        try AsyncFile.open(path, options: options.writeMode == .direct ? [.create, .exclusive, .direct] : [.create, .exclusive],
+                           permissions: [.ownerReadWrite, .groupRead, .otherRead], backend: options.durability.fileBackend)
+    }
+
     /// Closes the full segment and starts the next (the one rotation; appends wait for it).
     private func rotate() async {
         defer { rotation = nil }
         let old = current
         do {
             stats.dataSyncRequests += 1
-            try await durability.sync(old.fd, mode: .fdatasync)
+            switch options.writeMode {
+            case .buffered:
+                try await waitForWrites(in: old, before: .max)
+                try await durability.sync(old.file, mode: .fdatasync)
+            case .direct:
+                // Durable writes covered every record already; the sync also covers the file's
+                // size and holds where a file system does not honour RWF_DSYNC on every write.
+                try await flush(old, through: old.size)
+                try await durability.sync(old.file, mode: .fdatasync)
+            }
             await options.rotationHook?(.oldSegmentSynced)
-            let path = directory.appending(Segment.name(firstLSN: nextLSN))
-            let fd = try FileDescriptor.open(path, .readWrite, options: [.create, .exclusiveCreate],
-                                             permissions: [.ownerReadWrite, .groupRead, .otherRead])
-            current = Segment(OwnedDescriptor(fd), size: 0)
+            current = Segment(try Self.create(directory.appending(Segment.name(firstLSN: nextLSN)), options), size: 0)
             stats.rotations += 1
-            // Its descriptor stays open while appends that wrote to it wait for their syncs.
-            if old.syncsInFlight == 0 { old.file.close() } else { retired.append(old) }
+            // Its close waits for the appends that still await its sync.
+            let file = old.file
+            retiring.append(Task { try await file.close() })
             await options.rotationHook?(.newSegmentCreated)
             if !options.unsafeSkipDirectorySync {
                 stats.directorySyncs += 1
-                try await durability.sync(directoryFile.fd, mode: .fsync)
+                try await durability.sync(directoryFile, mode: .fsync)
             }
             await options.rotationHook?(.directorySynced)
         } catch {
@@ -279,14 +381,9 @@ public actor WriteAheadLog {
         }
     }
 
-    private func syncEnded(_ segment: Segment) {
-        segment.syncsInFlight -= 1
-        syncsInFlight -= 1
-        if segment !== current, segment.syncsInFlight == 0 {
-            segment.file.close()
-            retired.removeAll { $0 === segment }
-        }
-        if syncsInFlight == 0 {
+    private func appendEnded() {
+        appendsInFlight -= 1
+        if appendsInFlight == 0 {
             let waiters = idleWaiters
             idleWaiters = []
             for waiter in waiters { waiter.resume() }
@@ -321,23 +418,26 @@ public actor WriteAheadLog {
 
     private func closeNow() async throws {
         if let rotation { await rotation.value }
-        while syncsInFlight > 0 {
+        while appendsInFlight > 0 {
             await withCheckedContinuation { idleWaiters.append($0) }
         }
-        defer {
-            current.file.close()
-            for segment in retired { segment.file.close() }
-            retired = []
-            directoryFile.close()
-        }
+        var finalError: (any Error)?
         if failure == nil {
             stats.dataSyncRequests += 1
             do {
-                try await durability.sync(current.fd, mode: .fdatasync)
+                // Frames of cancelled appends may wait for a durable write still (direct mode).
+                if options.writeMode == .direct { try await flush(current, through: current.size) }
+                try await durability.sync(current.file, mode: .fdatasync)
             } catch {
                 poison(error)
-                throw error
+                finalError = error
             }
         }
+        // Every descriptor is closed, whatever failed.
+        _ = try? await current.file.close()
+        for task in retiring { _ = try? await task.value }
+        retiring = []
+        _ = try? await directoryFile.close()
+        if let finalError { throw finalError }
     }
 }
