@@ -772,11 +772,11 @@ extension AsyncFsyncTests {
 
         /// Found while porting the write-ahead log's direct mode: on FUSE (Linux 6.18), a kernel-AIO
         /// `O_DIRECT` write with `RWF_DSYNC` that does not extend the file sends no fsync request to
-        /// the file system (FUSE's asynchronous direct I/O path skips the sync an extending,
-        /// synchronous one gets), so the durable write is acknowledged while the power-loss file
-        /// system has not been asked to make it durable. POSIX aio (`aio_write` then
-        /// `aio_fsync(O_DSYNC)`) is not affected. Marked as a known issue of the libaio backend until
-        /// its durable write stops relying on `RWF_DSYNC` where the file system ignores it.
+        /// the file system; the write request itself carries `O_DSYNC`, which is the file system's
+        /// one sign that the write must be durable when it completes (a real file system makes it
+        /// durable with FUA or a cache flush). The fault file system now honours that flag (a write
+        /// carrying `O_DSYNC` is the write then an fdatasync in its power-loss model), so the
+        /// rewrite is in the image when the durable write returns, on both backends.
         @Test("a durable write that rewrites a block of an O_DIRECT file on FUSE is in the power-loss image when it returns (each engine backend)",
               arguments: BackendKind.aio)
         func durableRewriteOnFuse(kind: BackendKind) async throws {
@@ -787,14 +787,10 @@ extension AsyncFsyncTests {
             let block = try #require(file.directIOAlignment).offsetAlignment
             try await file.durableWrite(contentsOf: [UInt8](repeating: 1, count: 2 * block), at: 0)  // extends the file
             #expect(try fs.durableContents(of: "f") == [UInt8](repeating: 1, count: 2 * block), "\(kind): an extending durable write")
-            try await withKnownIssue("libaio: RWF_DSYNC on a FUSE O_DIRECT write that does not extend the file sends no fsync", isIntermittent: true) {
-                try await file.durableWrite(contentsOf: [UInt8](repeating: 2, count: block), at: Int64(block))  // does not
-                let durable = try fs.durableContents(of: "f")
-                #expect(durable.count == 2 * block && durable[block...].allSatisfy { $0 == 2 },
-                        "\(kind): a non-extending durable write is durable when it returns")
-            } when: {
-                kind == .libaio
-            }
+            try await file.durableWrite(contentsOf: [UInt8](repeating: 2, count: block), at: Int64(block))  // does not
+            let durable = try fs.durableContents(of: "f")
+            #expect(durable.count == 2 * block && durable[block...].allSatisfy { $0 == 2 },
+                    "\(kind): a non-extending durable write is durable when it returns")
             try await file.close()
             await backend.shutdown()
         }

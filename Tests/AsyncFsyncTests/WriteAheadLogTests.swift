@@ -417,15 +417,12 @@ extension AsyncFsyncTests {
                 if step == .oldSegmentSynced, count % 5 == 2 { crash("in rotation \(count + 1), after the full segment's sync") }
             }
 
-            // libaio's direct mode on FUSE: see AsyncFiles/durableRewriteOnFuse (a durable write
-            // that rewrites the last partial block is acknowledged without a sync reaching FUSE).
-            try await withKnownIssue("libaio: RWF_DSYNC rewrites on FUSE send no fsync", isIntermittent: true) {
-                try await powerLossRun(fs: fs, fsBox: fsBox, backend: backend, directory: directory, variant: variant, options: options,
-                                       acknowledged: acknowledged, crashes: crashes, crash: crash, rotations: rotations,
-                                       notDurableAtAcknowledgement: notDurableAtAcknowledgement)
-            } when: {
-                kind == .libaio && mode == .direct && variant == .correct
-            }
+            // libaio's direct mode rewrites the last partial block with RWF_DSYNC: FUSE sends no
+            // fsync for it, and the fault file system takes the write's O_DSYNC flag as its sync
+            // (see AsyncFiles/durableRewriteOnFuse).
+            try await powerLossRun(fs: fs, fsBox: fsBox, backend: backend, directory: directory, variant: variant, options: options,
+                                   acknowledged: acknowledged, crashes: crashes, crash: crash, rotations: rotations,
+                                   notDurableAtAcknowledgement: notDurableAtAcknowledgement)
             await backend.shutdown()
         }
 
