@@ -104,7 +104,7 @@ struct WaitTimedOut: Error, CustomStringConvertible {
 
 /// Waits until `condition` holds; throws ``WaitTimedOut`` after `timeout`, so that a test of a
 /// hang fails instead of hanging.
-func waitUntil(timeout: Duration = .seconds(10), _ condition: () -> Bool) async throws {
+func waitUntil(timeout: Duration = .seconds(60), _ condition: () -> Bool) async throws {
     let deadline = ContinuousClock.now + timeout
     while !condition() {
         guard ContinuousClock.now < deadline else { throw WaitTimedOut(timeout: timeout) }

@@ -358,8 +358,11 @@ extension AsyncFsyncTests {
             try await waitUntil { backend.pool.heldCount == 1 }
             probe.hold(4)
             let second = Task { try await Self.write(backend, fd, "bbbb", at: 4) }
+            // The second write takes the other thread first (tasks start in no set order: a durable
+            // write that ran first would leave nothing queued).
+            try await waitUntil { probe.started(4) }
             let durable = Task { try await Self.write(backend, fd, "cccc", at: 8, durable: true) }
-            try await waitUntil { probe.started(4) && backend.pool.queuedCount == 1 }
+            try await waitUntil { backend.pool.queuedCount == 1 }
             let shutdown = Task { await backend.shutdown() }
             try await waitUntil { !backend.pool.isAccepting }
             let late = await caughtError { try await Self.write(backend, fd, "x", at: 0) } as? AsyncSyncError
