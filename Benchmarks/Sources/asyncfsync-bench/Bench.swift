@@ -310,9 +310,14 @@ struct AsyncFsyncBench: AsyncParsableCommand {
             try writeSVG(results, cells: plotted, methods: methods.filter { method in plotted.contains { applies(method, to: $0) } },
                          directory: directory, to: svg)
         }
-        let failed = results.values.filter { $0.error != nil }
+        let failed = cells.flatMap { cell in
+            orderedMethods(methods, for: cell).compactMap { method in
+                results["\(method.rawValue)|\(cell)"].flatMap { m in m.error.map { "\(method.rawValue) · \(cell): \($0)" } }
+            }
+        }
         if !failed.isEmpty {
-            FileHandle.standardError.write(Data("asyncfsync-bench: \(failed.count) method×cell\(failed.count == 1 ? "" : "s") failed (ERROR rows above)\n".utf8))
+            FileHandle.standardError.write(Data(("asyncfsync-bench: \(failed.count) method×cell\(failed.count == 1 ? "" : "s") failed (ERROR rows in the report):\n"
+                + failed.map { "  \($0)\n" }.joined()).utf8))
             throw ExitCode(1)
         }
     }
