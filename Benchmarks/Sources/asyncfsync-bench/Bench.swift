@@ -211,7 +211,7 @@ struct AsyncFsyncBench: AsyncParsableCommand {
     @Flag(help: "Every workload: fsync and fdatasync, each of a clean file and after a 4 KiB pwrite (default: fsync of a clean file, 4 KiB pwrite + fdatasync).")
     var allWorkloads = false
 
-    @Option(help: "Workloads, comma-separated: sync (the default: N tasks, each syncing in a loop), wal-actor (N writers appending to one log actor, each append a \(walRecordSize)-byte pwrite at the end + fdatasync), durable-write (N writers, each op one 4 KiB write made durable, at every --depths value, one file and own files) or all. scripts/bench without --workload, --filter, --cells or --cell runs sync,durable-write.")
+    @Option(help: "Workloads, comma-separated: sync (the default: N tasks, each syncing in a loop), wal-actor (N writers appending to one log actor, each append a \(walRecordSize)-byte pwrite at the end + fdatasync), durable-write (N writers, each op one 4 KiB write made durable, at every --depths value, one file and own files) or all (all three; before durable-write existed, all was sync,wal-actor). scripts/bench without --workload, --filter, --cells or --cell runs sync,durable-write.")
     var workload = Workloads([.sync])
 
     @Option(help: "Seconds per method and cell in each round for the durable-write cells (default: --seconds).")
@@ -461,9 +461,9 @@ struct AsyncFsyncBench: AsyncParsableCommand {
 
     /// Runs `slots` tasks on the cooperative pool (or preferring `executor`), each calling
     /// `request(slot, its sequence number)` in a loop until the deadline (`seconds`, default
-    /// `--seconds`) and timing each call. Each
-    /// task keeps its latencies in a plain array (one histogram per task would cost far more than a
-    /// sync at depth 256); they are recorded into one histogram after the window closes.
+    /// `--seconds`) and timing each call. Each task keeps its latencies in a plain array (one
+    /// histogram per task would cost far more than a sync at depth 256); they are recorded into one
+    /// histogram after the window closes.
     func runSlots(
         _ slots: Int, seconds: Double? = nil, executor: (any TaskExecutor)? = nil,
         _ request: @escaping @Sendable (_ slot: Int, _ sequence: Int) async throws -> Void
