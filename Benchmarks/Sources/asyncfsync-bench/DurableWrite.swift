@@ -216,10 +216,10 @@ extension AsyncFsyncBench {
             #if NO_DURABLE_WRITE
             if method != .writeThenSync { throw DurableWriteUnavailable() }
             #endif
+            let buffers = try SlotBuffers(slots: depth)
             let backend: any AsyncSyncBackend = method == .posix
                 ? try PosixAIOBackend(inlineMemoryFileSystems: false)
                 : try LibaioBackend(inlineMemoryFileSystems: false)
-            let buffers = try SlotBuffers(slots: depth)
             let writeThenSync = method == .writeThenSync
             loop = try await withShutdown(backend) {
                 try await runSlots(depth, seconds: seconds) { slot, sequence in
