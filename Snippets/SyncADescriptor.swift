@@ -11,10 +11,11 @@ let handle = FileHandle(forWritingAtPath: "/dev/null")!
 // snippet.readme
 import AsyncFsync                                 // re-exports swift-system's FileDescriptor, Errno
 
-let fd = try FileDescriptor.open("wal.log", .writeOnly, options: [.create, .append],
+let fd = try FileDescriptor.open("wal.log", .writeOnly, options: [.create],
                                  permissions: [.ownerReadWrite])
-try fd.writeAll(record)
-try await AsyncSync.shared.fdatasync(fd)          // or .fsync(fd); no thread waits for the disk
+try await AsyncSync.shared.durableWrite(fd, record, at: 0)   // the write and its fdatasync, one await
+try await AsyncSync.shared.write(fd, record, at: 7)          // a write, no thread blocked …
+try await AsyncSync.shared.fdatasync(fd)          // … made durable: a sync covers the writes before it
 try await AsyncSync.shared.fdatasync(handle.fileDescriptor)   // a raw Int32 works too
 // snippet.end
 // snippet.modes

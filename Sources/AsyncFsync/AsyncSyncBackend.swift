@@ -137,6 +137,21 @@ public protocol AsyncSyncBackend: Sendable {
     var preferredSerialExecutor: (any SerialExecutor)? { get }
 }
 
+/// A heap copy of some bytes whose address does not move while a write awaits.
+struct OwnedBytes: @unchecked Sendable {
+    let bytes: UnsafeRawBufferPointer
+
+    init(_ source: [UInt8]) {
+        let memory = UnsafeMutableRawBufferPointer.allocate(byteCount: max(source.count, 1), alignment: 16)
+        source.withUnsafeBytes { memory.copyMemory(from: $0) }
+        bytes = UnsafeRawBufferPointer(rebasing: memory[..<source.count])
+    }
+
+    func free() {
+        bytes.baseAddress.map { UnsafeMutableRawPointer(mutating: $0).deallocate() }
+    }
+}
+
 extension AsyncSyncBackend {
     /// The default: no executor of its own.
     public var preferredTaskExecutor: (any TaskExecutor)? { nil }
@@ -170,6 +185,62 @@ extension AsyncSyncBackend {
     /// - Throws: Always ``AsyncSyncError/Code/backendUnavailable``.
     public func durableWrite(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64) async throws {
         throw AsyncSyncError.writesUnsupported(kind, operation: .durableWrite, descriptor: fd)
+    }
+
+    /// Writes `bytes` to `fd` at `offset` (a copy of them: the array may change meanwhile); see
+    /// ``write(_:from:at:)``.
+    ///
+    /// - Parameters:
+    ///   - fd: An open descriptor of a regular file, open for writing (not `O_DIRECT`: use an
+    ///     ``AlignedBuffer``); it must stay open until this call returns.
+    ///   - bytes: The bytes to write.
+    ///   - offset: Where the first byte goes (`>= 0`).
+    /// - Throws: See ``write(_:from:at:)``.
+    public func write(_ fd: FileDescriptor, _ bytes: [UInt8], at offset: Int64) async throws {
+        let copy = OwnedBytes(bytes)
+        defer { copy.free() }
+        try await write(fd, from: copy.bytes, at: offset)
+    }
+
+    /// Writes `bytes` to `fd` at `offset` and makes them durable (a copy of them: the array may
+    /// change meanwhile); see ``durableWrite(_:from:at:)``.
+    ///
+    /// - Parameters:
+    ///   - fd: An open descriptor of a regular file, open for writing (not `O_DIRECT`: use an
+    ///     ``AlignedBuffer``); it must stay open until this call returns.
+    ///   - bytes: The bytes to write.
+    ///   - offset: Where the first byte goes (`>= 0`).
+    /// - Throws: See ``durableWrite(_:from:at:)``.
+    public func durableWrite(_ fd: FileDescriptor, _ bytes: [UInt8], at offset: Int64) async throws {
+        let copy = OwnedBytes(bytes)
+        defer { copy.free() }
+        try await durableWrite(fd, from: copy.bytes, at: offset)
+    }
+
+    /// Writes the whole of `buffer` to `fd` at `offset`; see ``write(_:from:at:)``. The buffer is
+    /// borrowed for the call, so its memory stays valid until the write has completed.
+    ///
+    /// - Parameters:
+    ///   - fd: An open descriptor of a regular file, open for writing; it must stay open until this
+    ///     call returns. On an `O_DIRECT` descriptor `offset` must be a multiple of the file's
+    ///     ``DirectIOAlignment``.
+    ///   - buffer: The bytes to write.
+    ///   - offset: Where the first byte goes (`>= 0`).
+    /// - Throws: See ``write(_:from:at:)``.
+    public func write(_ fd: FileDescriptor, _ buffer: borrowing AlignedBuffer, at offset: Int64) async throws {
+        try await write(fd, from: buffer.unsafeBytes, at: offset)
+    }
+
+    /// Writes the whole of `buffer` to `fd` at `offset` and makes it durable; see
+    /// ``durableWrite(_:from:at:)``. The buffer is borrowed for the call.
+    ///
+    /// - Parameters:
+    ///   - fd: As for ``write(_:_:at:)-(_,AlignedBuffer,_)``.
+    ///   - buffer: The bytes to write.
+    ///   - offset: Where the first byte goes (`>= 0`).
+    /// - Throws: See ``durableWrite(_:from:at:)``.
+    public func durableWrite(_ fd: FileDescriptor, _ buffer: borrowing AlignedBuffer, at offset: Int64) async throws {
+        try await durableWrite(fd, from: buffer.unsafeBytes, at: offset)
     }
 
     /// Makes the data and metadata of `fd` durable, like `fsync(2)`.

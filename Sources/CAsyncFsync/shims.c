@@ -58,6 +58,22 @@ void casyncfsync_prep_sync(struct iocb *cb, int fd, int datasync, uint64_t data,
     }
 }
 
+void casyncfsync_prep_write(struct iocb *cb, int fd, const void *buf, uint64_t count, int64_t offset,
+                            int dsync, uint64_t data, int resfd) {
+    memset(cb, 0, sizeof *cb);
+    cb->aio_data = data;
+    cb->aio_lio_opcode = IOCB_CMD_PWRITE;
+    cb->aio_fildes = (uint32_t)fd;
+    cb->aio_buf = (uint64_t)(uintptr_t)buf;
+    cb->aio_nbytes = count;
+    cb->aio_offset = offset;
+    cb->aio_rw_flags = dsync ? 0x00000002 /* RWF_DSYNC */ : 0;
+    if (resfd >= 0) {
+        cb->aio_flags = IOCB_FLAG_RESFD;
+        cb->aio_resfd = (uint32_t)resfd;
+    }
+}
+
 // The header the kernel keeps at the start of a context's ring (fs/aio.c, struct aio_ring).
 struct ring_header {
     unsigned id, nr, head, tail, magic, compat_features, incompat_features, header_length;
@@ -103,6 +119,15 @@ int casyncfsync_aio_fsync(int datasync, struct aiocb *cb) {
 }
 
 int casyncfsync_aio_read(struct aiocb *cb) { return aio_read(cb); }
+
+void casyncfsync_aiocb_prep_write(struct aiocb *cb, int fd, const void *buf, size_t len, int64_t offset) {
+    casyncfsync_aiocb_prep(cb, fd);
+    cb->aio_buf = (volatile void *)buf;
+    cb->aio_nbytes = len;
+    cb->aio_offset = offset;
+}
+
+int casyncfsync_aio_write(struct aiocb *cb) { return aio_write(cb); }
 int casyncfsync_aio_error(const struct aiocb *cb) { return aio_error(cb); }
 long casyncfsync_aio_return(struct aiocb *cb) { return (long)aio_return(cb); }
 

@@ -85,10 +85,12 @@ struct InlineSync: Sendable {
     /// - Parameter refusal: The error the backend's engine refuses requests with now
     ///   (``AIOEngine/refusalError(_:_:)``: a shutdown, or a broken completion source's errno), or
     ///   `nil`.
+    /// - Parameter arrival: The request's stamp when it arrived earlier (the sync of a durable
+    ///   write, stamped before its write); a new stamp otherwise.
     func sync(
-        _ fd: FileDescriptor, mode: SyncMode, backend: BackendKind, refusal: AsyncSyncError?
+        _ fd: FileDescriptor, mode: SyncMode, backend: BackendKind, refusal: AsyncSyncError?, arrival: UInt64? = nil
     ) throws {
-        let arrival = ledger.stamp()
+        let arrival = arrival ?? ledger.stamp()
         try Task.checkCancellation()
         if let refusal { throw refusal }
         try Self.checkedBlockingSync(fd, mode: mode, backend: backend, system: system, ledger: ledger, arrival: arrival)

@@ -23,6 +23,9 @@ public struct AlignedBuffer: ~Copyable, @unchecked Sendable {  // unchecked: the
     public let byteCount: Int
     /// The alignment of the buffer's address, a power of two.
     public let alignment: Int
+
+    /// The buffer's bytes, for a call that borrows the buffer for as long as it uses them.
+    var unsafeBytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: memory, count: byteCount) }
     private let memory: UnsafeMutableRawPointer
 
     /// Allocates `byteCount` zeroed bytes at an address that is a multiple of `alignment`.

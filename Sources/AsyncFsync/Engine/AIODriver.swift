@@ -7,7 +7,8 @@ import SystemPackage
 /// The result of one request, as a driver reports it.
 struct Completion {
     var slot: Int32
-    var result: Result<Void, Errno>
+    /// The system's result: for a write the number of bytes written, for a sync 0.
+    var result: Result<Int, Errno>
 }
 
 /// What a driver's submission achieved: the first `accepted` slots were handed to the system;
@@ -19,6 +20,11 @@ struct SubmitOutcome {
 
 /// What a driver's look for completions ended with.
 enum ReapOutcome {
+    var isBroken: Bool {
+        if case .broken = self { return true }
+        return false
+    }
+
     /// Zero or more completions were appended.
     case progressed
     /// The completion source is broken (`io_getevents(2)` answered EINVAL, …): every request in
@@ -38,6 +44,8 @@ protocol AIODriver: AnyObject, Sendable {
     static var kind: BackendKind { get }
     /// The C function that hands a request to the system, for error reports.
     static var submitCall: String { get }
+    /// The C function that hands a write to the system, for error reports.
+    static var writeSubmitCall: String { get }
     /// The C function that reports a request's result, for error reports.
     static var completionCall: String { get }
     /// Whether completions are found by looking at each submitted control block (POSIX aio), so
@@ -50,6 +58,9 @@ protocol AIODriver: AnyObject, Sendable {
     /// Called once, before any request: the hub whose thread will reap this driver.
     func attach(to hub: CompletionHub)
     func prepare(slot: Int32, descriptor: CInt, mode: SyncMode)
+    /// Prepares `slot` as a write of `count` bytes at `buffer` to `offset`; `dsync`: the write
+    /// completes once its data is durable (`RWF_DSYNC`; kernel AIO only).
+    func prepareWrite(slot: Int32, descriptor: CInt, buffer: UnsafeRawPointer, count: Int, offset: Int64, dsync: Bool)
     func submit(_ slots: UnsafeBufferPointer<Int32>) -> SubmitOutcome
     /// Appends the completions the system has posted, without waiting. `active` lists the
     /// submitted slots when ``waitsOnList`` is true, and is empty otherwise.

@@ -20,11 +20,15 @@ import SystemPackage
 final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
     private struct Shared {
         var machine: EngineState
+        var writes: WriteState
         var shutdownWaiters: [UnsafeContinuation<Void, Never>] = []
         var releasedDriver = false
     }
 
     let driver: Driver
+    /// Driver slots `0..<syncSlots` hold syncs (``EngineState``); the rest hold writes
+    /// (``WriteState``), write slot `i` being driver slot `syncSlots + i`.
+    let syncSlots: Int
     let system: SystemCalls
     let ledger: FailureLedger
     /// Set once in `init`, before any request.
@@ -44,8 +48,12 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
     @exclusivity(unchecked) private var slotScratch: [EngineState.SlotRef] = []
     @exclusivity(unchecked) private var identityScratch: [FileIdentity?] = []
     @exclusivity(unchecked) private var pairScratch: [(index: Int, peer: EngineState.SlotRef, shares: Bool)] = []
+    /// Used by the holder of the write submitter role only.
+    @exclusivity(unchecked) private var writeScratch: [WriteState.Prepared] = []
+    @exclusivity(unchecked) private var writeSlotScratch: [Int32] = []
     /// Used by the hub's thread only.
     @exclusivity(unchecked) private var completions: [Completion] = []
+    @exclusivity(unchecked) private var writeRetries: [WriteState.Prepared] = []
     @exclusivity(unchecked) private var finished: [(range: Range<Int>, result: Result<Void, Errno>)] = []
     @exclusivity(unchecked) private var done: [Waiter] = []
     @exclusivity(unchecked) private var retries: [Int32] = []
@@ -59,13 +67,15 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
     /// Registers with the hub of the driver's kind (starting its thread if this is the first
     /// engine). If that fails, the driver is released here and the error thrown: nothing is freed
     /// twice, whatever runs `deinit` afterwards.
-    init(driver: Driver, system: SystemCalls, ledger: FailureLedger, handsOffInvalid: Bool = false) throws(AsyncSyncError) {
+    init(driver: Driver, syncSlots: Int, system: SystemCalls, ledger: FailureLedger, handsOffInvalid: Bool = false) throws(AsyncSyncError) {
+        precondition(syncSlots > 0 && driver.slotCount > syncSlots, "a driver has sync slots and write slots")
         self.handsOffInvalid = handsOffInvalid
         self.driver = driver
+        self.syncSlots = syncSlots
         self.system = system
         self.ledger = ledger
         let slots = driver.slotCount
-        shared = Locked(Shared(machine: EngineState(slotCount: slots)))
+        shared = Locked(Shared(machine: EngineState(slotCount: syncSlots), writes: WriteState(slotCount: slots - syncSlots)))
         submitScratch.reserveCapacity(slots)
         submitSlots.reserveCapacity(slots)
         completions.reserveCapacity(slots)
@@ -101,7 +111,7 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         // cancellation handler (installing one costs more than the rest of this library's path).
         // One that turns out to wait after all has its cancellation looked at before its batch
         // is submitted; one that will wait gets a handler and is cancelled at once.
-        if shared.withLock({ $0.machine.handsOverAtOnce(descriptor.rawValue) }) {
+        if shared.withLock({ $0.machine.handsOverAtOnce(descriptor.rawValue) && !$0.writes.holdsSyncs(of: descriptor.rawValue) }) {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
                 arrive(Waiter(id: id, descriptor: descriptor, mode: mode, continuation: continuation,
                               arrival: arrival, identity: nil, identityTaken: false), handled: false)
@@ -127,14 +137,14 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         waiter.checksCancellation = !handled
         // The cancellation handler may have run before the request was queued: checked under the lock.
         var arrival = withUnsafeCurrentTask { task in
-            shared.withLock { $0.machine.arrive(waiter, isCancelled: Task.isCancelled, onCompletionThread: onHub, task: task) }
+            shared.withLock { Self.admit(waiter, into: &$0, isCancelled: Task.isCancelled, onHub: onHub, task: task) }
         }
         if case .needsIdentity = arrival {
             // It will wait: take the file's identity, compared before its sync is submitted.
             waiter.identity = try? system.fileIdentity(waiter.descriptor.rawValue).get()
             waiter.identityTaken = true
             arrival = withUnsafeCurrentTask { task in
-                shared.withLock { $0.machine.arrive(waiter, isCancelled: Task.isCancelled, onCompletionThread: onHub, task: task) }
+                shared.withLock { Self.admit(waiter, into: &$0, isCancelled: Task.isCancelled, onHub: onHub, task: task) }
             }
         }
         switch arrival {
@@ -147,6 +157,63 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         case .needsIdentity:
             preconditionFailure("identity asked for twice")
         }
+    }
+
+    /// A sync request arrives (under the lock): held while writes its descriptor accepted before
+    /// it are incomplete (``WriteState``, counted in the sync machine's transit), else handed to
+    /// the sync machine. A held request has taken its file's identity first, as one that waits
+    /// in the sync machine does.
+    private static func admit(_ waiter: Waiter, into shared: inout Shared, isCancelled: Bool, onHub: Bool,
+                              task: UnsafeCurrentTask?) -> EngineState.Arrival {
+        if shared.writes.holdsSyncs(of: waiter.descriptor.rawValue) {
+            if let refusal = shared.machine.refusal { return .refused(refusal) }
+            if isCancelled { return .refused(.cancelled) }
+            guard waiter.identityTaken else { return .needsIdentity }
+            shared.machine.beginTransit()
+            let proceeds = shared.writes.gate(waiter)
+            precondition(proceeds == nil, "held: its descriptor has incomplete writes")
+            return .queued
+        }
+        return shared.machine.arrive(waiter, isCancelled: isCancelled, onCompletionThread: onHub, task: task)
+    }
+
+    /// What to do, outside the lock, after sync requests that waited for writes (or the syncs of
+    /// durable writes) were handed to the sync machine.
+    private struct HandOver {
+        var refused: [(Waiter, EngineState.ArrivalRefusal)] = []
+        var submit = false
+        /// Some arrived and wait for the submitter: on the completion thread, ask for a submission.
+        var queued = false
+        var release = false
+
+        mutating func note(_ release: EngineState.Release) {
+            if release == .release { self.release = true }
+        }
+    }
+
+    /// Under the lock: `released` (syncs whose earlier writes are complete, or the syncs of durable
+    /// writes whose write completed) arrive in the sync machine, then their transit ends. Each was
+    /// accepted already: a shutdown does not refuse it.
+    private static func handOver(_ released: [Waiter], _ shared: inout Shared, onHub: Bool, into actions: inout HandOver) {
+        for waiter in released {
+            switch shared.machine.arrive(waiter, isCancelled: false, onCompletionThread: onHub, task: nil, admitted: true) {
+            case .refused(let refusal): actions.refused.append((waiter, refusal))
+            case .submit: actions.submit = true
+            case .queued: actions.queued = true
+            case .needsIdentity: preconditionFailure("a released sync has its identity")
+            }
+        }
+        if !released.isEmpty { actions.note(shared.machine.endTransit(count: released.count)) }
+    }
+
+    /// Does what ``handOver(_:_:onHub:into:)`` said, outside the lock.
+    private func perform(_ actions: HandOver, onHub: Bool) {
+        for (waiter, refusal) in actions.refused {
+            waiter.continuation.resume(throwing: error(for: refusal, waiter.mode, waiter.descriptor))
+        }
+        if actions.submit { submitLoop() }
+        if actions.queued, onHub { hub.deferSubmission(self) }
+        if actions.release { hub.requestRelease(self) }
     }
 
     private func error(for refusal: EngineState.ArrivalRefusal, _ mode: SyncMode, _ descriptor: FileDescriptor) -> any Error {
@@ -169,7 +236,12 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
     }
 
     private func cancel(id: UInt64, descriptor: FileDescriptor) {
-        let (waiter, release) = shared.withLock { $0.machine.cancel(id: id, descriptor: descriptor.rawValue) }
+        let (waiter, release) = shared.withLock { shared -> (Waiter?, EngineState.Release) in
+            if let held = shared.writes.cancelHeld(id: id, descriptor: descriptor.rawValue) {
+                return (held, shared.machine.endTransit(count: 1))
+            }
+            return shared.machine.cancel(id: id, descriptor: descriptor.rawValue)
+        }
         waiter?.continuation.resume(throwing: CancellationError())
         if release == .release { hub.requestRelease(self) }
     }
@@ -180,6 +252,12 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
     /// jobs and completions).
     func submitReady() {
         if shared.withLock({ $0.machine.takeSubmitterRole() }) { submitLoop() }
+        let writes = shared.withLock { shared -> Bool in
+            guard shared.writes.takeSubmitterRole() else { return false }
+            shared.machine.beginTransit()  // the role: a drain waits until it is given up
+            return true
+        }
+        if writes { writeSubmitLoop() }
     }
 
     /// Moves ready batches into slots and submits them until nothing is ready or no slot is free;
@@ -348,6 +426,171 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         }
     }
 
+    // MARK: Writes
+
+    /// Writes all of `buffer` to `descriptor` at `offset` (``WriteState``). `kind`: a plain write,
+    /// a durable write in one request (`RWF_DSYNC`), or a durable write whose sync follows it.
+    /// `arrival`: the stamp of a durable write (the in-flight rule), taken by the caller before
+    /// anything else of the request.
+    func write(_ descriptor: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64, kind: WriteKind,
+               arrival: UInt64? = nil) async throws {
+        guard offset >= 0 else {
+            throw AsyncSyncError(code: .system, errno: .invalidArgument, operation: kind == .plain ? .write : .durableWrite,
+                                 step: .request, backend: Driver.kind, descriptor: descriptor,
+                                 message: "the offset \(offset) is negative")
+        }
+        var stamp: UInt64 = 0
+        if kind != .plain {
+            // Stamped before the sticky check, as a sync is.
+            stamp = try ledger.admit(descriptor, stamp: arrival ?? ledger.stamp(), mode: .fdatasync, backend: Driver.kind).get()
+        }
+        try Task.checkCancellation()
+        guard let base = buffer.baseAddress, buffer.count > 0 else {
+            // Nothing to write: a durable write of nothing is a sync.
+            if kind != .plain { try await sync(descriptor, mode: .fdatasync, arrival: stamp) }
+            return
+        }
+        let id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
+        try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
+                arriveWrite(WriteRequest(id: id, descriptor: descriptor, buffer: base, count: buffer.count, offset: offset,
+                                         kind: kind, continuation: continuation, arrival: stamp))
+            }
+        } onCancel: {
+            cancelWrite(id: id, descriptor: descriptor)
+        }
+    }
+
+    private enum WriteArrivalOutcome { case refused(EngineState.ArrivalRefusal), queued, submit }
+
+    private func arriveWrite(_ request: WriteRequest) {
+        let onHub = hub.isCurrent
+        let outcome = shared.withLock { shared -> WriteArrivalOutcome in
+            if let refusal = shared.machine.refusal { return .refused(refusal) }
+            if Task.isCancelled { return .refused(.cancelled) }
+            shared.machine.beginTransit()
+            switch shared.writes.arrive(request, onCompletionThread: onHub) {
+            case .queued: return .queued
+            case .submit:
+                shared.machine.beginTransit()  // the role
+                return .submit
+            }
+        }
+        switch outcome {
+        case .refused(let refusal):
+            request.continuation.resume(throwing: writeError(for: refusal, request))
+        case .queued:
+            if onHub { hub.deferSubmission(self) }
+        case .submit:
+            writeSubmitLoop()
+        }
+    }
+
+    /// A failure of the write itself is a write's (`.write`, never a durability failure), except
+    /// for an `RWF_DSYNC` write, whose failure may be its durability's.
+    private func operation(of request: WriteRequest) -> AsyncSyncError.Operation {
+        request.kind == .dsync ? .durableWrite : .write
+    }
+
+    private func writeError(for refusal: EngineState.ArrivalRefusal, _ request: WriteRequest) -> any Error {
+        switch refusal {
+        case .cancelled: CancellationError()
+        case .shutDown:
+            AsyncSyncError(code: .shutDown, errno: nil, operation: operation(of: request), step: .request,
+                           backend: Driver.kind, descriptor: request.descriptor)
+        case .broken(let errno):
+            writeError(request, errno: errno, step: .completion)
+        }
+    }
+
+    private func writeError(_ request: WriteRequest, errno: Errno, step: AsyncSyncError.Step) -> AsyncSyncError {
+        var message = ""
+        if errno == .invalidArgument {
+            message = "on an O_DIRECT descriptor the buffer's address, its length and the offset must be multiples of the file's DirectIOAlignment"
+        } else if errno == .badFileDescriptor {
+            message = "the descriptor is not open for writing; keep it open until the write returns"
+        }
+        return AsyncSyncError(code: .system, errno: errno, operation: operation(of: request), step: step,
+                              backend: Driver.kind, descriptor: request.descriptor,
+                              systemCall: step == .submit ? Driver.writeSubmitCall : Driver.completionCall, message: message)
+    }
+
+    private func cancelWrite(id: UInt64, descriptor: FileDescriptor) {
+        var released: [Waiter] = []
+        var actions = HandOver()
+        let request = shared.withLock { shared -> WriteRequest? in
+            guard let request = shared.writes.cancel(id: id, descriptor: descriptor.rawValue, released: &released) else { return nil }
+            Self.handOver(released, &shared, onHub: false, into: &actions)
+            actions.note(shared.machine.endTransit(count: 1))
+            return request
+        }
+        request?.continuation.resume(throwing: CancellationError())
+        perform(actions, onHub: false)
+    }
+
+    /// Moves waiting writes into write slots and submits them; the caller holds the write
+    /// submitter role (counted in the transit) and gives it up here.
+    private func writeSubmitLoop() {
+        while true {
+            let taken = shared.withLock { shared -> (Bool, EngineState.Release) in
+                writeScratch.removeAll(keepingCapacity: true)
+                guard shared.writes.takeWrites(into: &writeScratch) else {
+                    return (false, shared.machine.endTransit(count: 1))  // the role is given up
+                }
+                for prepared in writeScratch { prepareWrite(prepared) }
+                return (true, .none)
+            }
+            guard taken.0 else {
+                if taken.1 == .release { hub.requestRelease(self) }
+                return
+            }
+            writeSlotScratch.removeAll(keepingCapacity: true)
+            for prepared in writeScratch { writeSlotScratch.append(prepared.slot + Int32(syncSlots)) }
+            writeSlotScratch.withUnsafeBufferPointer { submitWrites($0, onHub: hub.isCurrent) }
+        }
+    }
+
+    private func prepareWrite(_ prepared: WriteState.Prepared) {
+        driver.prepareWrite(slot: prepared.slot + Int32(syncSlots), descriptor: prepared.descriptor, buffer: prepared.buffer,
+                            count: prepared.count, offset: prepared.offset, dsync: prepared.dsync)
+    }
+
+    /// Hands prepared write slots (driver numbering) to the driver, handling short counts and
+    /// refusals. A refused write fails with its errno at submit; nothing of it reached the file.
+    private func submitWrites(_ slots: UnsafeBufferPointer<Int32>, onHub: Bool) {
+        let offset = Int32(syncSlots)
+        var start = 0
+        while start < slots.count {
+            let rest = UnsafeBufferPointer(rebasing: slots[start...])
+            let outcome = driver.submit(rest)
+            if Driver.waitsOnList, outcome.accepted > 0 {
+                let accepted = rest[..<outcome.accepted].map { $0 - offset }
+                shared.withLock { shared in accepted.withUnsafeBufferPointer { shared.writes.submitted($0) } }
+                hub.listChanged()
+            }
+            start += outcome.accepted
+            guard let errno = outcome.error, start < slots.count else { return }
+            var failed: [WriteRequest] = []
+            var released: [Waiter] = []
+            var actions = HandOver()
+            let exhausted = errno == .resourceTemporarilyUnavailable
+            shared.withLock { shared in
+                if exhausted {
+                    let local = slots[start...].map { $0 - offset }
+                    local.withUnsafeBufferPointer { shared.writes.exhausted($0, into: &failed, released: &released) }
+                } else {
+                    shared.writes.refused(slot: slots[start] - offset, into: &failed, released: &released)
+                }
+                Self.handOver(released, &shared, onHub: onHub, into: &actions)
+                if !failed.isEmpty { actions.note(shared.machine.endTransit(count: failed.count)) }
+            }
+            for request in failed { request.continuation.resume(throwing: writeError(request, errno: errno, step: .submit)) }
+            perform(actions, onHub: onHub)
+            if exhausted { return }
+            start += 1
+        }
+    }
+
     // MARK: Completion (the hub's thread)
 
     func reapCompletions() -> Bool {
@@ -356,7 +599,10 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         guard reapsCompletions else { return false }
         if Driver.waitsOnList {
             active.removeAll(keepingCapacity: true)
-            shared.withLock { $0.machine.submittedSlots(into: &active) }
+            shared.withLock { shared in
+                shared.machine.submittedSlots(into: &active)
+                shared.writes.submittedSlots(into: &active, adding: Int32(syncSlots))
+            }
             if active.isEmpty { return false }
         }
         completions.removeAll(keepingCapacity: true)
@@ -366,28 +612,75 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         done.removeAll(keepingCapacity: true)
         finished.removeAll(keepingCapacity: true)
         retries.removeAll(keepingCapacity: true)
+        writeRetries.removeAll(keepingCapacity: true)
+        var writesDone: [(WriteRequest, Result<Void, Errno>)] = []
+        var handOver = HandOver()
         var systemSyncs = -1
+        let firstWriteSlot = Int32(syncSlots)
         let release = shared.withLock { shared -> EngineState.Release in
+            var released: [Waiter] = []
+            var ended: [WriteRequest] = []
             for completion in completions {
+                if completion.slot >= firstWriteSlot {
+                    ended.removeAll(keepingCapacity: true)
+                    switch shared.writes.completed(slot: completion.slot - firstWriteSlot, result: completion.result,
+                                                   done: &ended, released: &released) {
+                    case .retry(let prepared):
+                        prepareWrite(prepared)
+                        writeRetries.append(prepared)
+                    case .finished(let result): writesDone.append((ended[0], result))
+                    case .unknown: break
+                    }
+                    continue
+                }
                 let start = done.count
-                switch shared.machine.completed(slot: completion.slot, result: completion.result, into: &done) {
-                case .finished: finished.append((start..<done.count, completion.result))
+                let result = completion.result.map { _ in }
+                switch shared.machine.completed(slot: completion.slot, result: result, into: &done) {
+                case .finished: finished.append((start..<done.count, result))
                 case .retry: retries.append(completion.slot)
                 case .unknown: break
                 }
             }
+            // Writes that ended: a durable write whose sync follows becomes that sync request now,
+            // after its write completed (held while writes accepted before it are incomplete);
+            // every other one has its answer.
+            var ending = 0
+            writesDone.removeAll { request, result in
+                guard request.kind == .thenSync, case .success = result else {
+                    ending += 1
+                    return false
+                }
+                let waiter = Waiter(id: request.id, descriptor: request.descriptor, mode: .fdatasync,
+                                    continuation: request.continuation, arrival: request.arrival,
+                                    identity: nil, identityTaken: true)
+                // Its transit goes on with it: ended when it arrives in the sync machine.
+                if let proceeds = shared.writes.gate(waiter) { released.append(proceeds) }
+                return true
+            }
+            if ending > 0 { handOver.note(shared.machine.endTransit(count: ending)) }
             if case .broken(let errno) = outcome {
+                var held: [Waiter] = []
+                var failedWrites: [WriteRequest] = []
+                shared.writes.broken(into: &failedWrites, held: &held)
+                // Syncs released above have their answer below with the rest: the source is broken.
+                held.append(contentsOf: released)
+                released.removeAll()
+                for request in failedWrites { writesDone.append((request, .failure(errno))) }
+                handOver.note(shared.machine.endTransit(count: failedWrites.count + held.count))
                 let start = done.count
                 systemSyncs = finished.count  // the ones below did not run
                 let release = shared.machine.broken(errno, into: &done)
+                done.append(contentsOf: held)
                 finished.append((start..<done.count, .failure(errno)))
                 reapsCompletions = shared.machine.reapsCompletions
                 // A sync interrupted (EINTR) in this round belonged to a batch the break just failed
                 // and revoked: it is not submitted again (found by the model check: it reached the
                 // system after the drain had asked for the driver's release).
                 retries.removeAll(keepingCapacity: true)
+                writeRetries.removeAll(keepingCapacity: true)
                 return release
             }
+            Self.handOver(released, &shared, onHub: true, into: &handOver)
             return shared.machine.afterCompletions()
         }
 
@@ -402,15 +695,51 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
                 ledger.record(waiter.descriptor, errno: errno)
             }
         }
+        // A durable write in one request that failed may have lost its file's earlier data too.
+        for (request, result) in writesDone where request.kind != .plain {
+            guard case .failure(let errno) = result, AsyncSyncError.isDurableWriteDurabilityErrno(errno) else { continue }
+            if request.kind == .dsync || outcome.isBroken { ledger.record(request.descriptor, errno: errno) }
+        }
         if Observers.isActive { reportSystemSyncs(finished.prefix(systemSyncs < 0 ? finished.count : systemSyncs)) }
         for (range, result) in finished where !range.isEmpty {
             resume(done[range], with: result)
         }
+        for (request, result) in writesDone { resume(request, with: result) }
+        perform(handOver, onHub: true)
         if !retries.isEmpty {
             retries.withUnsafeBufferPointer { submit($0) }
         }
+        if !writeRetries.isEmpty {
+            let slots = writeRetries.map { $0.slot + firstWriteSlot }
+            slots.withUnsafeBufferPointer { submitWrites($0, onHub: true) }
+        }
         if release == .release { hub.requestRelease(self) }
         return true
+    }
+
+    /// Resumes a write that ended with `result` (a durable write's success is judged by the
+    /// in-flight rule, as a sync's).
+    private func resume(_ request: WriteRequest, with result: Result<Void, Errno>) {
+        switch result {
+        case .failure(let errno):
+            var error = writeError(request, errno: errno, step: .completion)
+            if errno == WriteState.stalledErrno, error.message.isEmpty {
+                error.message = "the system wrote 0 of the remaining \(request.count) bytes and reported no error"
+            }
+            request.continuation.resume(throwing: error)
+        case .success:
+            guard request.kind == .dsync else { return request.continuation.resume() }
+            if let errno = ledger.judgeSuccess(arrival: request.arrival, descriptor: request.descriptor, identity: {
+                FailureLedger.identify(request.descriptor, system: system)
+            }) {
+                request.continuation.resume(throwing: AsyncSyncError(
+                    code: .concurrentFailure, errno: errno, operation: .durableWrite, step: .completion, backend: Driver.kind,
+                    descriptor: request.descriptor,
+                    message: "a durability failure of the file was recorded while this write was in flight; its data may be lost"))
+            } else {
+                request.continuation.resume()
+            }
+        }
     }
 
     /// Tells the observers of each sync the system ran that ended in this round and how many
@@ -463,6 +792,7 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         shared.withLock { shared in
             active.removeAll(keepingCapacity: true)
             shared.machine.submittedSlots(into: &active)
+            shared.writes.submittedSlots(into: &active, adding: Int32(syncSlots))
         }
         for slot in active { list.append(driver.controlBlock(slot)) }
     }
@@ -540,6 +870,11 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
     /// The state machine in one line (tests).
     var stateSummary: String {
         shared.withLock { $0.machine.summary }
+    }
+
+    /// Syncs held for the writes accepted before them, and writes not complete yet (tests).
+    var writeCounts: (heldSyncs: Int, incompleteWrites: Int) {
+        shared.withLock { ($0.writes.heldSyncCount, $0.writes.incompleteWriteCount) }
     }
 
     /// Requests waiting for their descriptor's next sync or for a slot.

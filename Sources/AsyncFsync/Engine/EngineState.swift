@@ -180,8 +180,13 @@ struct EngineState {
     /// A request arrives. `onCompletionThread`: the caller runs on this engine's completion
     /// thread, which submits after its jobs (so the requests of every task it resumed go to the
     /// system together): the caller never takes the submitter role.
-    mutating func arrive(_ waiter: Waiter, isCancelled: Bool, onCompletionThread: Bool, task: UnsafeCurrentTask? = nil) -> Arrival {
-        if let refusal { return .refused(refusal) }
+    ///
+    /// `admitted`: the request was accepted earlier and waited elsewhere (a sync held for the
+    /// writes before it, or the sync of a durable write whose write completed): a shutdown begun
+    /// meanwhile does not refuse it (a drain completes what was accepted); a broken source does.
+    mutating func arrive(_ waiter: Waiter, isCancelled: Bool, onCompletionThread: Bool, task: UnsafeCurrentTask? = nil,
+                         admitted: Bool = false) -> Arrival {
+        if let refusal, !(admitted && refusal == .shutDown) { return .refused(refusal) }
         if isCancelled { return .refused(.cancelled) }
         let fd = waiter.descriptor.rawValue
         let entry = descriptors[fd] ?? (-1, -1)
@@ -331,9 +336,22 @@ struct EngineState {
 
     /// A request handed to another path at its refusal has its answer.
     mutating func endTransit() -> Release {
-        precondition(inTransit > 0)
-        inTransit -= 1
+        endTransit(count: 1)
+    }
+
+    /// `count` requests counted by ``beginTransit()`` (or handed off at a refusal) have their
+    /// answer, or have arrived in this machine.
+    mutating func endTransit(count: Int) -> Release {
+        precondition(inTransit >= count)
+        inTransit -= count
         return drainCheck()
+    }
+
+    /// A request this machine does not hold is accepted by the engine (a write, a sync held for
+    /// the writes before it, the write submitter role): a drain waits for it until
+    /// ``endTransit(count:)``. The caller has checked ``refusal``.
+    mutating func beginTransit() {
+        inTransit += 1
     }
 
     /// The system is out of resources (`EAGAIN`) for `slots`. With other syncs in flight, their

@@ -191,6 +191,14 @@ final class SharedBackend: AsyncSyncBackend, CustomStringConvertible {
         try await backend().sync(fd, mode: mode)
     }
 
+    func write(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64) async throws {
+        try await backend().write(fd, from: buffer, at: offset)
+    }
+
+    func durableWrite(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64) async throws {
+        try await backend().durableWrite(fd, from: buffer, at: offset)
+    }
+
     /// Blocks until the backend is made; throws the creation's error when none could be made.
     @discardableResult
     func clearFailure(of fd: FileDescriptor) throws -> Bool {

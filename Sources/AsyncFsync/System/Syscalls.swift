@@ -93,6 +93,10 @@ func system_aio_read(_ control: UnsafeMutablePointer<aiocb>) -> Result<Void, Err
     valueOrErrno(casyncfsync_aio_read(control)).map { _ in }
 }
 
+func system_aio_write(_ control: UnsafeMutablePointer<aiocb>) -> Result<Void, Errno> {
+    valueOrErrno(casyncfsync_aio_write(control)).map { _ in }
+}
+
 func system_aio_error(_ control: UnsafePointer<aiocb>) -> AIOStatus {
     errnoFromReturnValue(casyncfsync_aio_error(control))
 }
@@ -226,6 +230,7 @@ struct SystemCalls: Sendable {
     var reapCompletions: @Sendable (aio_context_t, UnsafeMutablePointer<io_event>, Int) -> Result<Int, Errno> { didSet { renew() } }
     var aioFsync: @Sendable (SyncMode, UnsafeMutablePointer<aiocb>) -> Result<Void, Errno> { didSet { renew() } }
     var aioRead: @Sendable (UnsafeMutablePointer<aiocb>) -> Result<Void, Errno> { didSet { renew() } }
+    var aioWrite: @Sendable (UnsafeMutablePointer<aiocb>) -> Result<Void, Errno> { didSet { renew() } }
     var aioError: @Sendable (UnsafePointer<aiocb>) -> AIOStatus { didSet { renew() } }
     var aioReturn: @Sendable (UnsafeMutablePointer<aiocb>) -> Result<Int, Errno> { didSet { renew() } }
     var aioSuspend: @Sendable (UnsafePointer<UnsafePointer<aiocb>?>, CInt, UnsafePointer<timespec>?) -> Result<Void, Errno> { didSet { renew() } }
@@ -236,6 +241,8 @@ struct SystemCalls: Sendable {
     var memfdCreate: @Sendable (String) -> Result<CInt, Errno> { didSet { renew() } }
     #endif
     var write: @Sendable (CInt, UnsafeRawPointer, Int) -> Result<Int, Errno> { didSet { renew() } }
+    /// `fcntl(fd, F_GETFL)`: whether a descriptor is `O_DIRECT` (a durable write picks its path by it).
+    var statusFlags: @Sendable (CInt) -> Result<CInt, Errno> { didSet { renew() } }
     var close: @Sendable (CInt) -> Result<Void, Errno> { didSet { renew() } }
     var fileIdentity: @Sendable (CInt) -> Result<FileIdentity, Errno> { didSet { renew() } }
     /// Starts a detached thread with every signal blocked (``system_start_thread(name:_:)``).
@@ -273,6 +280,7 @@ struct SystemCalls: Sendable {
         reapCompletions: system_reap_completions,
         aioFsync: system_aio_fsync,
         aioRead: system_aio_read,
+        aioWrite: system_aio_write,
         aioError: system_aio_error,
         aioReturn: system_aio_return,
         aioSuspend: system_aio_suspend,
@@ -280,6 +288,7 @@ struct SystemCalls: Sendable {
         eventfdRead: system_eventfd_read,
         memfdCreate: { system_memfd_create($0).map(LibraryDescriptors.movedAboveFloor) },
         write: system_write,
+        statusFlags: system_fcntl_getfl,
         close: system_close,
         fileIdentity: system_fstat_identity,
         startThread: { name, body in system_start_thread(name: name, body) },
@@ -296,6 +305,7 @@ struct SystemCalls: Sendable {
     static let live = SystemCalls(
         id: 0,
         write: system_write,
+        statusFlags: system_fcntl_getfl,
         close: system_close,
         fileIdentity: system_fstat_identity,
         startThread: { name, body in system_start_thread(name: name, body) },

@@ -43,6 +43,12 @@ long casyncfsync_io_getevents(aio_context_t ctx, long min_nr, long nr,
 /// kernel also adds 1 to that eventfd when the request completes (IOCB_FLAG_RESFD).
 void casyncfsync_prep_sync(struct iocb *cb, int fd, int datasync, uint64_t data, int resfd);
 
+/// Prepares `cb` as an IOCB_CMD_PWRITE of `count` bytes at `buf` to `offset`, like libaio's
+/// io_prep_pwrite; `dsync` sets `aio_rw_flags = RWF_DSYNC` (the write completes once its data is
+/// durable). Clears every other field; `resfd` as for casyncfsync_prep_sync.
+void casyncfsync_prep_write(struct iocb *cb, int fd, const void *buf, uint64_t count, int64_t offset,
+                            int dsync, uint64_t data, int resfd);
+
 /// Takes up to `max` completions from the context's ring in user space (the ring the kernel maps at
 /// the context's address), as io_getevents(2) would, without a system call. Returns the number
 /// taken, or -ENOSYS when the ring's header is not one this code knows (then use io_getevents).
@@ -56,6 +62,9 @@ void casyncfsync_aiocb_prep(struct aiocb *cb, int fd);
 void casyncfsync_aiocb_prep_read(struct aiocb *cb, int fd, void *buf, size_t len);
 int casyncfsync_aio_fsync(int datasync, struct aiocb *cb);
 int casyncfsync_aio_read(struct aiocb *cb);
+/// Clears `cb` and prepares a write of `len` bytes at `buf` to `offset` (SIGEV_NONE).
+void casyncfsync_aiocb_prep_write(struct aiocb *cb, int fd, const void *buf, size_t len, int64_t offset);
+int casyncfsync_aio_write(struct aiocb *cb);
 int casyncfsync_aio_error(const struct aiocb *cb);
 long casyncfsync_aio_return(struct aiocb *cb);
 int casyncfsync_aio_suspend(const struct aiocb *const list[], int n, const struct timespec *timeout);

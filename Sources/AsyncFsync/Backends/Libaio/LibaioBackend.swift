@@ -1,6 +1,7 @@
 // Linux (glibc) only: compiled out elsewhere and under ASYNC_FSYNC_PORTABLE (see docs/design.md, "The portable
 // backend").
 #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
+import CAsyncFsync
 import SystemPackage
 
 /// A backend on Linux kernel AIO: `IOCB_CMD_FSYNC` / `IOCB_CMD_FDSYNC` submitted with
@@ -76,8 +77,9 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
          system: SystemCalls, ledgerObserver: (@Sendable (FailureLedger.Event) -> Void)? = nil) throws(AsyncSyncError) {
         try BackendCapacity.validate(capacity, backend: .libaio)  // before anything is made
         let ledger = FailureLedger(kind: .libaio, sticky: stickyFailures, system: system, observer: ledgerObserver)
-        engine = try AIOEngine(driver: LibaioDriver(slotCount: capacity, system: system), system: system, ledger: ledger,
-                               handsOffInvalid: true)
+        // As many write slots as sync slots (``AIOEngine``).
+        engine = try AIOEngine(driver: LibaioDriver(slotCount: 2 * capacity, system: system), syncSlots: capacity,
+                               system: system, ledger: ledger, handsOffInvalid: true)
         inline = inlineMemoryFileSystems ? InlineSync(system: system, ledger: ledger) : nil
         fallback = PosixFallback(system: system, capacity: capacity, ledger: ledger)
         self.ledger = ledger
@@ -123,6 +125,62 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
             guard fallback.takesOver(after: error, for: fd) else { throw error }
             // The same request, so the same arrival: a failure recorded since still counts.
             try await fallback.sync(fd, mode: mode, arrival: arrival, refused: error)
+        }
+    }
+
+    /// Writes all of `buffer` to `fd` at `offset` with one `IOCB_CMD_PWRITE`, continued after a
+    /// short write; see ``AsyncSyncBackend/write(_:from:at:)``. On a buffered file the kernel
+    /// copies the data inside `io_submit(2)`; on an `O_DIRECT` file the write is asynchronous. A
+    /// later ``sync(_:mode:)`` of `fd` covers it (the sync waits for it).
+    ///
+    /// - Parameters:
+    ///   - fd: An open descriptor of a regular file, open for writing; it must stay open until this
+    ///     call returns.
+    ///   - buffer: The bytes; valid and unchanged until this call returns.
+    ///   - offset: Where the first byte goes (`>= 0`).
+    /// - Throws: See ``AsyncSyncBackend/write(_:from:at:)``.
+    public func write(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64) async throws {
+        try await engine.write(fd, from: buffer, at: offset, kind: .plain)
+    }
+
+    /// Writes all of `buffer` to `fd` at `offset` and makes it durable; see
+    /// ``AsyncSyncBackend/durableWrite(_:from:at:)``.
+    ///
+    /// On an `O_DIRECT` descriptor (`fcntl(2)` `F_GETFL`) it is one `IOCB_CMD_PWRITE` with
+    /// `RWF_DSYNC`. On a buffered file it is the write, then an `IOCB_CMD_FDSYNC` that starts after
+    /// the write completed and is shared with the descriptor's concurrent durable writes and syncs.
+    /// On a memory file system (with the inline path) and on a file system without AIO fsync, the
+    /// sync part takes the same path as ``sync(_:mode:)``.
+    ///
+    /// - Parameters:
+    ///   - fd: An open descriptor of a regular file, open for writing; it must stay open until this
+    ///     call returns.
+    ///   - buffer: The bytes; valid and unchanged until this call returns.
+    ///   - offset: Where the first byte goes (`>= 0`).
+    /// - Throws: See ``AsyncSyncBackend/durableWrite(_:from:at:)``.
+    public func durableWrite(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64) async throws {
+        let arrival = ledger.stamp()
+        if let inline, inline.applies(to: fd) {
+            try await engine.write(fd, from: buffer, at: offset, kind: .plain)
+            try inline.sync(fd, mode: .fdatasync, backend: .libaio, refusal: engine.refusalError(.fdatasync, fd), arrival: arrival)
+            return
+        }
+        if fallback.serves(fd) {
+            try await engine.write(fd, from: buffer, at: offset, kind: .plain)
+            if let refusal = engine.refusalError(.fdatasync, fd) { throw refusal }
+            try await fallback.sync(fd, mode: .fdatasync, arrival: arrival, refused: nil)
+            return
+        }
+        let direct = (try? engine.system.statusFlags(fd.rawValue).get()).map { $0 & casyncfsync_O_DIRECT != 0 } ?? false
+        do {
+            try await engine.write(fd, from: buffer, at: offset, kind: direct ? .dsync : .thenSync, arrival: arrival)
+        } catch let error as AsyncSyncError
+            where error.operation.isSync && error.code == .system && error.errno == .invalidArgument && error.step == .submit {
+            // The sync after the write was refused (a file system without AIO fsync): the engine
+            // still counts it until it has its answer, from POSIX aio, with the same arrival.
+            defer { engine.endTransit() }
+            guard fallback.takesOver(after: error, for: fd) else { throw error }
+            try await fallback.sync(fd, mode: .fdatasync, arrival: arrival, refused: error)
         }
     }
 

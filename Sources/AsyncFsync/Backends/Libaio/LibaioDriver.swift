@@ -17,6 +17,7 @@ import Glibc
 final class LibaioDriver: AIODriver, @unchecked Sendable {
     static var kind: BackendKind { .libaio }
     static var submitCall: String { "io_submit" }
+    static var writeSubmitCall: String { "io_submit" }
     static var completionCall: String { "io_getevents" }
     static var waitsOnList: Bool { false }
 
@@ -35,7 +36,9 @@ final class LibaioDriver: AIODriver, @unchecked Sendable {
         self.slotCount = slotCount
         self.system = system
         var context = aio_context_t()
-        if case .failure(let errno) = system.ioSetup(CUnsignedInt(slotCount), &context) {
+        // The ring holds every slot up to the system's default limit (aio-max-nr, 65 536); beyond
+        // it, io_submit(2) answers EAGAIN and the engine waits for a completion.
+        if case .failure(let errno) = system.ioSetup(CUnsignedInt(min(slotCount, 65_536)), &context) {
             throw .setup(backend: .libaio, errno: errno, systemCall: "io_setup",
                          message: LibaioDriver.setupHint(errno))
         }
@@ -67,6 +70,11 @@ final class LibaioDriver: AIODriver, @unchecked Sendable {
                               completionDescriptor)
     }
 
+    func prepareWrite(slot: Int32, descriptor: CInt, buffer: UnsafeRawPointer, count: Int, offset: Int64, dsync: Bool) {
+        casyncfsync_prep_write(controlBlocks + Int(slot), descriptor, buffer, UInt64(count), offset, dsync ? 1 : 0,
+                               UInt64(slot), completionDescriptor)
+    }
+
     func submit(_ slots: UnsafeBufferPointer<Int32>) -> SubmitOutcome {
         withUnsafeTemporaryAllocation(of: UnsafeMutablePointer<iocb>?.self, capacity: slots.count) { pointers in
             for (index, slot) in slots.enumerated() { pointers[index] = controlBlocks + Int(slot) }
@@ -91,7 +99,7 @@ final class LibaioDriver: AIODriver, @unchecked Sendable {
                 let event = events[index]
                 completions.append(Completion(
                     slot: Int32(truncatingIfNeeded: event.data),
-                    result: valueOrNegatedErrno(event.res).map { _ in }))
+                    result: valueOrNegatedErrno(event.res).map { Int($0) }))
             }
             return .progressed
         case .failure(.interrupted):

@@ -62,7 +62,9 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
          system: SystemCalls, ledgerObserver: (@Sendable (FailureLedger.Event) -> Void)? = nil) throws(AsyncSyncError) {
         try BackendCapacity.validate(capacity, backend: .posix)  // before anything is made
         let ledger = FailureLedger(kind: .posix, sticky: stickyFailures, system: system, observer: ledgerObserver)
-        engine = try AIOEngine(driver: PosixAIODriver(slotCount: capacity, system: system), system: system, ledger: ledger)
+        // As many write slots as sync slots (``AIOEngine``).
+        engine = try AIOEngine(driver: PosixAIODriver(slotCount: 2 * capacity, system: system), syncSlots: capacity,
+                               system: system, ledger: ledger)
         inline = inlineMemoryFileSystems ? InlineSync(system: system, ledger: ledger) : nil
         self.ledger = ledger
         self.capacity = capacity
@@ -93,6 +95,40 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
             return
         }
         try await engine.sync(fd, mode: mode)
+    }
+
+    /// Writes all of `buffer` to `fd` at `offset` with `aio_write(3)`, continued after a short
+    /// write; see ``AsyncSyncBackend/write(_:from:at:)``. A later ``sync(_:mode:)`` of `fd` covers it.
+    ///
+    /// - Parameters:
+    ///   - fd: An open descriptor of a regular file, open for writing; it must stay open until this
+    ///     call returns.
+    ///   - buffer: The bytes; valid and unchanged until this call returns.
+    ///   - offset: Where the first byte goes (`>= 0`).
+    /// - Throws: See ``AsyncSyncBackend/write(_:from:at:)``.
+    public func write(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64) async throws {
+        try await engine.write(fd, from: buffer, at: offset, kind: .plain)
+    }
+
+    /// Writes all of `buffer` to `fd` at `offset` with `aio_write(3)`, then makes it durable with
+    /// `aio_fsync(O_DSYNC, …)`, shared with the descriptor's concurrent durable writes and syncs;
+    /// see ``AsyncSyncBackend/durableWrite(_:from:at:)``.
+    ///
+    /// - Parameters:
+    ///   - fd: An open descriptor of a regular file, open for writing; it must stay open until this
+    ///     call returns.
+    ///   - buffer: The bytes; valid and unchanged until this call returns.
+    ///   - offset: Where the first byte goes (`>= 0`).
+    /// - Throws: See ``AsyncSyncBackend/durableWrite(_:from:at:)``.
+    public func durableWrite(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64) async throws {
+        if let inline, inline.applies(to: fd) {
+            // A memory file system: the write, then the inline sync (its data has no disk to reach).
+            let arrival = ledger.stamp()
+            try await engine.write(fd, from: buffer, at: offset, kind: .plain)
+            try inline.sync(fd, mode: .fdatasync, backend: .posix, refusal: engine.refusalError(.fdatasync, fd), arrival: arrival)
+            return
+        }
+        try await engine.write(fd, from: buffer, at: offset, kind: .thenSync)
     }
 
     @discardableResult

@@ -12,13 +12,15 @@ import SystemPackage
 final class PosixAIODriver: AIODriver, @unchecked Sendable {
     static var kind: BackendKind { .posix }
     static var submitCall: String { "aio_fsync" }
+    static var writeSubmitCall: String { "aio_write" }
     static var completionCall: String { "aio_error" }
     static var waitsOnList: Bool { true }
 
     let slotCount: Int
     private let system: SystemCalls
     private let controlBlocks: UnsafeMutablePointer<aiocb>
-    private let modes: UnsafeMutablePointer<SyncMode>
+    /// Per slot: the sync mode, or `nil` for a write.
+    private let modes: UnsafeMutablePointer<SyncMode?>
 
     init(slotCount: Int, system: SystemCalls) {
         precondition(slotCount > 0, "a backend needs at least one slot")
@@ -38,9 +40,20 @@ final class PosixAIODriver: AIODriver, @unchecked Sendable {
         modes[Int(slot)] = mode
     }
 
+    func prepareWrite(slot: Int32, descriptor: CInt, buffer: UnsafeRawPointer, count: Int, offset: Int64, dsync: Bool) {
+        precondition(!dsync, "POSIX aio has no RWF_DSYNC: a durable write is a write then a sync")
+        casyncfsync_aiocb_prep_write(controlBlocks + Int(slot), descriptor, buffer, count, offset)
+        modes[Int(slot)] = nil
+    }
+
     func submit(_ slots: UnsafeBufferPointer<Int32>) -> SubmitOutcome {
         for (index, slot) in slots.enumerated() {
-            if case .failure(let errno) = system.aioFsync(modes[Int(slot)], controlBlocks + Int(slot)) {
+            let result = if let mode = modes[Int(slot)] {
+                system.aioFsync(mode, controlBlocks + Int(slot))
+            } else {
+                system.aioWrite(controlBlocks + Int(slot))
+            }
+            if case .failure(let errno) = result {
                 return SubmitOutcome(accepted: index, error: errno)
             }
         }
@@ -54,8 +67,8 @@ final class PosixAIODriver: AIODriver, @unchecked Sendable {
             case .inProgress:
                 continue
             case .succeeded:
-                _ = system.aioReturn(control)
-                completions.append(Completion(slot: slot, result: .success(())))
+                let bytes = (try? system.aioReturn(control).get()) ?? 0
+                completions.append(Completion(slot: slot, result: .success(bytes)))
             case .failed(let errno):
                 _ = system.aioReturn(control)
                 completions.append(Completion(slot: slot, result: .failure(errno)))

@@ -93,7 +93,8 @@ final class PosixFallback: Sendable {
             if let engine = state.engine { return .success(engine) }
             do throws(AsyncSyncError) {
                 let engine = try AIOEngine(
-                    driver: PosixAIODriver(slotCount: capacity, system: system), system: system, ledger: ledger)
+                    driver: PosixAIODriver(slotCount: capacity + 1, system: system), syncSlots: capacity, system: system,
+                    ledger: ledger)
                 state.engine = engine
                 return .success(engine)
             } catch {
