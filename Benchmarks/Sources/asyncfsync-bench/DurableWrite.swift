@@ -37,7 +37,7 @@ extension Method {
         case .taskBlocking: "Swift today: N tasks on the cooperative pool, each blocking pwrite + fdatasync"
         case .nioThreadPool: "Swift today: N tasks, pwrite + fdatasync inside NIOThreadPool.singleton.runIfActive (\(NIOSingletons.blockingPoolThreadCountSuggestion) threads)"
         case .buffered: "this library: LibaioBackend.durableWrite on a buffered file (N tasks)"
-        case .direct: "this library: LibaioBackend.durableWrite on an O_DIRECT file from an AlignedBuffer (N tasks)"
+        case .direct: "this library: LibaioBackend.durableWrite on an O_DIRECT file, each task's own AlignedBuffer (N tasks)"
         case .directExecutor: "this library: as direct, the tasks prefer backend.preferredTaskExecutor (the completion thread)"
         case .writeThenSync: "this library, today's way: blocking pwrite, then LibaioBackend.fdatasync (N tasks)"
         case .posix: "this library: PosixAIOBackend.durableWrite on a buffered file (N tasks)"
@@ -109,42 +109,37 @@ struct DurableFiles {
     }
 }
 
-/// One 4 KiB buffer per writer, in one `AlignedBuffer` (aligned for O_DIRECT when `directIO` is
-/// given). The writers' requests await while reading their buffer, and `AlignedBuffer` lends its
-/// bytes only to a synchronous closure: the address is taken once and used while this object —
-/// the buffer's only owner — lives (the caller keeps it alive past its last request).
-final class SlotBuffers: @unchecked Sendable {
-    private let base: UnsafeRawPointer
-    #if NO_DURABLE_WRITE
-    // A library from before AlignedBuffer (scripts/bench-compare): plain aligned memory.
-    private let storage: UnsafeMutableRawPointer
+/// One 4 KiB buffer per writer, aligned to 4 KiB, for the buffered methods. The writers' requests
+/// await while the kernel reads their buffer: the memory lives as long as this object, which the
+/// request closures capture.
+final class SlotBuffers: @unchecked Sendable {  // unchecked: the bytes are written once, in init
+    private let base: UnsafeMutableRawPointer
 
-    init(slots: Int) throws {
-        storage = .allocate(byteCount: slots * durableBlockSize, alignment: durableBlockSize)
-        storage.initializeMemory(as: UInt8.self, repeating: 0x5a, count: slots * durableBlockSize)
-        base = UnsafeRawPointer(storage)
+    init(slots: Int) {
+        base = .allocate(byteCount: slots * durableBlockSize, alignment: durableBlockSize)
+        base.initializeMemory(as: UInt8.self, repeating: 0x5a, count: slots * durableBlockSize)
     }
 
-    deinit { storage.deallocate() }
-    #else
-    private let storage: AlignedBuffer
-
-    init(slots: Int, directIO: DirectIOAlignment? = nil) throws {
-        var storage = if let directIO {
-            try AlignedBuffer(byteCount: slots * durableBlockSize, for: directIO)
-        } else {
-            try AlignedBuffer(byteCount: slots * durableBlockSize, alignment: durableBlockSize)
-        }
-        storage.withUnsafeMutableBytes { _ = $0.initializeMemory(as: UInt8.self, repeating: 0x5a) }
-        base = storage.withUnsafeBytes { UnsafeRawPointer($0.baseAddress!) }
-        self.storage = storage
-    }
-    #endif
+    deinit { base.deallocate() }
 
     func buffer(_ slot: Int) -> UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(start: base + slot * durableBlockSize, count: durableBlockSize)
     }
 }
+
+#if !NO_DURABLE_WRITE
+/// One writer's O_DIRECT buffer: an `AlignedBuffer` of 4 KiB with the file's alignment, lent to
+/// `durableWrite(_:_:at:)` (the borrowing overload a user of `AlignedBuffer` calls) for each request.
+final class DirectBuffer: Sendable {
+    let buffer: AlignedBuffer
+
+    init(_ alignment: DirectIOAlignment) throws {
+        var buffer = try AlignedBuffer(byteCount: durableBlockSize, for: alignment)
+        buffer.withUnsafeMutableBytes { _ = $0.initializeMemory(as: UInt8.self, repeating: 0x5a) }
+        self.buffer = buffer
+    }
+}
+#endif
 
 /// A blocking 4 KiB pwrite(2); a short write is an error (EIO), as in the C floor.
 func blockingWrite(_ fd: FileDescriptor, _ buffer: UnsafeRawBufferPointer, at offset: Int64) throws {
@@ -193,30 +188,27 @@ extension AsyncFsyncBench {
             loop.ops = result
             loop.samples = [Array(UnsafeBufferPointer(start: samples, count: recorded))]
         case .threads:
-            let buffers = try SlotBuffers(slots: depth)
+            let buffers = SlotBuffers(slots: depth)
             loop = try runThreadSlots(depth, seconds: seconds) { slot, sequence in
                 try blockingDurableWrite(descriptors[slot % descriptors.count], buffers.buffer(slot), at: files.offset(slot: slot, sequence: sequence))
             }
-            withExtendedLifetime(buffers) {}
         case .taskBlocking:
-            let buffers = try SlotBuffers(slots: depth)
+            let buffers = SlotBuffers(slots: depth)
             loop = try await runSlots(depth, seconds: seconds) { slot, sequence in
                 try blockingDurableWrite(descriptors[slot % descriptors.count], buffers.buffer(slot), at: files.offset(slot: slot, sequence: sequence))
             }
-            withExtendedLifetime(buffers) {}
         case .nioThreadPool:
-            let buffers = try SlotBuffers(slots: depth)
+            let buffers = SlotBuffers(slots: depth)
             loop = try await runSlots(depth, seconds: seconds) { slot, sequence in
                 try await NIOThreadPool.singleton.runIfActive {
                     try blockingDurableWrite(descriptors[slot % descriptors.count], buffers.buffer(slot), at: files.offset(slot: slot, sequence: sequence))
                 }
             }
-            withExtendedLifetime(buffers) {}
         case .buffered, .posix, .writeThenSync:
             #if NO_DURABLE_WRITE
             if method != .writeThenSync { throw DurableWriteUnavailable() }
             #endif
-            let buffers = try SlotBuffers(slots: depth)
+            let buffers = SlotBuffers(slots: depth)
             let backend: any AsyncSyncBackend = method == .posix
                 ? try PosixAIOBackend(inlineMemoryFileSystems: false)
                 : try LibaioBackend(inlineMemoryFileSystems: false)
@@ -235,7 +227,6 @@ extension AsyncFsyncBench {
                     }
                 }
             }
-            withExtendedLifetime(buffers) {}
         case .direct, .directExecutor:
             #if NO_DURABLE_WRITE
             throw DurableWriteUnavailable()
@@ -243,22 +234,20 @@ extension AsyncFsyncBench {
             let direct = try files.openDirect()
             defer { for fd in direct { try? fd.close() } }
             let alignment = try DirectIOAlignment.of(direct[0])
-            let buffers = try SlotBuffers(slots: depth, directIO: alignment)
             // A misaligned request is refused here, with the alignment it needs, before the window.
-            for slot in 0..<depth {
-                let buffer = buffers.buffer(slot)
-                try alignment.validate(address: buffer.baseAddress!, count: buffer.count,
-                                       offset: files.offset(slot: slot, sequence: 0), descriptor: direct[slot % direct.count])
+            let buffers = try (0..<depth).map { slot in
+                let buffer = try DirectBuffer(alignment)
+                try alignment.validate(buffer.buffer, offset: files.offset(slot: slot, sequence: 0), descriptor: direct[slot % direct.count])
+                return buffer
             }
             let backend = try LibaioBackend(inlineMemoryFileSystems: false)
             let executor = method == .directExecutor ? backend.preferredTaskExecutor : nil
             loop = try await withShutdown(backend) {
                 try await runSlots(depth, seconds: seconds, executor: executor) { slot, sequence in
-                    try await backend.durableWrite(direct[slot % direct.count], from: buffers.buffer(slot),
+                    try await backend.durableWrite(direct[slot % direct.count], buffers[slot].buffer,
                                                    at: files.offset(slot: slot, sequence: sequence))
                 }
             }
-            withExtendedLifetime(buffers) {}
             #endif
         default:
             preconditionFailure("\(method) is not a durable-write method")
