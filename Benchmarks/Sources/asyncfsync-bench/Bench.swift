@@ -199,7 +199,7 @@ struct AsyncFsyncBench: AsyncParsableCommand {
     @Flag(help: "Print the names of the cells the other options select, one per line, and exit.")
     var listCells = false
 
-    @Flag(help: "A short run (under a minute): depths 1, 16 and 256, 0.3 s, one round.")
+    @Flag(help: "A short run: depths 1, 16 and 256, 0.3 s, one round (the sync workload alone: under a minute; durable-write cells keep --durable-seconds when given).")
     var quick = false
 
     @Option(help: "Delay window of the group-commit method, in microseconds (GroupCommit's delay).")
