@@ -6,8 +6,11 @@ import PackageDescription
 
 // scripts/bench-compare builds this bench against an older library too; one from before the
 // serial executor gets ASYNC_FSYNC_BENCH_NO_SERIAL_EXECUTOR=1, and the methods that need it are left out.
-let benchSettings: [SwiftSetting] = ProcessInfo.processInfo.environment["ASYNC_FSYNC_BENCH_NO_SERIAL_EXECUTOR"] == "1"
-    ? [.define("NO_SERIAL_EXECUTOR")] : []
+// One from before durable writes (and their AlignedBuffer overload) gets ASYNC_FSYNC_BENCH_NO_DURABLE_WRITE=1: the durable-write
+// methods of this library then report an error row.
+let benchSettings: [SwiftSetting] = (ProcessInfo.processInfo.environment["ASYNC_FSYNC_BENCH_NO_SERIAL_EXECUTOR"] == "1"
+    ? [.define("NO_SERIAL_EXECUTOR")] : [])
+    + (ProcessInfo.processInfo.environment["ASYNC_FSYNC_BENCH_NO_DURABLE_WRITE"] == "1" ? [.define("NO_DURABLE_WRITE")] : [])
 
 let package = Package(
     name: "asyncfsync-benchmarks",

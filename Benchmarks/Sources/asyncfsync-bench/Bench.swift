@@ -18,9 +18,12 @@ struct Cell: Hashable, Codable, CustomStringConvertible {
     var ownFiles: Bool
     /// The wal-actor workload: `depth` writers append to one log actor (see WAL.swift).
     var wal = false
+    /// The durable-write workload: `depth` writers, each a 4 KiB durable write per op (DurableWrite.swift).
+    var durable = false
 
     var description: String {
         if wal { return "wal-actor, \(depth) writer\(depth == 1 ? "" : "s")" }
+        if durable { return "durable-write 4 KiB, depth \(depth)" + (depth > 1 ? (ownFiles ? ", own files" : ", one file") : "") }
         return "\(write4k ? "pwrite 4 KiB + " : "")\(mode) (clean file)".replacingOccurrences(of: " (clean file)", with: write4k ? "" : " clean")
             + ", depth \(depth)" + (depth > 1 ? (ownFiles ? ", own files" : ", one file") : "")
     }
@@ -37,6 +40,8 @@ struct Measurement: Codable {
     var contextSwitches = 0
     var syncs = 0
     var latency = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
+    /// Why the method failed in this cell (durable-write cells: reported as an error row, not run again).
+    var error: String?
 
     var opsPerSecond: Double { seconds > 0 ? Double(ops) / seconds : 0 }
     func percentile(_ p: Double) -> Double { Double(latency.valueAtPercentile(p)) / 1000 }
@@ -74,6 +79,10 @@ enum Method: String, CaseIterable {
     case walBlocking = "wal-blocking", walBackend = "wal-backend", walGroupCommit = "wal-group-commit"
     case walSerialExecutor = "wal-serial-executor", walSerialGroupCommit = "wal-serial-group-commit"
     case walSerialWriters = "wal-serial-writers"
+    // The durable-write workload (DurableWrite.swift) also runs c-libaio, task-blocking,
+    // nio-threadpool and posix, each as a 4 KiB durable write (`durableSummary`).
+    case cThreads = "c-threads", cDirectDsync = "c-direct-dsync", threads
+    case buffered, direct, directExecutor = "direct-executor", writeThenSync = "write-then-sync"
 
     var summary: String {
         switch self {
@@ -99,6 +108,7 @@ enum Method: String, CaseIterable {
         case .walSerialGroupCommit: "wal-actor: the log actor on backend.preferredSerialExecutor, syncing through GroupCommit"
         case .walSerialWriters: "wal-actor: as wal-serial-executor, and the writer tasks prefer backend.preferredTaskExecutor (all on the completion thread)"
         case .runtimeFloorExecutor: "Swift runtime floor of the *-executor methods: the tasks prefer that C thread as their task executor"
+        case .cThreads, .cDirectDsync, .threads, .buffered, .direct, .directExecutor, .writeThenSync: durableSummary
         }
     }
 
@@ -133,8 +143,30 @@ enum Method: String, CaseIterable {
     }
 }
 
-enum Workload: String, ExpressibleByArgument, CaseIterable {
-    case sync, walActor = "wal-actor", all
+enum Workload: String, CaseIterable {
+    case sync, walActor = "wal-actor", durableWrite = "durable-write", all
+}
+
+/// The workloads of a run: `--workload sync,durable-write`; `all` is every one.
+struct Workloads: ExpressibleByArgument {
+    var selected: Set<Workload>
+
+    init(_ selected: Set<Workload>) { self.selected = selected }
+
+    init?(argument: String) {
+        var selected: Set<Workload> = []
+        for name in argument.split(separator: ",") {
+            guard let workload = Workload(rawValue: name.trimmingCharacters(in: .whitespaces)) else { return nil }
+            if workload == .all { selected.formUnion([.sync, .walActor, .durableWrite]) } else { selected.insert(workload) }
+        }
+        guard !selected.isEmpty else { return nil }
+        self.selected = selected
+    }
+
+    var defaultValueDescription: String { Workload.allCases.filter { selected.contains($0) }.map(\.rawValue).joined(separator: ",") }
+    static var allValueStrings: [String] { Workload.allCases.map(\.rawValue) }
+
+    func contains(_ workload: Workload) -> Bool { selected.contains(workload) }
 }
 
 @main
@@ -167,7 +199,7 @@ struct AsyncFsyncBench: AsyncParsableCommand {
     @Flag(help: "Print the names of the cells the other options select, one per line, and exit.")
     var listCells = false
 
-    @Flag(help: "A short run (under a minute): depths 1, 16 and 256, 0.3 s, one round.")
+    @Flag(help: "A short run: depths 1, 16 and 256, 0.3 s, one round (the sync workload alone: under a minute; durable-write cells keep --durable-seconds when given).")
     var quick = false
 
     @Option(help: "Delay window of the group-commit method, in microseconds (GroupCommit's delay).")
@@ -179,8 +211,11 @@ struct AsyncFsyncBench: AsyncParsableCommand {
     @Flag(help: "Every workload: fsync and fdatasync, each of a clean file and after a 4 KiB pwrite (default: fsync of a clean file, 4 KiB pwrite + fdatasync).")
     var allWorkloads = false
 
-    @Option(help: "Workloads: sync (the default: N tasks, each syncing in a loop), wal-actor (N writers appending to one log actor, each append a \(walRecordSize)-byte pwrite at the end + fdatasync) or all.")
-    var workload: Workload = .sync
+    @Option(help: "Workloads, comma-separated: sync (the default: N tasks, each syncing in a loop), wal-actor (N writers appending to one log actor, each append a \(walRecordSize)-byte pwrite at the end + fdatasync), durable-write (N writers, each op one 4 KiB write made durable, at every --depths value, one file and own files) or all (all three; before durable-write existed, all was sync,wal-actor). scripts/bench without --workload, --filter, --cells or --cell runs sync,durable-write.")
+    var workload = Workloads([.sync])
+
+    @Option(help: "Seconds per method and cell in each round for the durable-write cells (default: --seconds).")
+    var durableSeconds: Double?
 
     @Option(parsing: .upToNextOption, help: "Writer tasks of the wal-actor workload.")
     var writers: [Int] = [1, 16, 64]
@@ -194,7 +229,7 @@ struct AsyncFsyncBench: AsyncParsableCommand {
 
         var cells: [Cell] = []
         let wanted = self.cells?.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
-        let workloads = workload == .walActor ? [] : allWorkloads
+        let workloads = !workload.contains(.sync) ? [] : allWorkloads
             ? [("fsync", false), ("fdatasync", false), ("fsync", true), ("fdatasync", true)]
             : [("fsync", false), ("fdatasync", true)]
         for (mode, write) in workloads {
@@ -203,9 +238,17 @@ struct AsyncFsyncBench: AsyncParsableCommand {
                 if depth > 1 { cells.append(Cell(mode: mode, write4k: write, depth: depth, ownFiles: true)) }
             }
         }
-        if workload != .sync {
+        if workload.contains(.walActor) {
             for count in writers { cells.append(Cell(mode: "fdatasync", write4k: false, depth: count, ownFiles: false, wal: true)) }
         }
+        if workload.contains(.durableWrite) {
+            for depth in depths {
+                cells.append(Cell(mode: "fdatasync", write4k: true, depth: depth, ownFiles: false, durable: true))
+                if depth > 1 { cells.append(Cell(mode: "fdatasync", write4k: true, depth: depth, ownFiles: true, durable: true)) }
+            }
+        }
+        // Cells none of the selected methods applies to are left out (e.g. --filter of sync methods only).
+        cells = cells.filter { cell in methods.contains { applies($0, to: cell) } }
         if let wanted {
             cells = cells.filter { cell in wanted.allSatisfy { cell.description.contains($0) } }
             guard !cells.isEmpty else { throw ValidationError("--cells \(self.cells ?? "") matches no cell") }
@@ -229,9 +272,13 @@ struct AsyncFsyncBench: AsyncParsableCommand {
         var done = 0
         for round in 1...rounds {
             for cell in cells {
-                let files = try Files(directory: directory, count: cell.wal ? 0 : cell.ownFiles ? cell.depth : 1)
+                let files = try Files(directory: directory, count: cell.wal || cell.durable ? 0 : cell.ownFiles ? cell.depth : 1)
                 defer { files.close() }
-                for method in methods where applies(method, to: cell) {
+                // Durable-write cells: files preallocated (written and synced) once per cell and
+                // round, before any method runs, so every method overwrites the same blocks.
+                let durableFiles = cell.durable ? try DurableFiles(directory: directory, cell: cell) : nil
+                defer { durableFiles?.close() }
+                for method in orderedMethods(methods, for: cell) where applies(method, to: cell) {
                     done += 1
                     let line = "round \(round)/\(rounds) [\(done)/\(total)] \(method.rawValue) · \(cell)"
                     FileHandle.standardError.write(Data((isTerminal ? "\r\u{1B}[K" + line : line + "\n").utf8))
@@ -239,6 +286,15 @@ struct AsyncFsyncBench: AsyncParsableCommand {
                     var measurement = results[key] ?? Measurement(method: method.rawValue, cell: cell)
                     if cell.wal {
                         try await measureWAL(method, cell: cell, directory: directory, into: &measurement)
+                    } else if let durableFiles {
+                        // A failing method is an error row, not the end of the run; it is not run again.
+                        if measurement.error == nil {
+                            do {
+                                try await measureDurable(method, cell: cell, files: durableFiles, into: &measurement)
+                            } catch {
+                                measurement.error = describe(error)
+                            }
+                        }
                     } else {
                         try await measure(method, cell: cell, files: files, into: &measurement)
                     }
@@ -248,9 +304,21 @@ struct AsyncFsyncBench: AsyncParsableCommand {
         }
         if isTerminal { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
         report(results, cells: cells, methods: methods, directory: directory, probes: probes)
-        if let json { try writeJSON(results, probes: probes, to: json) }
-        if let svg, cells.contains(where: { !$0.wal }) {
-            try writeSVG(results, cells: cells.filter { !$0.wal }, methods: methods.filter { !$0.isWAL }, directory: directory, to: svg)
+        if let json { try writeJSON(results, cells: cells, probes: probes, to: json) }
+        let plotted = cells.filter { !$0.wal && !$0.durable }
+        if let svg, !plotted.isEmpty {
+            try writeSVG(results, cells: plotted, methods: methods.filter { method in plotted.contains { applies(method, to: $0) } },
+                         directory: directory, to: svg)
+        }
+        let failed = cells.flatMap { cell in
+            orderedMethods(methods, for: cell).compactMap { method in
+                results["\(method.rawValue)|\(cell)"].flatMap { m in m.error.map { "\(method.rawValue) · \(cell): \($0)" } }
+            }
+        }
+        if !failed.isEmpty {
+            FileHandle.standardError.write(Data(("asyncfsync-bench: \(failed.count) method×cell\(failed.count == 1 ? "" : "s") failed (ERROR rows in the report):\n"
+                + failed.map { "  \($0)\n" }.joined()).utf8))
+            throw ExitCode(1)
         }
     }
 
@@ -266,7 +334,14 @@ struct AsyncFsyncBench: AsyncParsableCommand {
 
     func applies(_ method: Method, to cell: Cell) -> Bool {
         if cell.wal || method.isWAL { return cell.wal && method.isWAL }
+        if cell.durable { return Method.durableMethods.contains(method) }
+        if Method.durableOnly.contains(method) { return false }
         return method != .cBlocking || cell.depth == 1
+    }
+
+    /// The order in which a cell's methods run (interleaved in every round) and are printed.
+    func orderedMethods(_ methods: [Method], for cell: Cell) -> [Method] {
+        cell.durable ? Method.durableMethods.filter(methods.contains) : methods
     }
 
     func scratchDirectory() throws -> (String, Bool) {
@@ -361,6 +436,8 @@ struct AsyncFsyncBench: AsyncParsableCommand {
             }
         case .walBlocking, .walBackend, .walGroupCommit, .walSerialExecutor, .walSerialGroupCommit, .walSerialWriters:
             preconditionFailure("\(method) runs in wal-actor cells only (measureWAL)")
+        case .cThreads, .cDirectDsync, .threads, .buffered, .direct, .directExecutor, .writeThenSync:
+            preconditionFailure("\(method) runs in durable-write cells only (measureDurable)")
         }
         for handle in handles { try? await handle.close() }
         m.add(loop)
@@ -383,16 +460,17 @@ struct AsyncFsyncBench: AsyncParsableCommand {
     }
 
     /// Runs `slots` tasks on the cooperative pool (or preferring `executor`), each calling
-    /// `request(slot, its sequence number)` in a loop until the deadline and timing each call. Each
-    /// task keeps its latencies in a plain array (one histogram per task would cost far more than a
-    /// sync at depth 256); they are recorded into one histogram after the window closes.
+    /// `request(slot, its sequence number)` in a loop until the deadline (`seconds`, default
+    /// `--seconds`) and timing each call. Each task keeps its latencies in a plain array (one
+    /// histogram per task would cost far more than a sync at depth 256); they are recorded into one
+    /// histogram after the window closes.
     func runSlots(
-        _ slots: Int, executor: (any TaskExecutor)? = nil,
+        _ slots: Int, seconds: Double? = nil, executor: (any TaskExecutor)? = nil,
         _ request: @escaping @Sendable (_ slot: Int, _ sequence: Int) async throws -> Void
     ) async throws -> Loop {
         var loop = Loop()
         cfloor_take_snapshot(&loop.window.begin)
-        let deadline = loop.window.begin.ns + UInt64(seconds * 1e9)
+        let deadline = loop.window.begin.ns + UInt64((seconds ?? self.seconds) * 1e9)
         loop.samples = try await withThrowingTaskGroup(of: [UInt64].self) { group in
             for slot in 0..<slots {
                 group.addTask(executorPreference: executor) {

@@ -4,28 +4,52 @@ import Foundation
 extension AsyncFsyncBench {
     func report(_ results: [String: Measurement], cells: [Cell], methods: [Method], directory: String, probes: [BackendProbe]) {
         let fsType = (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)).map { _ in fileSystem(of: directory) } ?? "?"
-        print("asyncfsync-bench — \(directory) (\(fsType)), \(rounds) round(s) × \(seconds) s per method and cell")
+        let durable = cells.filter(\.durable)
+        print("asyncfsync-bench — \(directory) (\(fsType)), \(rounds) round(s) × \(seconds) s per method and cell"
+              + (durable.isEmpty ? "" : " (durable-write cells: \(durableSecondsPerCell) s)"))
         for probe in probes { print("  probe \(probe)") }
         print("")
-        print("Methods:")
-        for method in methods { print("  \(method.rawValue.padding(toLength: 23, withPad: " ", startingAt: 0)) \(method.summary)") }
-        print("")
-        print("Columns: ops/s; latency µs (mean, p50, p99, p99.9); CPU µs per op (process);")
-        print("clones/op = threads or processes created on the whole machine per op (/proc/stat); csw/op = context switches of this process per op (getrusage);")
-        print("syncs/op = syncs that reached the kernel per acknowledged request (group commit);")
-        print("×C = ops/s ÷ the matching C floor (libaio→c-libaio, posix→c-posix, blocking kinds→c-blocking); ×QD1 = ÷ c-blocking at depth 1.")
-        print("+CPU, +mean = this library's methods over their runtime floor (runtime-floor; runtime-floor-executor for *-executor): the same task")
-        print("  loop with each request completed at once by a C thread, no I/O. CPU µs per op minus the floor's; mean latency µs minus the floor's")
-        print("  (it includes the I/O itself: compare with the C floor's mean).")
+        let plain = methods.filter { method in cells.contains { !$0.durable && applies(method, to: $0) } }
+        if !plain.isEmpty {
+            print("Methods:")
+            for method in plain { print("  \(method.rawValue.padding(toLength: 23, withPad: " ", startingAt: 0)) \(method.summary)") }
+            print("")
+        }
+        if let first = durable.first {
+            print("durable-write methods (each op: one 4 KiB write at the writer's own offset, durable as with fdatasync, before the next):")
+            for method in orderedMethods(methods, for: first) {
+                print("  \(method.rawValue.padding(toLength: 23, withPad: " ", startingAt: 0)) \(method.durableSummary)")
+            }
+            print("")
+        }
+        if cells.contains(where: { !$0.wal && !$0.durable }) {
+            print("Columns: ops/s; latency µs (mean, p50, p99, p99.9); CPU µs per op (process);")
+            print("clones/op = threads or processes created on the whole machine per op (/proc/stat); csw/op = context switches of this process per op (getrusage);")
+            print("syncs/op = syncs that reached the kernel per acknowledged request (group commit);")
+            print("×C = ops/s ÷ the matching C floor (libaio→c-libaio, posix→c-posix, blocking kinds→c-blocking); ×QD1 = ÷ c-blocking at depth 1.")
+            print("+CPU, +mean = this library's methods over their runtime floor (runtime-floor; runtime-floor-executor for *-executor): the same task")
+            print("  loop with each request completed at once by a C thread, no I/O. CPU µs per op minus the floor's; mean latency µs minus the floor's")
+            print("  (it includes the I/O itself: compare with the C floor's mean).")
+        }
         if cells.contains(where: \.wal) {
             print("wal-actor cells: appends/s; latency µs of an append (its pwrite + its sync); CPU µs per append; csw per append;")
             print("  ×blocking = appends/s ÷ wal-blocking's; syncs/append = syncs that reached the kernel per append (GroupCommit shares them).")
+        }
+        if !durable.isEmpty {
+            print("durable-write cells: ops/s; latency µs of an op (write start → durable); CPU µs per op; csw per op; ×c-threads = ops/s ÷ c-threads';")
+            print("  ×C = ÷ the matching C floor, named in column C (buffered, write-then-sync, posix → c-libaio; direct, direct-executor →")
+            print("  c-direct-dsync; the others → c-threads). A method that failed is an ERROR row (not run again; the run exits with status 1).")
+            print("  Files preallocated (written and synced) before the methods run; one file: each writer overwrites its own \(durableRegionBlocks) blocks.")
         }
         for cell in cells {
             print("")
             print("## \(cell)")
             if cell.wal {
                 reportWAL(results, cell: cell, methods: methods)
+                continue
+            }
+            if cell.durable {
+                reportDurable(results, cell: cell, methods: methods)
                 continue
             }
             print("method".padding(toLength: 23, withPad: " ", startingAt: 0)
@@ -55,6 +79,7 @@ extension AsyncFsyncBench {
                 print(method.rawValue.padding(toLength: 23, withPad: " ", startingAt: 0) + columns.map { $0.leftPad(9) }.joined())
             }
         }
+        reportDurableTargets(results, cells: cells)
     }
 
     func reportWAL(_ results: [String: Measurement], cell: Cell, methods: [Method]) {
@@ -93,7 +118,7 @@ extension AsyncFsyncBench {
         return best.1
     }
 
-    func writeJSON(_ results: [String: Measurement], probes: [BackendProbe], to path: String) throws {
+    func writeJSON(_ results: [String: Measurement], cells: [Cell], probes: [BackendProbe], to path: String) throws {
         var rows: [[String: Any]] = []
         for m in results.values.sorted(by: { ($0.cell.description, $0.method) < ($1.cell.description, $1.method) }) {
             var row: [String: Any] = [
@@ -102,6 +127,11 @@ extension AsyncFsyncBench {
                 "meanMicros": m.meanMicros, "p50Micros": m.percentile(50), "p99Micros": m.percentile(99),
                 "p999Micros": m.percentile(99.9), "cpuMicrosPerOp": m.cpuMicrosPerOp, "clonesPerOp": m.clonesPerOp, "contextSwitchesPerOp": m.contextSwitchesPerOp, "syncsPerOp": m.syncsPerOp,
             ]
+            if m.cell.durable {
+                row.merge(durableJSON(m, results: results)) { _, new in new }
+                rows.append(row)
+                continue
+            }
             // This library's methods: against the C floor and above the runtime floor (Report).
             if let method = Method(rawValue: m.method), method.isLibrary {
                 if let floor = results["\(method.floor.rawValue)|\(m.cell)"], floor.opsPerSecond > 0 {
@@ -122,6 +152,7 @@ extension AsyncFsyncBench {
         }
         let document: [String: Any] = [
             "probes": probes.map(\.description), "rounds": rounds, "secondsPerCell": seconds, "results": rows,
+            "durableWriteSecondsPerCell": durableSecondsPerCell, "durableWriteTargets": durableTargetsJSON(results, cells: cells),
         ]
         let data = try JSONSerialization.data(withJSONObject: document, options: [.prettyPrinted, .sortedKeys])
         try data.write(to: URL(fileURLWithPath: path))

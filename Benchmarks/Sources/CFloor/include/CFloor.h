@@ -43,4 +43,31 @@ void cfloor_completer_submit(struct cfloor_completer *completer, long item);
 /// Ends the thread after it has resumed everything queued, joins it and frees the completer.
 void cfloor_completer_stop(struct cfloor_completer *completer);
 
+/// The durable-write workload (durable.c): one 4 KiB write made durable (fdatasync semantics) per
+/// op. CFLOOR_DURABLE_THREADS: `depth` pthreads, each pwrite(2) + fdatasync(2).
+/// CFLOOR_DURABLE_LIBAIO: one thread, kernel AIO by raw system calls; each writer's op is a
+/// blocking buffered pwrite(2), then IOCB_CMD_FDSYNC; `depth` syncs in flight.
+/// CFLOOR_DURABLE_DIRECT_DSYNC: one thread; each op is one IOCB_CMD_PWRITE with aio_rw_flags =
+/// RWF_DSYNC from an aligned buffer (the descriptors must be open with O_DIRECT); `depth` in flight.
+enum cfloor_durable_method { CFLOOR_DURABLE_THREADS = 0, CFLOOR_DURABLE_LIBAIO = 1, CFLOOR_DURABLE_DIRECT_DSYNC = 2 };
+
+/// The size of a durable write, and the alignment of its offsets and buffers.
+#define CFLOOR_DURABLE_BLOCK 4096
+
+/// O_DIRECT (which Swift's Glibc module does not export: it needs _GNU_SOURCE).
+int cfloor_o_direct(void);
+
+/// Where writer `writer`'s `sequence`-th write goes: with one shared file, each writer cycles over
+/// its own `region_blocks` blocks (writer w: blocks w × region_blocks …); with own files, over the
+/// first `region_blocks` blocks of its file. The Swift methods call this too, so every method
+/// writes the same offsets.
+int64_t cfloor_durable_offset(int writer, long sequence, int shared_file, int region_blocks);
+
+/// Runs a durable-write method for `seconds` with `depth` writers; writer i writes to
+/// fds[i % nfds] (nfds is 1 — one shared file — or depth). Latencies (write start → durable, in
+/// nanoseconds) go to `latencies` (up to `capacity`), `window` gets the snapshots around the
+/// request loop. Returns the number of durable writes completed, or -errno of the first failure.
+long cfloor_durable_run(int method, int depth, const int *fds, int nfds, int region_blocks, double seconds,
+                        struct cfloor_window *window, uint64_t *latencies, long capacity, long *recorded);
+
 #endif
