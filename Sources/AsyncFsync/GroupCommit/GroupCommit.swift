@@ -287,6 +287,10 @@ public final class GroupCommit: AsyncSyncBackend {
     ///   - offset: Where the first byte goes.
     /// - Throws: As ``AsyncSyncBackend/write(_:from:at:)``.
     public func write(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64) async throws {
+        // Refused after shutdown(), as syncs are (the wrapped backend is being shut down).
+        guard state.withLock({ $0.lifecycle == .accepting }) else {
+            throw AsyncSyncError(code: .shutDown, errno: nil, operation: .write, step: .request, backend: kind, descriptor: fd)
+        }
         try await wrapped.write(fd, from: buffer, at: offset)
     }
 
@@ -300,6 +304,9 @@ public final class GroupCommit: AsyncSyncBackend {
     ///   - offset: Where the first byte goes.
     /// - Throws: As ``AsyncSyncBackend/durableWrite(_:from:at:)``.
     public func durableWrite(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64) async throws {
+        guard state.withLock({ $0.lifecycle == .accepting }) else {
+            throw AsyncSyncError(code: .shutDown, errno: nil, operation: .durableWrite, step: .request, backend: kind, descriptor: fd)
+        }
         try await wrapped.durableWrite(fd, from: buffer, at: offset)
     }
 

@@ -90,7 +90,8 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
     }
 
     private func syncUnobserved(_ fd: FileDescriptor, mode: SyncMode) async throws {
-        if let inline, inline.applies(to: fd) {
+        // With writes of the descriptor not complete, the engine holds the sync until they are.
+        if !engine.hasIncompleteWrites(fd), let inline, inline.applies(to: fd) {
             try inline.sync(fd, mode: mode, backend: .posix, refusal: engine.refusalError(mode, fd))
             return
         }
@@ -125,7 +126,13 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
             // A memory file system: the write, then the inline sync (its data has no disk to reach).
             let arrival = ledger.stamp()
             try await engine.write(fd, from: buffer, at: offset, kind: .plain)
-            try inline.sync(fd, mode: .fdatasync, backend: .posix, refusal: engine.refusalError(.fdatasync, fd), arrival: arrival)
+            let refusal = engine.refusalError(.fdatasync, fd)
+            if engine.hasIncompleteWrites(fd), refusal == nil {
+                try await engine.sync(fd, mode: .fdatasync, arrival: arrival)
+                return
+            }
+            // Accepted before any shutdown that began meanwhile: only a broken source refuses its sync.
+            try inline.sync(fd, mode: .fdatasync, backend: .posix, refusal: refusal?.code == .shutDown ? nil : refusal, arrival: arrival)
             return
         }
         try await engine.write(fd, from: buffer, at: offset, kind: .thenSync)
