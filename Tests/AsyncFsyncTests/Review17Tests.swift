@@ -191,6 +191,50 @@ extension AsyncFsyncTests {
             #expect(await finishes(within: .seconds(10)) { await backend.shutdown() })
         }
 
+        @Test("FINDING 1 (WriteState alone): after two EAGAINs leave no write in a slot, the write put back can be submitted")
+        func writeStateUnblocksWithNothingInFlight() async throws {
+            let parked = Parked()
+            let continuation = try await parked.make(1)[0]
+            func request(_ id: UInt64) -> WriteRequest {
+                WriteRequest(id: id, descriptor: FileDescriptor(rawValue: 5), buffer: UnsafeRawPointer(bitPattern: 0x1000)!,
+                             count: 2, offset: 0, kind: .plain, continuation: continuation, arrival: 0)
+            }
+            var machine = WriteState(slotCount: 2)
+            var prepared: [WriteState.Prepared] = []
+            var ended: [WriteRequest] = []
+            var released: [Waiter] = []
+            // B is submitted and completes short: the hub's thread submits its rest again (no role).
+            let arrivedB = machine.arrive(request(1), onCompletionThread: false)
+            let tookB = machine.takeWrites(into: &prepared)
+            #expect(arrivedB == .submit && tookB)
+            let slotB = prepared[0].slot
+            prepared.removeAll()
+            let tookMore = machine.takeWrites(into: &prepared)  // the role is given up
+            #expect(!tookMore)
+            guard case .retry = machine.completed(slot: slotB, result: .success(1), done: &ended, released: &released) else {
+                Issue.record("a short write is continued")
+                return
+            }
+            // A arrives elsewhere, takes the other slot and meets EAGAIN while B's rest is in a slot.
+            let arrivedA = machine.arrive(request(2), onCompletionThread: false)
+            let tookA = machine.takeWrites(into: &prepared)
+            #expect(arrivedA == .submit && tookA)
+            let slotA = prepared[0].slot
+            prepared.removeAll()
+            [slotA].withUnsafeBufferPointer { machine.exhausted($0, into: &ended, released: &released) }
+            #expect(ended.isEmpty, "A waits: B is in a slot")
+            let tookAgain = machine.takeWrites(into: &prepared)
+            #expect(!tookAgain)
+            // B's rest meets EAGAIN too, with no other write in a slot: it fails.
+            [slotB].withUnsafeBufferPointer { machine.exhausted($0, into: &ended, released: &released) }
+            #expect(ended.map(\.id) == [1])
+            #expect(machine.slotsInUse == 0)
+            // No write is in flight: no completion will come. A must be submittable.
+            let canSubmit = machine.takeSubmitterRole()
+            #expect(canSubmit, "stuck: \(machine.fingerprint)")
+            await parked.finish()
+        }
+
         // FINDING 2: sync slots and write slots share one kernel AIO context, but each state
         // machine decides from its own slots alone whether anything is in flight at an EAGAIN: a
         // sync meeting EAGAIN while only writes fill the context fails with EAGAIN (the backend
