@@ -331,6 +331,67 @@ extension AsyncFsyncTests {
             door.releaseWrites()
         }
 
+        @Test("FINDING 3b: after a broken completion source, a write its submitter is handing to io_submit is answered only after that call returned")
+        func brokenSourceAnswersWriteBeingSubmitted() async throws {
+            let firstGate = DispatchSemaphore(value: 0)
+            let secondGate = DispatchSemaphore(value: 0)
+            let firstAtDoor = Flag()
+            let secondAtDoor = Flag()
+            let secondReturned = Flag()
+            let broken = Flag()
+            let writeSubmissions = Counter()
+            var system = SystemCalls.live
+            system.ioSubmit = { context, count, iocbs in
+                guard iocbs[0]!.pointee.aio_lio_opcode == 1 else { return SystemCalls.live.ioSubmit(context, count, iocbs) }
+                switch writeSubmissions.next() {
+                case 1:
+                    // The role holder's first submission waits until the second write is queued
+                    // behind it; the holder then takes that one in its next round.
+                    firstAtDoor.raise()
+                    _ = firstGate.wait(timeout: .now() + 20)
+                    return SystemCalls.live.ioSubmit(context, count, iocbs)
+                case 2:
+                    secondAtDoor.raise()
+                    _ = secondGate.wait(timeout: .now() + 20)  // the submitter is inside io_submit(2)
+                    defer { secondReturned.raise() }
+                    return SystemCalls.live.ioSubmit(context, count, iocbs)
+                default:
+                    return SystemCalls.live.ioSubmit(context, count, iocbs)
+                }
+            }
+            system.reapCompletions = { context, events, maximum in
+                broken.isRaised ? .failure(.invalidArgument) : SystemCalls.live.reapCompletions(context, events, maximum)
+            }
+            let backend = try LibaioBackend(capacity: 2, system: system)
+            let directory = try ScratchDirectory.onDisk()
+            let fd = try directory.file("data", contents: "")
+            defer { try? fd.close() }
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 8192, alignment: 4096)
+            buffer.initializeMemory(as: UInt8.self, repeating: 0x33)
+            defer { buffer.deallocate() }
+            let first = Unchecked(UnsafeRawBufferPointer(rebasing: buffer[..<4096]))
+            let second = Unchecked(UnsafeRawBufferPointer(rebasing: buffer[4096...]))
+            let answeredInsideSubmit = Locked<Bool?>(nil)
+            let one = Watched { try await backend.write(fd, from: first.value, at: 0) }
+            try #require(await eventually(30) { firstAtDoor.isRaised })
+            let two = Watched {
+                let error = await caughtError { try await backend.write(fd, from: second.value, at: 4096) }
+                answeredInsideSubmit.withLock { $0 = !secondReturned.isRaised }
+                if let error { throw error }
+            }
+            try #require(await eventually(30) { writeCounts(backend).incompleteWrites == 2 }, "the second write waits for the role holder")
+            firstGate.signal()
+            try #require(await eventually(30) { secondAtDoor.isRaised }, "the role holder is inside io_submit with the second write")
+            broken.raise()
+            kick(backend.engine.hub)
+            _ = await eventually(5) { two.isDone }  // a bound: a correct engine answers only after the call
+            secondGate.signal()
+            #expect(await eventually(30) { one.isDone && two.isDone })
+            #expect(answeredInsideSubmit.withLock { $0 } == false,
+                    "the write was answered (\(String(describing: two.error))) while its io_submit(2) had not returned: the kernel reads its buffer afterwards")
+            #expect(await finishes(within: .seconds(30)) { await backend.shutdown() })
+        }
+
         // FINDING 4: LibaioBackend sends the syncs of a file system without AIO fsync (and of
         // tmpfs, inline) straight to POSIX aio / fsync(2), past the engine's write rule: such a
         // sync returns while a write of its descriptor accepted before it is still in flight in
