@@ -69,8 +69,11 @@ struct WriteModel: CheckedModel {
     /// Per sync, the writes of its descriptor accepted and incomplete when it arrived.
     var before: [[Int]]
     var holdsRole = false
-    /// Slots taken or to be submitted again, not yet handed to the system.
+    /// Slots the holder of the submitter role took, not yet handed to the system.
     var toSubmit: [Int32] = []
+    /// Slots whose write the completion thread submits again (the rest of a short write, after
+    /// `EINTR`): its own submission, without the role, concurrent with the role holder's.
+    var retrying: [Int32] = []
     /// Slots in the system.
     var inSystem: [Int32] = []
     var faultsLeft: Int
@@ -94,7 +97,7 @@ struct WriteModel: CheckedModel {
 
     static func == (a: WriteModel, b: WriteModel) -> Bool {
         a.fingerprint == b.fingerprint && a.writes == b.writes && a.syncs == b.syncs && a.holdsRole == b.holdsRole
-            && a.toSubmit == b.toSubmit && a.inSystem == b.inSystem && a.faultsLeft == b.faultsLeft && a.broken == b.broken
+            && a.toSubmit == b.toSubmit && a.retrying == b.retrying && a.inSystem == b.inSystem && a.faultsLeft == b.faultsLeft && a.broken == b.broken
             && a.written == b.written && a.before == b.before
     }
 
@@ -103,6 +106,7 @@ struct WriteModel: CheckedModel {
         hasher.combine(writes)
         hasher.combine(syncs)
         hasher.combine(toSubmit)
+        hasher.combine(retrying)
         hasher.combine(inSystem)
     }
 
@@ -112,7 +116,7 @@ struct WriteModel: CheckedModel {
         for s in syncs.indices where syncs[s] == .notArrived && !broken { list.append(.arriveSync(s)) }
         if !holdsRole, !broken, toSubmit.isEmpty, machine.takeSubmitterRole_wouldSucceed { list.append(.takeRole) }
         if holdsRole, toSubmit.isEmpty { list.append(.take) }
-        for slot in toSubmit {
+        for slot in toSubmit + retrying {
             list.append(.submit(slot: slot, outcome: 0))
             if faultsLeft > 0 {
                 list.append(.submit(slot: slot, outcome: 1))
@@ -189,7 +193,11 @@ struct WriteModel: CheckedModel {
                 holdsRole = false
             }
         case .submit(let slot, let outcome):
-            toSubmit.removeAll { $0 == slot }
+            // The submission the slot belongs to: the role holder's or the completion thread's.
+            let isRetry = retrying.contains(slot)
+            var list = isRetry ? retrying : toSubmit
+            list.removeAll { $0 == slot }
+            defer { if isRetry { retrying = list } else { toSubmit = list } }
             switch outcome {
             case 0:
                 inSystem.append(slot)
@@ -197,8 +205,8 @@ struct WriteModel: CheckedModel {
             case 1:
                 // The engine hands the rest of its list over together: EAGAIN refuses all of them.
                 faultsLeft -= 1
-                let rest = [slot] + toSubmit
-                toSubmit.removeAll()
+                let rest = [slot] + list
+                list.removeAll()
                 rest.withUnsafeBufferPointer { machine.exhausted($0, into: &ended, released: &released) }
                 end(ended, success: false, violations: &violations)
             default:
@@ -219,7 +227,7 @@ struct WriteModel: CheckedModel {
             if outcome >= 2 { faultsLeft -= 1 }
             if let w, case .success(let bytes) = result { written[w] = min(2, written[w] + bytes) }
             switch machine.completed(slot: slot, result: result, done: &ended, released: &released) {
-            case .retry: toSubmit.append(slot)
+            case .retry: retrying.append(slot)
             case .finished(let result):
                 if case .success = result { end(ended, success: true, violations: &violations) }
                 else { end(ended, success: false, violations: &violations) }
@@ -245,6 +253,7 @@ struct WriteModel: CheckedModel {
             end(ended, success: false, violations: &violations)
             for waiter in held { syncs[Int(waiter.id) - 100] = .failed }
             toSubmit.removeAll()
+            retrying.removeAll()
             inSystem.removeAll()
         }
         release(released, violations: &violations)
@@ -258,7 +267,7 @@ struct WriteModel: CheckedModel {
         }
         let pending = writes.filter { $0 == .accepted }.count + syncs.filter { $0 == .held }.count
         if machine.pending != pending { violations.append("pending \(machine.pending), but \(pending) without an answer") }
-        if !broken, writes.contains(.accepted), !holdsRole, toSubmit.isEmpty, inSystem.isEmpty,
+        if !broken, writes.contains(.accepted), !holdsRole, toSubmit.isEmpty, retrying.isEmpty, inSystem.isEmpty,
            !machine.takeSubmitterRole_wouldSucceed {
             violations.append("stuck: writes accepted, none in flight, nobody to submit (\(machine.fingerprint))")
         }
@@ -288,6 +297,9 @@ extension AsyncFsyncTests.ModelChecks {
         let configs: [WriteModel.Config] = [
             .init(writes: [5, 5, 6], syncs: [5, 6], slots: 2, faults: faults),
             .init(writes: [5, 5], syncs: [5, 5], slots: 1, faults: faults),
+            // Two faults: two EAGAINs, the completion thread's (a short write's rest) and the role
+            // holder's, can leave no write in a slot (review of issue 17, FINDING 1).
+            .init(writes: [5, 5], syncs: [5], slots: 2, faults: underSanitizer ? faults : 2),
         ]
         var total = 0
         for config in configs {

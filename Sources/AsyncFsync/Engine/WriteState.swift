@@ -81,7 +81,8 @@ struct WriteState {
 
     /// A thread holds the write submitter role.
     private(set) var submitting = false
-    /// `EAGAIN` at submission with writes in flight: nothing is submitted until one completes.
+    /// `EAGAIN` at submission with writes in flight: nothing is submitted until one completes, or
+    /// until no write is in a slot any more.
     private(set) var blockedOnResources = false
     private(set) var slotsInUse = 0
     /// Writes and held syncs: each is counted in the engine's transit (``EngineState/beginTransit()``)
@@ -370,6 +371,11 @@ struct WriteState {
         slotSubmitted[Int(slot)] = false
         freeSlots.append(slot)
         slotsInUse -= 1
+        // Waiting for a completion makes sense only while a write is in a slot: the last one may
+        // leave without one (refused, or failed at an EAGAIN of its own, e.g. a short write's rest
+        // submitted by the completion thread), and then nothing would ever unblock the writes put
+        // back (review of issue 17, FINDING 1).
+        if slotsInUse == 0 { blockedOnResources = false }
     }
 
     /// Frees `slot` and its request; returns the request.

@@ -277,7 +277,6 @@ public final class GroupCommit: AsyncSyncBackend {
         try wrapped.clearFailure(of: fd)
     }
 
-    /// The wrapped backend's executor: a batch's sync completes there, so its waiters go on there.
     /// Writes through the wrapped backend (see ``AsyncSyncBackend/write(_:from:at:)``); a later
     /// ``sync(_:mode:)`` of the descriptor covers it, as the wrapped backend's syncs do.
     ///
@@ -285,12 +284,10 @@ public final class GroupCommit: AsyncSyncBackend {
     ///   - fd: An open descriptor of a regular file; it must stay open until this call returns.
     ///   - buffer: The bytes; valid and unchanged until this call returns.
     ///   - offset: Where the first byte goes.
-    /// - Throws: As ``AsyncSyncBackend/write(_:from:at:)``.
+    /// - Throws: As ``AsyncSyncBackend/write(_:from:at:)``; ``AsyncSyncError/Code/shutDown`` once
+    ///   ``shutdown()`` has begun, as for a sync.
     public func write(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64) async throws {
-        // Refused after shutdown(), as syncs are (the wrapped backend is being shut down).
-        guard state.withLock({ $0.lifecycle == .accepting }) else {
-            throw AsyncSyncError(code: .shutDown, errno: nil, operation: .write, step: .request, backend: kind, descriptor: fd)
-        }
+        try refuseAfterShutdown(.write, fd)
         try await wrapped.write(fd, from: buffer, at: offset)
     }
 
@@ -302,13 +299,22 @@ public final class GroupCommit: AsyncSyncBackend {
     ///   - fd: An open descriptor of a regular file; it must stay open until this call returns.
     ///   - buffer: The bytes; valid and unchanged until this call returns.
     ///   - offset: Where the first byte goes.
-    /// - Throws: As ``AsyncSyncBackend/durableWrite(_:from:at:)``.
+    /// - Throws: As ``AsyncSyncBackend/durableWrite(_:from:at:)``; ``AsyncSyncError/Code/shutDown``
+    ///   once ``shutdown()`` has begun, as for a sync.
     public func durableWrite(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64) async throws {
-        guard state.withLock({ $0.lifecycle == .accepting }) else {
-            throw AsyncSyncError(code: .shutDown, errno: nil, operation: .durableWrite, step: .request, backend: kind, descriptor: fd)
-        }
+        try refuseAfterShutdown(.durableWrite, fd)
         try await wrapped.durableWrite(fd, from: buffer, at: offset)
     }
+
+    /// A group whose ``shutdown()`` has begun refuses writes as it refuses syncs: the wrapped backend
+    /// still accepts them until the group's running batches are done and it is shut down itself.
+    private func refuseAfterShutdown(_ operation: AsyncSyncError.Operation, _ fd: FileDescriptor) throws(AsyncSyncError) {
+        guard state.withLock({ $0.lifecycle == .accepting }) else {
+            throw AsyncSyncError(code: .shutDown, errno: nil, operation: operation, step: .request, backend: kind, descriptor: fd)
+        }
+    }
+
+    /// The wrapped backend's executor: a batch's sync completes there, so its waiters go on there.
 
     public var preferredTaskExecutor: (any TaskExecutor)? { wrapped.preferredTaskExecutor }
 
