@@ -457,8 +457,10 @@ extension AsyncFsyncTests {
             try #require(await eventually(30) { group.queuedCount == 1 })
             let write = Watched { try await group.write(fd2, Self.page, at: 0) }
             try #require(await eventually(30) { door.heldWriteCount == 1 }, "the write on fd2 is in flight")
-            let sync = Watched { try await group.fdatasync(fd2) }  // joins the next batch, led through fd1
-            try #require(await eventually(30) { group.queuedCount == 2 })
+            // Joins the next batch, led through fd1 — or, with its write in flight, goes to the wrapped
+            // backend, whose sync of fd2 is held until that write completes (the fix).
+            let sync = Watched { try await group.fdatasync(fd2) }
+            try #require(await eventually(30) { group.queuedCount == 2 || writeCounts(base).heldSyncs == 1 })
             door.releaseSyncs()
             #expect(await eventually(30) { sync.isDone || writeCounts(base).heldSyncs == 1 })
             #expect(!sync.isDone, "the sync of fd2 returned (\(String(describing: sync.outcome))) while its write was in flight")

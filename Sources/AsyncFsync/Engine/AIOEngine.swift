@@ -402,7 +402,10 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
             if errno == .resourceTemporarilyUnavailable {
                 // Back to the queue until a completion frees resources (or fail: none in flight).
                 let refused = UnsafeBufferPointer(rebasing: slots[start...])
-                let release = shared.withLock { $0.machine.exhausted(refused, into: &failed) }
+                // Writes in flight in the same context free resources too when they complete.
+                let release = shared.withLock {
+                    $0.machine.exhausted(refused, into: &failed, othersElsewhere: $0.writes.slotsInUse > 0)
+                }
                 failAtSubmit(failed, errno: errno)
                 if release == .release { hub.requestRelease(self) }
                 return
@@ -588,7 +591,10 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
             shared.withLock { shared in
                 if exhausted {
                     let local = slots[start...].map { $0 - offset }
-                    local.withUnsafeBufferPointer { shared.writes.exhausted($0, into: &failed, released: &released) }
+                    let syncsInFlight = shared.machine.slotsInUse > 0
+                    local.withUnsafeBufferPointer {
+                        shared.writes.exhausted($0, into: &failed, released: &released, othersElsewhere: syncsInFlight)
+                    }
                 } else {
                     shared.writes.refused(slot: slots[start] - offset, into: &failed, released: &released)
                 }
@@ -634,6 +640,7 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
             for completion in completions {
                 if completion.slot >= firstWriteSlot {
                     ended.removeAll(keepingCapacity: true)
+                    shared.machine.resourcesFreed()  // one context: a write's completion frees room for syncs
                     switch shared.writes.completed(slot: completion.slot - firstWriteSlot, result: completion.result,
                                                    done: &ended, released: &released) {
                     case .retry(let prepared):
@@ -646,6 +653,7 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
                 }
                 let start = done.count
                 let result = completion.result.map { _ in }
+                shared.writes.resourcesFreed()  // and a sync's for writes
                 switch shared.machine.completed(slot: completion.slot, result: result, into: &done) {
                 case .finished: finished.append((start..<done.count, result))
                 case .retry: retries.append(completion.slot)

@@ -119,6 +119,15 @@ struct EngineState {
         case known(FileIdentity?)
     }
 
+    /// `blockedOnResources` waits for a completion of the engine's writes (no sync was in flight).
+    private var blockedElsewhere = false
+
+    /// A completion of another kind of request of the same context (a write) freed resources.
+    mutating func resourcesFreed() {
+        blockedOnResources = false
+        blockedElsewhere = false
+    }
+
     /// A thread holds the submitter role.
     private(set) var submitting = false
     /// `EAGAIN` at submission: nothing is submitted until a completion frees resources.
@@ -358,9 +367,13 @@ struct EngineState {
     /// batches go back to the front of the ready queue and nothing is submitted until a
     /// completion; with none in flight no completion would come, so their waiters fail (appended
     /// to `failed`).
-    mutating func exhausted(_ slots: UnsafeBufferPointer<Int32>, into failed: inout [Waiter]) -> Release {
+    ///
+    /// `othersElsewhere`: the engine's writes are in flight in the same context (their completion
+    /// frees resources too: ``resourcesFreed()``).
+    mutating func exhausted(_ slots: UnsafeBufferPointer<Int32>, into failed: inout [Waiter], othersElsewhere: Bool = false) -> Release {
         let slots = slots.filter { slotBatch[Int($0)] >= 0 }  // not revoked
-        let othersInFlight = slotsInUse > slots.count
+        let othersInFlight = slotsInUse > slots.count || othersElsewhere
+        if othersElsewhere, slotsInUse == slots.count { blockedElsewhere = true }
         for slot in slots.reversed() {
             let batch = slotBatch[Int(slot)]
             if !othersInFlight {
@@ -417,7 +430,7 @@ struct EngineState {
         }
         takeWaiters(of: batch, into: &done)
         finishSlot(slot)
-        blockedOnResources = false
+        resourcesFreed()
         return .finished
     }
 
@@ -679,7 +692,7 @@ struct EngineState {
         let fd = batches[Int(batch)].descriptor
         vacate(slot)
         // Waiting for a completion makes sense only while something is in flight.
-        if slotsInUse == 0 { blockedOnResources = false }
+        if slotsInUse == 0, !blockedElsewhere { blockedOnResources = false }
         freeBatch(batch)
         let next = descriptors[fd]?.next ?? -1
         if next >= 0 {

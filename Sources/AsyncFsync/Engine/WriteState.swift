@@ -85,6 +85,15 @@ struct WriteState {
     /// until no write is in a slot any more.
     private(set) var blockedOnResources = false
     private(set) var slotsInUse = 0
+    /// `blockedOnResources` waits for a completion of the engine's syncs (no write was in flight).
+    private var blockedElsewhere = false
+
+    /// A completion of another kind of request of the same context (a sync) freed resources.
+    mutating func resourcesFreed() {
+        blockedOnResources = false
+        blockedElsewhere = false
+    }
+
     /// Writes and held syncs: each is counted in the engine's transit (``EngineState/beginTransit()``)
     /// until it has its answer or has been handed to the sync machine.
     private(set) var pending = 0
@@ -205,9 +214,14 @@ struct WriteState {
 
     /// `EAGAIN` for `slots`: with other writes in flight they wait again, first in line, until a
     /// completion; with none in flight no completion would come, so they fail.
-    mutating func exhausted(_ slots: UnsafeBufferPointer<Int32>, into failed: inout [WriteRequest], released: inout [Waiter]) {
+    ///
+    /// `othersElsewhere`: the engine's syncs are in flight in the same context (their completion
+    /// frees resources too: ``resourcesFreed()``).
+    mutating func exhausted(_ slots: UnsafeBufferPointer<Int32>, into failed: inout [WriteRequest], released: inout [Waiter],
+                            othersElsewhere: Bool = false) {
         let slots = slots.filter { slotRequest[Int($0)] >= 0 }
-        let othersInFlight = slotsInUse > slots.count
+        let othersInFlight = slotsInUse > slots.count || othersElsewhere
+        if othersElsewhere, slotsInUse == slots.count { blockedElsewhere = true }
         for slot in slots.reversed() {
             if !othersInFlight {
                 failed.append(finish(slot: slot, released: &released))
@@ -239,7 +253,7 @@ struct WriteState {
     mutating func completed(slot: Int32, result: Result<Int, Errno>, done: inout [WriteRequest], released: inout [Waiter]) -> Completed {
         guard slot >= 0, Int(slot) < slotCount, slotRequest[Int(slot)] >= 0 else { return .unknown }
         let index = Int(slotRequest[Int(slot)])
-        blockedOnResources = false
+        resourcesFreed()
         switch result {
         case .success(let bytes) where bytes > 0 && requests[index]!.written + bytes < requests[index]!.count:
             requests[index]!.written += bytes
@@ -375,7 +389,7 @@ struct WriteState {
         // leave without one (refused, or failed at an EAGAIN of its own, e.g. a short write's rest
         // submitted by the completion thread), and then nothing would ever unblock the writes put
         // back (review of issue 17, FINDING 1).
-        if slotsInUse == 0 { blockedOnResources = false }
+        if slotsInUse == 0, !blockedElsewhere { blockedOnResources = false }
     }
 
     /// Frees `slot` and its request; returns the request.
