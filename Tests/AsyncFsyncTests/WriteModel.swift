@@ -249,8 +249,9 @@ struct WriteModel: CheckedModel {
             faultsLeft -= 1
             broken = true
             var held: [Waiter] = []
-            machine.broken(into: &ended, held: &held)
-            end(ended, success: false, violations: &violations)
+            var inKernel: [WriteRequest] = []
+            machine.broken(into: &ended, inSystem: &inKernel, held: &held)
+            end(ended + inKernel, success: false, violations: &violations)  // the latter answered at the release
             for waiter in held { syncs[Int(waiter.id) - 100] = .failed }
             toSubmit.removeAll()
             retrying.removeAll()

@@ -23,6 +23,10 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         var writes: WriteState
         var shutdownWaiters: [UnsafeContinuation<Void, Never>] = []
         var releasedDriver = false
+        /// Writes that were in the system when the completion source broke, with its errno: the
+        /// system may still read their buffers, so they are answered once the driver is released
+        /// (`io_destroy(2)` returns after every request of the context ended).
+        var answeredAtRelease: [(WriteRequest, Errno)] = []
     }
 
     let driver: Driver
@@ -680,7 +684,11 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
             if case .broken(let errno) = outcome {
                 var held: [Waiter] = []
                 var failedWrites: [WriteRequest] = []
-                shared.writes.broken(into: &failedWrites, held: &held)
+                var inSystem: [WriteRequest] = []
+                shared.writes.broken(into: &failedWrites, inSystem: &inSystem, held: &held)
+                for request in inSystem { shared.answeredAtRelease.append((request, errno)) }
+                // Their transit ends now (the drain, and so the release that answers them, may go on).
+                handOver.note(shared.machine.endTransit(count: inSystem.count))
                 // Syncs released above have their answer below with the rest: the source is broken.
                 held.append(contentsOf: released)
                 released.removeAll()
@@ -826,7 +834,14 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         }
         guard let waiters else { return done([]) }
         let owned = Unchecked(waiters)
-        driver.release(then: { done(owned.value) })
+        let writes = Unchecked(shared.withLock { shared in
+            defer { shared.answeredAtRelease = [] }
+            return shared.answeredAtRelease
+        })
+        driver.release(then: { [self] in
+            for (request, errno) in writes.value { resume(request, with: .failure(errno)) }
+            done(owned.value)
+        })
     }
 
     /// A request refused with `EINVAL` (see ``handsOffInvalid``) has its answer from elsewhere.

@@ -308,10 +308,14 @@ struct WriteState {
 
     /// Every write and every held sync gets its answer from the caller (the source's errno); slots
     /// the system holds are revoked (whatever it says of them later is ignored).
-    mutating func broken(into failed: inout [WriteRequest], held: inout [Waiter]) {
+    ///
+    /// The writes in slots (the system may still read their buffers) go to `inSystem`: the engine
+    /// answers them only once the system has let go of them (the driver's release: `io_destroy(2)`
+    /// waits for every request of the context); the waiting ones to `failed`.
+    mutating func broken(into failed: inout [WriteRequest], inSystem: inout [WriteRequest], held: inout [Waiter]) {
         for slot in 0..<Int32(slotCount) where slotRequest[Int(slot)] >= 0 {
             let index = slotRequest[Int(slot)]
-            failed.append(requests[Int(index)]!)
+            inSystem.append(requests[Int(index)]!)
             requests[Int(index)] = nil
             freeRequests.append(index)
             slotRequest[Int(slot)] = Self.revoked
