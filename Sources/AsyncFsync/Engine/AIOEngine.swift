@@ -453,8 +453,12 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         }
         try Task.checkCancellation()
         guard let base = buffer.baseAddress, buffer.count > 0 else {
-            // Nothing to write: a durable write of nothing is a sync.
-            if kind != .plain { try await sync(descriptor, mode: .fdatasync, arrival: stamp) }
+            // Nothing to write: a durable write of nothing is a sync; a write of nothing is refused
+            // as any request after a shutdown or a broken source is.
+            if kind != .plain { return try await sync(descriptor, mode: .fdatasync, arrival: stamp) }
+            if let refusal = shared.withLock({ $0.machine.refusal }) {
+                throw refusalError(refusal, operation: .write, descriptor: descriptor)
+            }
             return
         }
         let id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
@@ -511,19 +515,26 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
     }
 
     private func writeError(for refusal: EngineState.ArrivalRefusal, _ request: WriteRequest) -> any Error {
+        refusalError(refusal, operation: request.kind == .plain ? .write : .durableWrite, descriptor: request.descriptor)
+    }
+
+    private func refusalError(_ refusal: EngineState.ArrivalRefusal, operation: AsyncSyncError.Operation,
+                              descriptor: FileDescriptor) -> any Error {
         switch refusal {
         case .cancelled: CancellationError()
         case .shutDown:
-            AsyncSyncError(code: .shutDown, errno: nil, operation: operation(of: request), step: .request,
-                           backend: Driver.kind, descriptor: request.descriptor)
+            AsyncSyncError(code: .shutDown, errno: nil, operation: operation, step: .request,
+                           backend: Driver.kind, descriptor: descriptor)
         case .broken(let errno):
-            writeError(request, errno: errno, step: .completion)
+            AsyncSyncError(code: .system, errno: errno, operation: operation, step: .completion, backend: Driver.kind,
+                           descriptor: descriptor, systemCall: Driver.completionCall)
         }
     }
 
     private func writeError(_ request: WriteRequest, errno: Errno, step: AsyncSyncError.Step) -> AsyncSyncError {
         var message = ""
-        if errno == .invalidArgument {
+        if errno == .invalidArgument, step != .request,
+           (try? system.statusFlags(request.descriptor.rawValue).get()).map({ $0 & casyncfsync_O_DIRECT != 0 }) == true {
             message = "on an O_DIRECT descriptor the buffer's address, its length and the offset must be multiples of the file's DirectIOAlignment"
         } else if errno == .badFileDescriptor {
             message = "the descriptor is not open for writing; keep it open until the write returns"

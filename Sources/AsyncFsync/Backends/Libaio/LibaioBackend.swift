@@ -47,8 +47,9 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
     /// Creates a backend with its own AIO context and completion thread.
     ///
     /// - Parameters:
-    ///   - capacity: The number of requests in the kernel at once (the size of the AIO
-    ///   context, counted against `/proc/sys/fs/aio-max-nr`), from 1 to 65 536. The default is 256.
+    ///   - capacity: The number of syncs in the kernel at once, and as many writes (the AIO
+    ///   context holds both: `2 × capacity` events, at most 65 536, counted against
+    ///   `/proc/sys/fs/aio-max-nr`), from 1 to 65 536. The default is 256.
     ///   - stickyFailures: Whether a durability failure of a file makes every later sync of that
     ///     file through this backend fail at once with ``AsyncSyncError/Code/earlierFailure``,
     ///     until ``clearFailure(of:)``. The default is `true`. With `false`, only the in-flight
