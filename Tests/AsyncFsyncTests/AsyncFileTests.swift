@@ -482,7 +482,7 @@ extension AsyncFsyncTests {
             }
             let retired = await segments.retired
             // Each old segment's close() waits (or, were the rule broken, has closed it already).
-            _ = await eventually(10) { retired.allSatisfy { $0.closeWaiterCount == 1 } || log.closeCount > 0 }
+            _ = await eventually(30) { retired.allSatisfy { $0.closeWaiterCount == 1 } || log.closeCount > 0 }
             #expect(log.closeCount == 0, "no old segment is closed while its syncs are held")
             #expect(rotations.allSatisfy { !$0.isDone })
 

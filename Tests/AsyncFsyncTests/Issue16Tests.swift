@@ -58,23 +58,23 @@ extension AsyncFsyncTests {
             let backend = try LibaioBackend(capacity: 4, system: system)
             let hub: CompletionHub = backend.engine.hub
             let request = Watched { try await backend.fdatasync(fd) }
-            try #require(await eventually(5) { inFallback.isRaised }, "the request reached the POSIX fallback")
+            try #require(await eventually(30) { inFallback.isRaised }, "the request reached the POSIX fallback")
 
             broken.raise()
             kick(hub)
-            try #require(await eventually(5) { reapsSinceBroken.current >= 1 }, "the hub reaped the broken source")
+            try #require(await eventually(30) { reapsSinceBroken.current >= 1 }, "the hub reaped the broken source")
             // Deterministic: a thread that parks makes no further call, however long it is watched.
-            let parked = await eventually(5) { parksSinceBroken.current >= 1 }
+            let parked = await eventually(30) { parksSinceBroken.current >= 1 }
             let reaps = reapsSinceBroken.current
             #expect(parked, "the completion thread must park while the broken engine waits for its request in transit")
             #expect(reaps == 1, "the broken source was reaped \(reaps) times; once is enough (every waiter had its answer)")
             #expect(!request.isDone, "the request in transit is still waiting for the fallback")
 
             letFallbackRun.raise()
-            try #require(await eventually(10) { request.isDone })
+            try #require(await eventually(30) { request.isDone })
             #expect(request.succeeded, "served by POSIX aio: \(String(describing: request.error))")
             // Its answer ended the drain: the hub woke and released the engine.
-            #expect(await eventually(5) { hub.clientCount == 0 }, "the broken engine was released after its request in transit")
+            #expect(await eventually(30) { hub.clientCount == 0 }, "the broken engine was released after its request in transit")
             await backend.shutdown()
         }
         #endif
@@ -144,7 +144,7 @@ extension AsyncFsyncTests {
 
             broken.raise()
             kick(backend.engine.hub)
-            try #require(await eventually(5) { !backend.engine.isAcceptingRequests })
+            try #require(await eventually(30) { !backend.engine.isAcceptingRequests })
 
             let engineError = await caughtError { try await backend.fdatasync(viaKernelAIO) } as? AsyncSyncError
             let inlineError = await caughtError { try await backend.fdatasync(onTmpfs) } as? AsyncSyncError
@@ -255,7 +255,7 @@ extension AsyncFsyncTests {
                 // Swift runtime (libdispatch) opens a timerfd lazily: waited for (a condition, not a
                 // time), so that what opens a descriptor after the close below is the library, or
                 // the runtime on the library's behalf.
-                _ = blockingEventually(5) { Resources.openDescriptors().contains("anon_inode:[timerfd]") }
+                _ = blockingEventually(30) { Resources.openDescriptors().contains("anon_inode:[timerfd]") }
                 let directory = try ScratchDirectory.onDisk()
                 let file = try directory.file("closed")
                 try file.close()

@@ -201,7 +201,7 @@ extension AsyncFsyncTests {
             let second = Watched { try await backend.write(fd, Self.page, at: 8192) }
             try #require(await eventually(30) { newWriteRefused.isRaised })
             gate.signal()
-            let bothEnded = await eventually(10) { first.isDone && second.isDone }
+            let bothEnded = await eventually(30) { first.isDone && second.isDone }
             #expect(bothEnded, """
                 a write hangs after EAGAIN with nothing in flight: first \(String(describing: first.outcome)), \
                 second \(String(describing: second.outcome)), writes \(writeCounts(backend))

@@ -89,7 +89,7 @@ final class HoldingObserver: AsyncSyncObserver {
             return true
         }
         guard hold else { return }
-        _ = blockingEventually(10) { state.withLock { $0.released } }
+        _ = blockingEventually(30) { state.withLock { $0.released } }
         state.withLock { $0.holding = false }
     }
 }
@@ -141,7 +141,7 @@ extension AsyncFsyncTests {
             let hub = try #require(second.preferredTaskExecutor as? CompletionHub)
             #expect(hub === first.preferredTaskExecutor as? CompletionHub, "both backends share the hub")
             let request = Watched { try await second.fsync(fd) }
-            let completed = await eventually(3) { request.isDone }
+            let completed = await eventually(30) { request.isDone }
             #expect(completed, "the first request of the backend that joined the parked hub never completed")
             if !completed, kind == .libaio { kick(hub) }  // any wake-up lets it complete
             #expect(await eventually { request.isDone })
@@ -186,7 +186,7 @@ extension AsyncFsyncTests {
             let failure = request.error as? AsyncSyncError
             #expect(failure?.errno == errno)
             #expect(failure?.step == .submit)
-            let ended = await eventually(3) { shutdown.isDone }
+            let ended = await eventually(30) { shutdown.isDone }
             #expect(ended, "shutdown() never returned: no drain check after the refused resubmission")
             if !ended { await backend.shutdown() }  // its beginShutdown runs the drain check
             #expect(await eventually { shutdown.isDone })
@@ -229,7 +229,7 @@ extension AsyncFsyncTests {
                 if fd == bFD {
                     bEntered.raise()
                     // Until the hub's resubmission of A has been refused and A's batch waits again.
-                    _ = blockingEventually(3) { (box.value?.engine.waitingCount ?? 0) == 1 }
+                    _ = blockingEventually(30) { (box.value?.engine.waitingCount ?? 0) == 1 }
                     return .failure(.badFileDescriptor)
                 }
                 if fd == aFD, aSubmits.next() == 2 { return .failure(.resourceTemporarilyUnavailable) }
@@ -240,7 +240,7 @@ extension AsyncFsyncTests {
                 let result = SystemCalls.live.reapCompletions(context, events, maximum)
                 guard case .success(let count) = result, count > 0, reaps.next() == 1 else { return result }
                 // A's completion: held until B's submitter is inside io_submit, then made EINTR.
-                _ = blockingEventually(3) { bEntered.isRaised }
+                _ = blockingEventually(30) { bEntered.isRaised }
                 events[0].res = -Int64(EINTR)
                 return result
             }
@@ -249,13 +249,13 @@ extension AsyncFsyncTests {
             let first = Watched { try await backend.fsync(a) }
             try #require(await eventually { aSubmits.current == 1 })
             let second = Watched { try await backend.fsync(b) }
-            #expect(await eventually(5) { second.isDone })
+            #expect(await eventually(30) { second.isDone })
             #expect((second.error as? AsyncSyncError)?.errno == .badFileDescriptor)
-            let completed = await eventually(3) { first.isDone }
+            let completed = await eventually(30) { first.isDone }
             #expect(completed, "A waits for a completion that cannot come: nothing is in the kernel")
             // A request of another file that arrives now queues behind the back-off as well.
             let third = Watched { try await backend.fsync(c) }
-            let thirdCompleted = await eventually(2) { third.isDone }
+            let thirdCompleted = await eventually(30) { third.isDone }
             #expect(thirdCompleted, "a later request of another file is never submitted either")
             if !completed || !thirdCompleted {
                 // Break the completion source: every waiter fails, the engine drains.
@@ -321,10 +321,10 @@ extension AsyncFsyncTests {
             box.set(backend)
             recorder.injectAtCompletion([.ioError])  // the first POSIX aio completion
             let requests = [Watched { try await backend.fdatasync(fd) }, Watched { try await backend.fdatasync(fd) }]
-            let recorded = await eventually(5) { backend.ledger.stamp() != 0 }
+            let recorded = await eventually(30) { backend.ledger.stamp() != 0 }
             open.raise()
             try #require(recorded, "the first request's failure was recorded")
-            try #require(await eventually(5) { requests.allSatisfy(\.isDone) })
+            try #require(await eventually(30) { requests.allSatisfy(\.isDone) })
             let errors = requests.map { $0.error as? AsyncSyncError }
             #expect(errors.contains { $0?.errno == .ioError && $0?.code == .system }, "one got the EIO")
             #expect(errors.allSatisfy { $0 != nil },
@@ -361,12 +361,12 @@ extension AsyncFsyncTests {
             box.set(backend)
             recorder.injectAtCompletion([.ioError])
             let requests = [Watched { try await backend.fdatasync(fd) }, Watched { try await backend.fdatasync(fd) }]
-            let recorded = await eventually(5) { backend.ledger.stamp() != 0 }
+            let recorded = await eventually(30) { backend.ledger.stamp() != 0 }
             let shutdown = Watched { await backend.shutdown() }
-            let shutDownFirst = await eventually(5) { shutdown.isDone }
+            let shutDownFirst = await eventually(5) { shutdown.isDone }  // a bound: a correct engine is still draining
             open.raise()
             try #require(recorded)
-            try #require(await eventually(5) { requests.allSatisfy(\.isDone) && shutdown.isDone })
+            try #require(await eventually(30) { requests.allSatisfy(\.isDone) && shutdown.isDone })
             let errors = requests.map { $0.error as? AsyncSyncError }
             #expect(errors.contains { $0?.errno == .ioError && $0?.code == .system }, "one got the EIO")
             #expect(errors.allSatisfy { $0 != nil },
@@ -465,10 +465,10 @@ extension AsyncFsyncTests {
                 let backend = try LibaioBackend(capacity: 4, system: system)
                 box.set(backend)
                 let request = Watched { try await backend.fsync(b) }
-                guard await eventually(3, { entered.isRaised }) else { exit(2) }
+                guard await eventually(30, { entered.isRaised }) else { exit(2) }
                 breakSource.raise()
                 kick(backend.engine.hub)
-                guard await eventually(5, { request.isDone }) else { exit(4) }
+                guard await eventually(30, { request.isDone }) else { exit(4) }
                 // Exactly one error reached the caller (the source's errno or the submit's).
                 guard request.error is AsyncSyncError else { exit(5) }
                 await backend.shutdown()
@@ -491,7 +491,7 @@ extension AsyncFsyncTests {
             let requests = [Watched { try await backend.fdatasync(one) }, Watched { try await backend.fdatasync(two) }]
             try #require(await eventually { recorder.submitted == 2 })
             recorder.openGate()
-            try #require(await eventually(5) { requests.allSatisfy(\.isDone) })
+            try #require(await eventually(30) { requests.allSatisfy(\.isDone) })
             let codes = requests.compactMap { ($0.error as? AsyncSyncError)?.code }
             #expect(codes.sorted { "\($0)" < "\($1)" } == [.concurrentFailure, .system].sorted { "\($0)" < "\($1)" },
                     "one EIO, and the other success turned into concurrentFailure")
@@ -514,7 +514,7 @@ extension AsyncFsyncTests {
             let second = Watched { try await backend.fdatasync(fd) }
             try #require(await eventually { waiting(backend) == 1 })
             recorder.openGate()
-            try #require(await eventually(5) { first.isDone && second.isDone })
+            try #require(await eventually(30) { first.isDone && second.isDone })
             #expect((first.error as? AsyncSyncError)?.errno == .ioError)
             #expect((second.error as? AsyncSyncError)?.code == .concurrentFailure)
             #expect(recorder.submitted == 2, "the second was served by its own sync, which started after it arrived")
@@ -537,7 +537,7 @@ extension AsyncFsyncTests {
             try #require(await eventually { waiting(backend) == 1 })
             #expect(dup2(other.rawValue, fd.rawValue) == fd.rawValue)  // closed and reused meanwhile
             recorder.openGate()
-            try #require(await eventually(5) { first.isDone && second.isDone })
+            try #require(await eventually(30) { first.isDone && second.isDone })
             #expect(first.succeeded)
             let failure = second.error as? AsyncSyncError
             #expect(failure?.errno == .badFileDescriptor)
@@ -569,14 +569,14 @@ extension AsyncFsyncTests {
             // B's first submission: wait until a request joined B's next batch, then EAGAIN.
             system.ioSubmit = { context, count, iocbs in
                 if descriptor(of: iocbs) == bFD, bSubmits.next() == 1 {
-                    _ = blockingEventually(3) { waitingCount() == 1 }
+                    _ = blockingEventually(30) { waitingCount() == 1 }
                     return .failure(.resourceTemporarilyUnavailable)
                 }
                 return base.ioSubmit(context, count, iocbs)
             }
             system.aioFsync = { mode, control in
                 if control.pointee.aio_fildes == bFD, bSubmits.next() == 1 {
-                    _ = blockingEventually(3) { waitingCount() == 1 }
+                    _ = blockingEventually(30) { waitingCount() == 1 }
                     return .failure(.resourceTemporarilyUnavailable)
                 }
                 return base.aioFsync(mode, control)
@@ -587,6 +587,9 @@ extension AsyncFsyncTests {
             let first = Watched { try await backend.fsync(a) }
             try #require(await eventually { recorder.submitted == 1 })
             let refused = Watched { try await backend.fsync(b) }
+            // Only once B's submission is under way: started together, both would share that batch
+            // and nothing would join it (the submitter then waits out its bound: a flaky test).
+            try #require(await eventually { bSubmits.current == 1 })
             let joined = Watched { try await backend.fsync(b) }  // joins during the refused submission
             try #require(await eventually { bSubmits.current == 1 && outstanding(backend) == 3 && waiting(backend) == 2 },
                          "B's batch went back to the queue with the request that joined it")
@@ -600,7 +603,7 @@ extension AsyncFsyncTests {
             try await Task.sleep(for: .milliseconds(20))
             #expect(!shutdown.isDone && !refused.isDone && !joined.isDone, "blocked until a completion frees resources")
             recorder.openGate()
-            #expect(await eventually(5) { shutdown.isDone })
+            #expect(await eventually(30) { shutdown.isDone })
             #expect(first.succeeded && refused.succeeded && joined.succeeded)
             #expect(recorder.submitted == 2, "A, then one sync for both requests of B")
             #expect(recorder.state.withLock { $0.submittedModes }.last == .fsync)
@@ -620,7 +623,7 @@ extension AsyncFsyncTests {
             let rest = (0..<10).map { _ in Watched { try await backend.fdatasync(fd) } }
             try #require(await eventually { waiting(backend) == 10 })
             recorder.openGate()
-            try #require(await eventually(5) { first.isDone && rest.allSatisfy(\.isDone) })
+            try #require(await eventually(30) { first.isDone && rest.allSatisfy(\.isDone) })
             #expect(first.succeeded && rest.allSatisfy(\.succeeded))
             #expect(recorder.submitted == 3, "the first, its retry, one sync for the ten")
             #expect(recorder.state.withLock { $0.maxOutstanding } == 1, "never two syncs of one descriptor at once")
@@ -646,14 +649,14 @@ extension AsyncFsyncTests {
                 task.cancel()
                 if index.isMultiple(of: 16) { await Task.yield() }
             }
-            let allEnded = await eventually(10) { ended.current == 300 }
+            let allEnded = await eventually(30) { ended.current == 300 }
             #expect(allEnded, "\(ended.current) of 300 requests ended")
             for task in tasks {
                 do { try await task.value } catch is CancellationError {} catch { Issue.record("\(error)") }
             }
             #expect(outstanding(backend) == 0)
             let shutdown = Watched { await backend.shutdown() }
-            #expect(await eventually(5) { shutdown.isDone })
+            #expect(await eventually(30) { shutdown.isDone })
         }
 
         @Test("checked: wake-ups racing the hub's end never write to its closed eventfd", arguments: BackendKind.aio)
@@ -735,14 +738,14 @@ extension AsyncFsyncTests {
             system.ioSubmit = { context, count, iocbs in
                 if descriptor(of: iocbs) == xFD, xSubmits.next() == 1 {
                     // Until R is in the engine (queued behind this submitter), then: out of resources.
-                    _ = blockingEventually(3) { outstandingNow() == 3 }
+                    _ = blockingEventually(30) { outstandingNow() == 3 }
                     return .failure(.resourceTemporarilyUnavailable)
                 }
                 return recorded.ioSubmit(context, count, iocbs)
             }
             system.aioFsync = { mode, control in
                 if control.pointee.aio_fildes == xFD, xSubmits.next() == 1 {
-                    _ = blockingEventually(3) { outstandingNow() == 3 }
+                    _ = blockingEventually(30) { outstandingNow() == 3 }
                     return .failure(.resourceTemporarilyUnavailable)
                 }
                 return recorded.aioFsync(mode, control)
@@ -763,7 +766,7 @@ extension AsyncFsyncTests {
             try await Task.sleep(for: .milliseconds(50))
             let submittedBefore = recorder.submitted
             recorder.openGate()
-            #expect(await eventually(5) { first.isDone && refused.isDone && request.isDone })
+            #expect(await eventually(30) { first.isDone && refused.isDone && request.isDone })
             #expect(first.succeeded && refused.succeeded)
             #expect(request.error is CancellationError, "cancelled while waiting, it was submitted: \(String(describing: request.outcome))")
             try #require(await eventually { outstanding(backend) == 0 })
@@ -793,7 +796,7 @@ extension AsyncFsyncTests {
             let shared = observer.holdingSharedBackend()
             observer.arm()
             let maker = Watched { try await shared.backend() }
-            try #require(await eventually(10) { observer.isHolding }, "the first creation reached its selection")
+            try #require(await eventually(30) { observer.isHolding }, "the first creation reached its selection")
             #expect("\(shared)".hasSuffix("(not made yet)"))
             let waiter = Watched { _ = try await shared.backend() }
             try await Task.sleep(for: .milliseconds(20))
@@ -805,7 +808,7 @@ extension AsyncFsyncTests {
             observer.release()
             #expect(ended, "the cancelled waiter still waits for the first creation")
             #expect(cpu < 0.25, "the process used \(cpu) s of CPU in 0.5 s while one cancelled task waited")
-            #expect(await eventually(10) { maker.isDone && waiter.isDone })
+            #expect(await eventually(30) { maker.isDone && waiter.isDone })
             if ended { #expect(waiter.error is CancellationError) }
             if case .success(let backend) = maker.outcome { await backend.shutdown() }
         }
@@ -844,14 +847,14 @@ extension AsyncFsyncTests {
             try fs.control("delay_ms=300")
             try fs.control("errno=EIO count=1")
             let leader = Watched { try await group.fdatasync(fd) }
-            try #require(await eventually(5) { (try? fs.counter("fdatasync")) == 1 }, "S1 reached the file system")
+            try #require(await eventually(30) { (try? fs.counter("fdatasync")) == 1 }, "S1 reached the file system")
             let follower = Watched { try await group.fdatasync(fd) }
             try #require(await eventually { group.queuedCount == 1 })
-            try #require(await eventually(5) { leader.isDone })
+            try #require(await eventually(30) { leader.isDone })
             #expect((leader.error as? AsyncSyncError)?.errno == .ioError)
             // F now leads the next batch and waits out the delay; the failure is cleared meanwhile.
             #expect(try group.clearFailure(of: fd))
-            try #require(await eventually(5) { follower.isDone })
+            try #require(await eventually(30) { follower.isDone })
             let failure = follower.error as? AsyncSyncError
             #expect(failure?.code == .concurrentFailure,
                     "F arrived before S1's EIO was recorded and was acknowledged by S2: \(String(describing: follower.outcome))")
@@ -878,11 +881,11 @@ extension AsyncFsyncTests {
             let shared = observer.holdingSharedBackend()
             observer.arm()
             let maker = Watched { try await shared.backend() }
-            try #require(await eventually(10) { observer.isHolding }, "the first creation reached its selection")
+            try #require(await eventually(30) { observer.isHolding }, "the first creation reached its selection")
             let waiters = (0..<2).map { _ in Watched { try await shared.backend() } }
             try await Task.sleep(for: .milliseconds(100))  // both wait
             observer.release()
-            let ended = await eventually(5) { maker.isDone && waiters.allSatisfy(\.isDone) }
+            let ended = await eventually(30) { maker.isDone && waiters.allSatisfy(\.isDone) }
             #expect(ended, "\(waiters.filter { !$0.isDone }.count) of 2 waiters still wait for the backend that was made")
             #expect(maker.succeeded)
             if case .success(let backend) = maker.outcome { await backend.shutdown() }
@@ -923,7 +926,7 @@ extension AsyncFsyncTests {
             // request that waits without one), not at once.
             try await Task.sleep(for: .milliseconds(50))
             recorder.openGate()
-            #expect(await eventually(5) { first.isDone && request.isDone })
+            #expect(await eventually(30) { first.isDone && request.isDone })
             #expect(first.succeeded)
             #expect(request.error is CancellationError, "cancelled while waiting, it was submitted: \(String(describing: request.outcome))")
             #expect(rSubmits.current == 1, "submitted again after its cancellation")
@@ -953,7 +956,7 @@ extension AsyncFsyncTests {
                 for waiter in cancelled { waiter.task.cancel() }
                 let late = Watched { await shot.value(timeout: .seconds(60)) }
                 let all = patient + cancelled + hasty + [late]
-                let ended = await eventually(10) { fulfilled.isRaised && all.allSatisfy(\.isDone) }
+                let ended = await eventually(30) { fulfilled.isRaised && all.allSatisfy(\.isDone) }
                 try #require(ended, "round \(round): \(all.filter { !$0.isDone }.count) waiters never returned")
                 for waiter in patient + [late] {
                     guard case .success(let value) = waiter.outcome else { Issue.record("round \(round): no outcome"); continue }
@@ -984,15 +987,15 @@ extension AsyncFsyncTests {
             try fs.control("errno=EIO count=1")
             observer.arm()
             let leader = Watched { try await group.fdatasync(fd) }
-            try #require(await eventually(10) { observer.isHolding }, "the shared backend's creation reached its selection")
+            try #require(await eventually(30) { observer.isHolding }, "the shared backend's creation reached its selection")
             let follower = Watched { try await group.fdatasync(fd) }
             try #require(await eventually { group.queuedCount == 1 })
             #expect(shared.failureLedger == nil)
             observer.release()
-            try #require(await eventually(5) { leader.isDone })
+            try #require(await eventually(30) { leader.isDone })
             #expect((leader.error as? AsyncSyncError)?.errno == .ioError)
             #expect(try group.clearFailure(of: fd))
-            try #require(await eventually(5) { follower.isDone })
+            try #require(await eventually(30) { follower.isDone })
             #expect((follower.error as? AsyncSyncError)?.code == .concurrentFailure,
                     "F arrived before S1's EIO was recorded and was acknowledged by S2: \(String(describing: follower.outcome))")
             #expect(try fs.counter("fdatasync") == 2)

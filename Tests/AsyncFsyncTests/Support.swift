@@ -444,7 +444,7 @@ struct SplitMix64: RandomNumberGenerator {
 
 /// Polls `condition` every millisecond for at most `seconds`; returns whether it held. Unlike
 /// `waitUntil`, a defect that never lets it hold fails the test instead of hanging the run.
-func eventually(_ seconds: Double = 3, _ condition: () -> Bool) async -> Bool {
+func eventually(_ seconds: Double = 30, _ condition: () -> Bool) async -> Bool {
     let deadline = Date().addingTimeInterval(seconds)
     while !condition() {
         if Date() >= deadline { return false }
@@ -454,7 +454,7 @@ func eventually(_ seconds: Double = 3, _ condition: () -> Bool) async -> Bool {
 }
 
 /// The same, for a thread that must not suspend (inside a system call of the table).
-func blockingEventually(_ seconds: Double = 3, _ condition: () -> Bool) -> Bool {
+func blockingEventually(_ seconds: Double = 30, _ condition: () -> Bool) -> Bool {
     let deadline = Date().addingTimeInterval(seconds)
     while !condition() {
         if Date() >= deadline { return false }
