@@ -139,7 +139,7 @@ public protocol AsyncSyncBackend: Sendable {
 
 /// A backend whose syncs wait for the writes it accepted before them (``GroupCommit`` asks it
 /// whether a descriptor has such writes, since it may sync a file through another descriptor).
-protocol WriteTracking {
+protocol WriteTracking: Sendable {
     /// Whether writes this backend accepted for `fd` are not complete yet.
     func hasIncompleteWrites(_ fd: FileDescriptor) -> Bool
 }

@@ -106,7 +106,11 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
 
     /// ``sync(_:mode:)`` for a request that arrived at `arrival` (a request kernel AIO refused and
     /// the POSIX fallback now serves keeps its first stamp).
-    func sync(_ descriptor: FileDescriptor, mode: SyncMode, arrival: UInt64) async throws {
+    ///
+    /// `look`: what ``look(at:)`` found for this request a moment ago, when its backend looked
+    /// already (to route it); otherwise the engine looks itself. It is a hint only: a request that
+    /// turns out to wait after all still has its cancellation looked at before it is submitted.
+    func sync(_ descriptor: FileDescriptor, mode: SyncMode, arrival: UInt64, look: SyncLook? = nil) async throws {
         // Stamped before the sticky check: a failure recorded in between is caught by one of them.
         let arrival = try ledger.admit(descriptor, stamp: arrival, mode: mode, backend: Driver.kind).get()
         try Task.checkCancellation()
@@ -115,7 +119,7 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         // cancellation handler (installing one costs more than the rest of this library's path).
         // One that turns out to wait after all has its cancellation looked at before its batch
         // is submitted; one that will wait gets a handler and is cancelled at once.
-        if shared.withLock({ $0.machine.handsOverAtOnce(descriptor.rawValue) && !$0.writes.holdsSyncs(of: descriptor.rawValue) }) {
+        if (look ?? self.look(at: descriptor)).handsOverAtOnce {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
                 arrive(Waiter(id: id, descriptor: descriptor, mode: mode, continuation: continuation,
                               arrival: arrival, identity: nil, identityTaken: false), handled: false)
@@ -919,7 +923,41 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
 
     /// Whether writes accepted for `fd` are not complete yet (``WriteTracking``).
     func hasIncompleteWrites(_ fd: FileDescriptor) -> Bool {
-        shared.withLock { $0.writes.holdsSyncs(of: fd.rawValue) }
+        look(at: fd).writesPending
+    }
+
+    /// What a sync of one descriptor finds in the engine, in one look under its lock.
+    struct SyncLook {
+        /// Writes accepted for the descriptor are not complete yet: its sync must go through the
+        /// engine, which holds it until they are (a sync covers the writes accepted before it).
+        var writesPending: Bool
+        /// The engine would hand the sync to the system at once (it needs no cancellation handler).
+        var handsOverAtOnce: Bool
+    }
+
+    /// One look for a backend that routes a sync of `fd` (inline, POSIX fallback, or the engine),
+    /// passed on to ``sync(_:mode:arrival:look:)`` so that the engine need not look again.
+    func look(at fd: FileDescriptor) -> SyncLook {
+        shared.withLock {
+            let pending = $0.writes.holdsSyncs(of: fd.rawValue)
+            return SyncLook(writesPending: pending, handsOverAtOnce: !pending && $0.machine.handsOverAtOnce(fd.rawValue))
+        }
+    }
+
+    /// The sync part of a durable write whose write completed on another path than the engine's
+    /// sync (the inline path, the POSIX fallback): it was accepted before any shutdown that began
+    /// since, so only a broken completion source refuses it; and it covers the descriptor's other
+    /// writes accepted before it, so it goes through the engine, which holds it, while any is
+    /// incomplete. Otherwise `direct` runs it, with the refusal it must report (`nil`: none).
+    func syncAfterWrite(_ fd: FileDescriptor, arrival: UInt64,
+                        _ direct: (AsyncSyncError?) async throws -> Void) async throws {
+        let refusal = refusalError(.fdatasync, fd)
+        let look = look(at: fd)
+        if look.writesPending, refusal == nil {
+            try await sync(fd, mode: .fdatasync, arrival: arrival, look: look)
+            return
+        }
+        try await direct(refusal?.code == .shutDown ? nil : refusal)
     }
 
     /// Syncs held for the writes accepted before them, and writes not complete yet (tests).

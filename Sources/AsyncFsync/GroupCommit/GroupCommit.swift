@@ -58,6 +58,8 @@ public final class GroupCommit: AsyncSyncBackend {
     private var ledger: FailureLedger? { fixedLedger ?? lateLedger?.failureLedger }
     /// Descriptors recently found not to be on a memory file system.
     private let memoryHints = DescriptorHints()
+    /// The wrapped backend as a ``WriteTracking`` (cast once, not per request).
+    private let writeTracking: (any WriteTracking)?
     /// How long each batch's leader waits before starting the shared sync, so that more requests
     /// can join (PostgreSQL's `commit_delay`). Zero (the default) starts at once.
     public let delay: Duration
@@ -79,6 +81,7 @@ public final class GroupCommit: AsyncSyncBackend {
         self.delay = max(delay, .zero)
         self.system = system
         self.state = Locked(State(gathers: delay > .zero))
+        self.writeTracking = backend as? any WriteTracking
         let provider = backend as? any FailureLedgerProviding
         self.fixedLedger = provider?.failureLedger
         self.lateLedger = fixedLedger == nil ? provider : nil
@@ -121,7 +124,7 @@ public final class GroupCommit: AsyncSyncBackend {
         // another descriptor of the file, whose sync would not wait for them. The request goes to
         // the wrapped backend, whose sync of this descriptor is held until they completed (the
         // seeds' contract); it still shares that sync with the descriptor's other requests.
-        let writesPending = (wrapped as? any WriteTracking)?.hasIncompleteWrites(fd) ?? false
+        let writesPending = writeTracking?.hasIncompleteWrites(fd) ?? false
         guard !writesPending, case .success(let file) = system.fileIdentity(fd.rawValue) else {
             // Not a file we can identify (closed descriptor…): the wrapped backend reports it. The
             // wrapped backend stamps its own, later arrival: a success is judged once more against

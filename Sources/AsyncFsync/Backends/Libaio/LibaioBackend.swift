@@ -110,20 +110,20 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
         // A descriptor with kernel AIO writes not complete yet goes through the engine, whose sync
         // is held until they are (a sync covers the writes accepted before it); on a file system
         // without AIO fsync the engine's refusal (EINVAL) then hands it to POSIX aio as usual.
-        let writesPending = engine.hasIncompleteWrites(fd)
-        if !writesPending, let inline, inline.applies(to: fd) {
+        let look = engine.look(at: fd)
+        if !look.writesPending, let inline, inline.applies(to: fd) {
             try inline.sync(fd, mode: mode, backend: .libaio, refusal: engine.refusalError(mode, fd))
             return
         }
         let arrival = ledger.stamp()
-        if !writesPending, fallback.serves(fd) {
+        if !look.writesPending, fallback.serves(fd) {
             // The engine's reason (shut down, or its broken source's errno) holds for every path.
             if let refusal = engine.refusalError(mode, fd) { throw refusal }
             try await fallback.sync(fd, mode: mode, arrival: arrival, refused: nil)
             return
         }
         do {
-            try await engine.sync(fd, mode: mode, arrival: arrival)
+            try await engine.sync(fd, mode: mode, arrival: arrival, look: look)
         } catch let error as AsyncSyncError where error.code == .system && error.errno == .invalidArgument && error.step == .submit {
             // The engine still counts this request (a shutdown waits for it) until it has its answer.
             defer { engine.endTransit() }
@@ -168,7 +168,7 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
         if let inline, inline.applies(to: fd) {
             try await engine.write(fd, from: buffer, at: offset, kind: .plain)
             // Accepted before any shutdown that began meanwhile: only a broken source refuses its sync.
-            try await syncAfterWrite(fd, arrival: arrival) {
+            try await engine.syncAfterWrite(fd, arrival: arrival) {
                 try inline.sync(fd, mode: .fdatasync, backend: .libaio, refusal: $0, arrival: arrival)
             }
             return
@@ -190,19 +190,6 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
             guard fallback.takesOver(after: error, for: fd) else { throw error }
             try await fallback.sync(fd, mode: .fdatasync, arrival: arrival, refused: error)
         }
-    }
-
-    /// The sync part of a durable write whose write completed on another path (inline, POSIX
-    /// fallback): it was accepted before any shutdown that began since, so only a broken
-    /// completion source refuses it, and it waits for the descriptor's other writes accepted
-    /// before it (through the engine when there are any).
-    private func syncAfterWrite(_ fd: FileDescriptor, arrival: UInt64, _ direct: (AsyncSyncError?) throws -> Void) async throws {
-        let refusal = engine.refusalError(.fdatasync, fd)
-        if engine.hasIncompleteWrites(fd), refusal == nil {
-            try await engine.sync(fd, mode: .fdatasync, arrival: arrival)
-            return
-        }
-        try direct(refusal?.code == .shutDown ? nil : refusal)
     }
 
     @discardableResult

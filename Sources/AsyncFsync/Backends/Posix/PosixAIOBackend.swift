@@ -91,11 +91,12 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
 
     private func syncUnobserved(_ fd: FileDescriptor, mode: SyncMode) async throws {
         // With writes of the descriptor not complete, the engine holds the sync until they are.
-        if !engine.hasIncompleteWrites(fd), let inline, inline.applies(to: fd) {
+        let look = engine.look(at: fd)
+        if !look.writesPending, let inline, inline.applies(to: fd) {
             try inline.sync(fd, mode: mode, backend: .posix, refusal: engine.refusalError(mode, fd))
             return
         }
-        try await engine.sync(fd, mode: mode)
+        try await engine.sync(fd, mode: mode, arrival: ledger.stamp(), look: look)
     }
 
     /// Writes all of `buffer` to `fd` at `offset` with `aio_write(3)`, continued after a short
@@ -126,13 +127,9 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
             // A memory file system: the write, then the inline sync (its data has no disk to reach).
             let arrival = ledger.stamp()
             try await engine.write(fd, from: buffer, at: offset, kind: .plain)
-            let refusal = engine.refusalError(.fdatasync, fd)
-            if engine.hasIncompleteWrites(fd), refusal == nil {
-                try await engine.sync(fd, mode: .fdatasync, arrival: arrival)
-                return
+            try await engine.syncAfterWrite(fd, arrival: arrival) {
+                try inline.sync(fd, mode: .fdatasync, backend: .posix, refusal: $0, arrival: arrival)
             }
-            // Accepted before any shutdown that began meanwhile: only a broken source refuses its sync.
-            try inline.sync(fd, mode: .fdatasync, backend: .posix, refusal: refusal?.code == .shutDown ? nil : refusal, arrival: arrival)
             return
         }
         try await engine.write(fd, from: buffer, at: offset, kind: .thenSync)
