@@ -83,6 +83,7 @@ enum Method: String, CaseIterable {
     // nio-threadpool and posix, each as a 4 KiB durable write (`durableSummary`).
     case cThreads = "c-threads", cDirectDsync = "c-direct-dsync", threads
     case buffered, direct, directExecutor = "direct-executor", writeThenSync = "write-then-sync"
+    case bufferedExecutor = "buffered-executor"
 
     var summary: String {
         switch self {
@@ -108,7 +109,7 @@ enum Method: String, CaseIterable {
         case .walSerialGroupCommit: "wal-actor: the log actor on backend.preferredSerialExecutor, syncing through GroupCommit"
         case .walSerialWriters: "wal-actor: as wal-serial-executor, and the writer tasks prefer backend.preferredTaskExecutor (all on the completion thread)"
         case .runtimeFloorExecutor: "Swift runtime floor of the *-executor methods: the tasks prefer that C thread as their task executor"
-        case .cThreads, .cDirectDsync, .threads, .buffered, .direct, .directExecutor, .writeThenSync: durableSummary
+        case .cThreads, .cDirectDsync, .threads, .buffered, .bufferedExecutor, .direct, .directExecutor, .writeThenSync: durableSummary
         }
     }
 
@@ -139,7 +140,19 @@ enum Method: String, CaseIterable {
 
     /// The runtime floor this library method is compared with.
     var runtimeFloor: Method {
-        self == .libaioExecutor || self == .posixExecutor ? .runtimeFloorExecutor : .runtimeFloor
+        switch self {
+        case .libaioExecutor, .posixExecutor, .bufferedExecutor, .directExecutor: .runtimeFloorExecutor
+        default: .runtimeFloor
+        }
+    }
+
+    /// A durable-write method whose cost is this library's: its CPU per op above the runtime
+    /// floor is reported.
+    var isDurableLibrary: Bool {
+        switch self {
+        case .buffered, .bufferedExecutor, .direct, .directExecutor, .writeThenSync, .posix: true
+        default: false
+        }
     }
 }
 
@@ -436,7 +449,7 @@ struct AsyncFsyncBench: AsyncParsableCommand {
             }
         case .walBlocking, .walBackend, .walGroupCommit, .walSerialExecutor, .walSerialGroupCommit, .walSerialWriters:
             preconditionFailure("\(method) runs in wal-actor cells only (measureWAL)")
-        case .cThreads, .cDirectDsync, .threads, .buffered, .direct, .directExecutor, .writeThenSync:
+        case .cThreads, .cDirectDsync, .threads, .buffered, .bufferedExecutor, .direct, .directExecutor, .writeThenSync:
             preconditionFailure("\(method) runs in durable-write cells only (measureDurable)")
         }
         for handle in handles { try? await handle.close() }

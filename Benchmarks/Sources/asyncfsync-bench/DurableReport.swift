@@ -74,7 +74,7 @@ extension AsyncFsyncBench {
     /// The table of a durable-write cell, error rows included, then the targets that concern it.
     func reportDurable(_ results: [String: Measurement], cell: Cell, methods: [Method]) {
         print("method".padding(toLength: 23, withPad: " ", startingAt: 0)
-              + ["ops/s", "mean", "p50", "p99", "p99.9", "CPU/op", "csw/op", "×c-threads", "×C"].map { $0.leftPad(10) }.joined()
+              + ["ops/s", "mean", "p50", "p99", "p99.9", "CPU/op", "CPU−rt", "csw/op", "×c-threads", "×C"].map { $0.leftPad(10) }.joined()
               + "  C")
         let cThreads = figures(results, .cThreads, cell).0?.opsPerSecond ?? 0
         for method in orderedMethods(methods, for: cell) {
@@ -84,7 +84,11 @@ extension AsyncFsyncBench {
                 print(name + "ERROR: " + error)
                 continue
             }
-            let floor = figures(results, method.durableFloor, cell).0?.opsPerSecond ?? 0
+            // The runtime floors do no I/O: no ratio to a C floor. A library method's CPU per op
+            // above its runtime floor (CPU−rt) is what this library itself spends.
+            let noIO = method == .runtimeFloor || method == .runtimeFloorExecutor
+            let floor = noIO ? 0 : figures(results, method.durableFloor, cell).0?.opsPerSecond ?? 0
+            let runtime = method.isDurableLibrary ? figures(results, method.runtimeFloor, cell).0 : nil
             let columns = [
                 String(format: "%.0f", m.opsPerSecond),
                 String(format: "%.1f", m.meanMicros),
@@ -92,11 +96,12 @@ extension AsyncFsyncBench {
                 String(format: "%.1f", m.percentile(99)),
                 String(format: "%.1f", m.percentile(99.9)),
                 String(format: "%.1f", m.cpuMicrosPerOp),
+                runtime.map { String(format: "%+.1f", m.cpuMicrosPerOp - $0.cpuMicrosPerOp) } ?? "–",
                 String(format: "%.2f", m.contextSwitchesPerOp),
-                cThreads > 0 ? String(format: "%.2f", m.opsPerSecond / cThreads) : "–",
+                cThreads > 0 && !noIO ? String(format: "%.2f", m.opsPerSecond / cThreads) : "–",
                 floor > 0 ? String(format: "%.2f", m.opsPerSecond / floor) : "–",
             ]
-            print(name + columns.map { $0.leftPad(10) }.joined() + "  " + method.durableFloor.rawValue)
+            print(name + columns.map { $0.leftPad(10) }.joined() + "  " + (noIO ? "–" : method.durableFloor.rawValue))
         }
         let targets = durableTargets(results, cell: cell)
         if !targets.isEmpty {
@@ -124,6 +129,7 @@ extension AsyncFsyncBench {
         var row: [String: Any] = ["workload": "durable-write"]
         if let error = m.error { row["error"] = error }
         guard let method = Method(rawValue: m.method) else { return row }
+        if method == .runtimeFloor || method == .runtimeFloorExecutor { return row }  // no I/O, no C floor
         let floor = method.durableFloor
         row["cFloorMethod"] = floor.rawValue
         if m.error == nil, let f = figures(results, floor, m.cell).0 {
@@ -133,6 +139,11 @@ extension AsyncFsyncBench {
         }
         if m.error == nil, let t = figures(results, .cThreads, m.cell).0 {
             row["ratioToCThreads"] = m.opsPerSecond / t.opsPerSecond
+        }
+        if m.error == nil, method.isDurableLibrary, let runtime = figures(results, method.runtimeFloor, m.cell).0 {
+            row["runtimeFloorMethod"] = runtime.method
+            row["runtimeFloorCpuMicrosPerOp"] = runtime.cpuMicrosPerOp
+            row["cpuMicrosPerOpOverRuntimeFloor"] = m.cpuMicrosPerOp - runtime.cpuMicrosPerOp
         }
         return row
     }

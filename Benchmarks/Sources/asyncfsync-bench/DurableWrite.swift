@@ -21,11 +21,14 @@ extension Method {
     /// The methods of the durable-write workload, in the order they run and are printed.
     static let durableMethods: [Method] = [
         .cThreads, .cLibaio, .cDirectDsync, .threads, .taskBlocking, .nioThreadPool,
-        .buffered, .direct, .directExecutor, .writeThenSync, .posix,
+        .buffered, .bufferedExecutor, .direct, .directExecutor, .writeThenSync, .posix,
+        .runtimeFloor, .runtimeFloorExecutor,
     ]
 
     /// The methods of the durable-write workload only.
-    static let durableOnly: Set<Method> = [.cThreads, .cDirectDsync, .threads, .buffered, .direct, .directExecutor, .writeThenSync]
+    static let durableOnly: Set<Method> = [
+        .cThreads, .cDirectDsync, .threads, .buffered, .bufferedExecutor, .direct, .directExecutor, .writeThenSync,
+    ]
 
     /// What the method does in a durable-write cell.
     var durableSummary: String {
@@ -39,6 +42,9 @@ extension Method {
         case .buffered: "this library: LibaioBackend.durableWrite on a buffered file (N tasks)"
         case .direct: "this library: LibaioBackend.durableWrite on an O_DIRECT file, each task's own AlignedBuffer (N tasks)"
         case .directExecutor: "this library: as direct, the tasks prefer backend.preferredTaskExecutor (the completion thread)"
+        case .bufferedExecutor: "this library: as buffered, the tasks prefer backend.preferredTaskExecutor (the completion thread)"
+        case .runtimeFloor: "Swift runtime floor: the same N-task loop, each op completed at once by a C thread (no I/O)"
+        case .runtimeFloorExecutor: "Swift runtime floor of the *-executor methods: as runtime-floor, the tasks prefer that C thread"
         case .writeThenSync: "this library, today's way: blocking pwrite, then LibaioBackend.fdatasync (N tasks)"
         case .posix: "this library: PosixAIOBackend.durableWrite on a buffered file (N tasks)"
         default: summary
@@ -48,7 +54,7 @@ extension Method {
     /// The C floor a durable-write method is compared with (×C).
     var durableFloor: Method {
         switch self {
-        case .buffered, .writeThenSync, .posix: .cLibaio
+        case .buffered, .bufferedExecutor, .writeThenSync, .posix: .cLibaio
         case .direct, .directExecutor: .cDirectDsync
         default: .cThreads
         }
@@ -204,7 +210,15 @@ extension AsyncFsyncBench {
                     try blockingDurableWrite(descriptors[slot % descriptors.count], buffers.buffer(slot), at: files.offset(slot: slot, sequence: sequence))
                 }
             }
-        case .buffered, .posix, .writeThenSync:
+        case .runtimeFloor, .runtimeFloorExecutor:
+            // What the runtime alone costs per op at this depth: the part of a library method's
+            // CPU and latency no change inside the library can remove.
+            let floor = try RuntimeFloor(depth: depth)
+            loop = try await runSlots(depth, seconds: seconds, executor: method == .runtimeFloorExecutor ? floor : nil) { slot, _ in
+                await floor.complete(slot: slot)
+            }
+            floor.stop()
+        case .buffered, .bufferedExecutor, .posix, .writeThenSync:
             #if NO_DURABLE_WRITE
             if method != .writeThenSync { throw DurableWriteUnavailable() }
             #endif
@@ -213,8 +227,9 @@ extension AsyncFsyncBench {
                 ? try PosixAIOBackend(inlineMemoryFileSystems: false)
                 : try LibaioBackend(inlineMemoryFileSystems: false)
             let writeThenSync = method == .writeThenSync
+            let executor = method == .bufferedExecutor ? backend.preferredTaskExecutor : nil
             loop = try await withShutdown(backend) {
-                try await runSlots(depth, seconds: seconds) { slot, sequence in
+                try await runSlots(depth, seconds: seconds, executor: executor) { slot, sequence in
                     let fd = descriptors[slot % descriptors.count]
                     let offset = files.offset(slot: slot, sequence: sequence)
                     if writeThenSync {
