@@ -8,133 +8,6 @@ import Testing
 
 import Glibc
 
-/// Kernel AIO behind a door the test keeps: writes (and, when asked, the next syncs) are held at
-/// the door, reported accepted by `io_submit(2)` and handed to the kernel when the test lets them
-/// go; the next submissions of an opcode can be answered `EAGAIN`, and syncs of some descriptors
-/// `EINVAL` (a file system without AIO fsync).
-final class Door: Sendable {
-    typealias Held = (context: aio_context_t, iocb: UnsafeMutablePointer<iocb>)
-    struct State {
-        var holdWrites = true
-        /// The next sync iocbs to hold.
-        var syncsToHold = 0
-        var heldWrites: [Held] = []
-        var heldSyncs: [Held] = []
-        /// Per opcode (1 write, 2 fsync, 3 fdsync): how many of the next submissions meet `EAGAIN`.
-        var eagain: [UInt16: Int] = [:]
-        var eagainAnswered = 0
-        /// Descriptors whose syncs `io_submit(2)` refuses with `EINVAL`.
-        var refusedSyncs: Set<CInt> = []
-        /// Descriptors whose sync completions are replaced by this errno.
-        var failedSyncs: [CInt: Errno] = [:]
-        /// Per aio_data (the engine's slot), the opcode and descriptor last submitted in it.
-        var submitted: [UInt64: (opcode: UInt16, fd: CInt)] = [:]
-        var log: [String] = []
-    }
-    let state = Locked(State())
-
-    var system: SystemCalls {
-        var system = SystemCalls.live
-        system.ioSubmit = { [self] context, count, iocbs in
-            for index in 0..<count {
-                let control = iocbs[index]!
-                let opcode = control.pointee.aio_lio_opcode
-                let fd = CInt(bitPattern: control.pointee.aio_fildes)
-                enum Verdict { case pass, hold, eagain, einval }
-                let data = control.pointee.aio_data
-                let verdict = state.withLock { state -> Verdict in
-                    state.submitted[data] = (opcode, fd)
-                    if let left = state.eagain[opcode], left > 0 {
-                        state.eagain[opcode] = left - 1
-                        state.eagainAnswered += 1
-                        state.log.append("EAGAIN op\(opcode)")
-                        return .eagain
-                    }
-                    if opcode != 1, state.refusedSyncs.contains(fd) {
-                        state.log.append("EINVAL op\(opcode)")
-                        return .einval
-                    }
-                    if opcode == 1, state.holdWrites {
-                        state.heldWrites.append((context, control))
-                        state.log.append("hold write fd \(fd)")
-                        return .hold
-                    }
-                    if opcode != 1, state.syncsToHold > 0 {
-                        state.syncsToHold -= 1
-                        state.heldSyncs.append((context, control))
-                        state.log.append("hold sync fd \(fd)")
-                        return .hold
-                    }
-                    state.log.append("submit op\(opcode) fd \(fd)")
-                    return .pass
-                }
-                switch verdict {
-                case .hold: continue
-                case .eagain: return index == 0 ? .failure(.resourceTemporarilyUnavailable) : .success(index)
-                case .einval: return index == 0 ? .failure(.invalidArgument) : .success(index)
-                case .pass:
-                    var one: UnsafeMutablePointer<iocb>? = control
-                    switch SystemCalls.live.ioSubmit(context, 1, &one) {
-                    case .success(1): continue
-                    case .success: return .success(index)
-                    case .failure(let errno): return index == 0 ? .failure(errno) : .success(index)
-                    }
-                }
-            }
-            return .success(count)
-        }
-        system.reapCompletions = { [self] context, events, maximum in
-            let result = SystemCalls.live.reapCompletions(context, events, maximum)
-            guard case .success(let count) = result else { return result }
-            state.withLock { state in
-                for index in 0..<count {
-                    guard let (opcode, fd) = state.submitted[events[index].data], opcode != 1,
-                          let errno = state.failedSyncs[fd] else { continue }
-                    events[index].res = -Int64(errno.rawValue)
-                    state.log.append("fail sync fd \(fd) with \(errno)")
-                }
-            }
-            return result
-        }
-        return system
-    }
-
-    var heldWriteCount: Int { state.withLock { $0.heldWrites.count } }
-    var heldSyncCount: Int { state.withLock { $0.heldSyncs.count } }
-    var eagainAnswered: Int { state.withLock { $0.eagainAnswered } }
-    var log: [String] { state.withLock { $0.log } }
-
-    func eagain(opcode: UInt16, times: Int = 1) { state.withLock { $0.eagain[opcode, default: 0] += times } }
-    func holdSyncs(_ count: Int) { state.withLock { $0.syncsToHold += count } }
-    func refuseSyncs(of fd: FileDescriptor) { _ = state.withLock { $0.refusedSyncs.insert(fd.rawValue) } }
-    func failSyncs(of fd: FileDescriptor, with errno: Errno) { state.withLock { $0.failedSyncs[fd.rawValue] = errno } }
-
-    /// Hands the held writes to the kernel; with `stopHolding`, later writes go straight through.
-    func releaseWrites(stopHolding: Bool = true) {
-        let taken = state.withLock { state -> [Held] in
-            if stopHolding { state.holdWrites = false }
-            defer { state.heldWrites.removeAll() }
-            return state.heldWrites
-        }
-        for (context, control) in taken {
-            var one: UnsafeMutablePointer<iocb>? = control
-            _ = SystemCalls.live.ioSubmit(context, 1, &one)
-        }
-    }
-
-    /// Hands the held syncs to the kernel.
-    func releaseSyncs() {
-        let taken = state.withLock { state -> [Held] in
-            defer { state.heldSyncs.removeAll() }
-            return state.heldSyncs
-        }
-        for (context, control) in taken {
-            var one: UnsafeMutablePointer<iocb>? = control
-            _ = SystemCalls.live.ioSubmit(context, 1, &one)
-        }
-    }
-}
-
 extension AsyncFsyncTests {
     /// Adversarial review of the write half of the engine (issue 17, commits 7fc0c77 and f22312e).
     /// Each test marked `FINDING n` failed on main at f22312e.
@@ -506,7 +379,7 @@ extension AsyncFsyncTests {
             defer { try? fd.close(); try? other.close() }
             let alignment = try DirectIOAlignment.of(fd)
             var buffer = try AlignedBuffer(byteCount: alignment.offsetAlignment, for: alignment)
-            buffer.withUnsafeMutableBytes { $0.initializeMemory(as: UInt8.self, repeating: 0x44) }
+            buffer.withUnsafeMutableBytes { _ = $0.initializeMemory(as: UInt8.self, repeating: 0x44) }
             let bytes = Unchecked(buffer.withUnsafeBytes { $0 })
             let write = Watched { try await backend.durableWrite(fd, from: bytes.value, at: 0) }
             try #require(await eventually(30) { door.heldWriteCount == 1 }, "the durable write is in flight")

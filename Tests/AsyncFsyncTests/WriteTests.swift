@@ -8,89 +8,6 @@ import Testing
 
 import Glibc
 
-/// Kernel AIO with its writes held: `IOCB_CMD_PWRITE` iocbs are kept (reported accepted) while
-/// the gate is closed and handed to the kernel when the test lets them go; every submission and
-/// reaped completion is logged by opcode, in order.
-final class HeldWrites: Sendable {
-    struct State {
-        var holding = true
-        var held: [(context: aio_context_t, iocb: UnsafeMutablePointer<iocb>)] = []
-        /// "submit write", "submit fdsync", "submit fsync", "reap write", "reap fdsync" …, in order.
-        var log: [String] = []
-        var writeFlags: [Int32] = []
-    }
-    let state = Locked(State())
-
-    static func name(_ opcode: UInt16) -> String {
-        switch opcode {
-        case 1: "write"
-        case 2: "fsync"
-        case 3: "fdsync"
-        default: "op\(opcode)"
-        }
-    }
-
-    var system: SystemCalls {
-        var system = SystemCalls.live
-        system.ioSubmit = { [self] context, count, iocbs in
-            for index in 0..<count {
-                let control = iocbs[index]!
-                let opcode = control.pointee.aio_lio_opcode
-                let hold = state.withLock { state -> Bool in
-                    if opcode == 1 { state.writeFlags.append(Int32(bitPattern: UInt32(control.pointee.aio_rw_flags))) }
-                    if opcode == 1, state.holding {
-                        state.held.append((context, control))
-                        state.log.append("hold write")
-                        return true
-                    }
-                    state.log.append("submit \(Self.name(opcode))")
-                    return false
-                }
-                if hold { continue }
-                var one: UnsafeMutablePointer<iocb>? = control
-                switch SystemCalls.live.ioSubmit(context, 1, &one) {
-                case .success(1): continue
-                case .success: return .success(index)
-                case .failure(let errno): return index == 0 ? .failure(errno) : .success(index)
-                }
-            }
-            return .success(count)
-        }
-        system.reapCompletions = { [self] context, events, max in
-            let result = SystemCalls.live.reapCompletions(context, events, max)
-            if case .success(let count) = result, count > 0 {
-                state.withLock { state in
-                    for index in 0..<count {
-                        let control = UnsafePointer<iocb>(bitPattern: UInt(events[index].obj))!
-                        state.log.append("reap \(Self.name(control.pointee.aio_lio_opcode))")
-                    }
-                }
-            }
-            return result
-        }
-        return system
-    }
-
-    var heldCount: Int { state.withLock { $0.held.count } }
-    var log: [String] { state.withLock { $0.log } }
-
-    /// Hands the first `count` held writes to the kernel (all when nil); with `stopHolding`, later
-    /// writes go straight through.
-    func release(_ count: Int? = nil, stopHolding: Bool = false) {
-        let released = state.withLock { state -> [(context: aio_context_t, iocb: UnsafeMutablePointer<iocb>)] in
-            if stopHolding { state.holding = false }
-            let taken = Array(state.held.prefix(count ?? state.held.count))
-            state.held.removeFirst(taken.count)
-            for _ in taken { state.log.append("submit write") }
-            return taken
-        }
-        for (context, control) in released {
-            var one: UnsafeMutablePointer<iocb>? = control
-            _ = SystemCalls.live.ioSubmit(context, 1, &one)
-        }
-    }
-}
-
 func writeCounts(_ backend: any AsyncSyncBackend) -> (heldSyncs: Int, incompleteWrites: Int) {
     switch backend {
     case let backend as LibaioBackend: backend.engine.writeCounts
@@ -151,8 +68,8 @@ extension AsyncFsyncTests {
 
         @Test("a durable write on an O_DIRECT file is one IOCB_CMD_PWRITE with RWF_DSYNC and no separate sync; on a buffered file a write then an IOCB_CMD_FDSYNC")
         func directIsOneRequest() async throws {
-            let recorder = HeldWrites()
-            recorder.release(stopHolding: true)
+            let recorder = Door()
+            recorder.releaseWrites()
             let backend = try LibaioBackend(capacity: 8, system: recorder.system)
             let directory = try ScratchDirectory.onDisk()
             let path = directory.path.appending("direct").string
@@ -162,7 +79,7 @@ extension AsyncFsyncTests {
             defer { try? fd.close() }
             let alignment = try DirectIOAlignment.of(fd)
             var buffer = try AlignedBuffer(byteCount: 4 * alignment.offsetAlignment, for: alignment)
-            buffer.withUnsafeMutableBytes { $0.initializeMemory(as: UInt8.self, repeating: 0x5a) }
+            buffer.withUnsafeMutableBytes { _ = $0.initializeMemory(as: UInt8.self, repeating: 0x5a) }
             try await backend.durableWrite(fd, buffer, at: 0)
             #expect(recorder.log.filter { $0.hasPrefix("submit") } == ["submit write"])
             #expect(recorder.state.withLock { $0.writeFlags } == [2], "RWF_DSYNC is 2")
@@ -180,27 +97,27 @@ extension AsyncFsyncTests {
 
         @Test("a sync waits for the writes accepted before it, in flight in the kernel, and not for a write accepted after it")
         func syncCoversEarlierWrites() async throws {
-            let recorder = HeldWrites()
+            let recorder = Door()
             let backend = try LibaioBackend(capacity: 8, system: recorder.system)
             let directory = try ScratchDirectory.onDisk()
             let fd = try directory.file("data", contents: "")
             defer { try? fd.close() }
             let first = Task { try await backend.write(fd, [UInt8](repeating: 1, count: 4096), at: 0) }
-            #expect(await eventually(30) { recorder.heldCount == 1 }, "the first write reached the kernel's door")
+            #expect(await eventually(30) { recorder.heldWriteCount == 1 }, "the first write reached the kernel's door")
             let sync = Task { try await backend.fdatasync(fd) }
             #expect(await eventually(30) { writeCounts(backend).heldSyncs == 1 }, "the sync is held for the write")
             let later = Task { try await backend.write(fd, [UInt8](repeating: 2, count: 4096), at: 4096) }
-            #expect(await eventually(30) { recorder.heldCount == 2 }, "a write after the sync reached the door")
+            #expect(await eventually(30) { recorder.heldWriteCount == 2 }, "a write after the sync reached the door")
             #expect(!recorder.log.contains("submit fdsync"), "no sync submitted while its write is in flight")
-            recorder.release(1)  // the first write only: the sync goes on, the later write is still held
+            recorder.releaseWrites(1, stopHolding: false)  // the first write only: the sync goes on, the later write is still held
             try await first.value
             try await sync.value
             let log = recorder.log
             let reaped = try #require(log.firstIndex(of: "reap write"))
             let synced = try #require(log.firstIndex(of: "submit fdsync"))
             #expect(reaped < synced, "the sync was submitted after the write's completion: \(log)")
-            #expect(recorder.heldCount == 1, "the write accepted after the sync did not hold it")
-            recorder.release(stopHolding: true)
+            #expect(recorder.heldWriteCount == 1, "the write accepted after the sync did not hold it")
+            recorder.releaseWrites()
             try await later.value
             #expect(try contents(fd, count: 8192) == [UInt8](repeating: 1, count: 4096) + [UInt8](repeating: 2, count: 4096))
             await backend.shutdown()
@@ -208,13 +125,13 @@ extension AsyncFsyncTests {
 
         @Test("a write waiting for a slot is cancelled before it reaches the system; a held sync is cancelled too")
         func cancellation() async throws {
-            let recorder = HeldWrites()
+            let recorder = Door()
             let backend = try LibaioBackend(capacity: 1, system: recorder.system)
             let directory = try ScratchDirectory.onDisk()
             let fd = try directory.file("data", contents: "")
             defer { try? fd.close() }
             let first = Task { try await backend.write(fd, [UInt8](repeating: 1, count: 4096), at: 0) }
-            #expect(await eventually(30) { recorder.heldCount == 1 })
+            #expect(await eventually(30) { recorder.heldWriteCount == 1 })
             let second = Task { try await backend.write(fd, [UInt8](repeating: 2, count: 4096), at: 4096) }
             #expect(await eventually(30) { writeCounts(backend).incompleteWrites == 2 })
             let sync = Task { try await backend.fdatasync(fd) }
@@ -223,7 +140,7 @@ extension AsyncFsyncTests {
             sync.cancel()
             #expect(await caughtError { try await second.value } is CancellationError)
             #expect(await caughtError { try await sync.value } is CancellationError)
-            recorder.release(stopHolding: true)
+            recorder.releaseWrites()
             try await first.value
             #expect(recorder.log.filter { $0 == "submit write" || $0 == "hold write" }.count == 2, "only the first write reached the system: \(recorder.log)")
             #expect(try contents(fd, count: 8192) == [UInt8](repeating: 1, count: 4096))
@@ -233,13 +150,13 @@ extension AsyncFsyncTests {
 
         @Test("shutdown waits for a write in flight, which succeeds; later writes are refused with shutDown")
         func shutdownDrainsWrites() async throws {
-            let recorder = HeldWrites()
+            let recorder = Door()
             let backend = try LibaioBackend(capacity: 2, system: recorder.system)
             let directory = try ScratchDirectory.onDisk()
             let fd = try directory.file("data", contents: "")
             defer { try? fd.close() }
             let write = Task { try await backend.durableWrite(fd, [UInt8](repeating: 7, count: 4096), at: 0) }
-            #expect(await eventually(30) { recorder.heldCount == 1 })
+            #expect(await eventually(30) { recorder.heldWriteCount == 1 })
             let finished = Flag()
             let shutdown = Task {
                 await backend.shutdown()
@@ -250,7 +167,7 @@ extension AsyncFsyncTests {
             #expect((refused as? AsyncSyncError)?.code == .shutDown)
             #expect((refused as? AsyncSyncError)?.operation == .write)
             #expect(!finished.isRaised, "shutdown() waits for the write")
-            recorder.release(stopHolding: true)
+            recorder.releaseWrites()
             try await write.value  // its sync too, after the shutdown began
             await shutdown.value
             #expect(try contents(fd, count: 4096) == [UInt8](repeating: 7, count: 4096))
@@ -258,7 +175,7 @@ extension AsyncFsyncTests {
 
         @Test("GroupCommit: a sync of a descriptor with a write in flight waits for it (the wrapped backend's rule); another descriptor of the file is not held by it")
         func groupCommitWaitsForWrites() async throws {
-            let recorder = HeldWrites()
+            let recorder = Door()
             let wrapped = try LibaioBackend(capacity: 8, system: recorder.system)
             let group = GroupCommit(wrapping: wrapped)
             let directory = try ScratchDirectory.onDisk()
@@ -267,13 +184,13 @@ extension AsyncFsyncTests {
             let other = try FileDescriptor.open(directory.path.appending("data"), .writeOnly)
             defer { try? other.close() }
             let write = Task { try await group.write(fd, [UInt8](repeating: 3, count: 4096), at: 0) }
-            #expect(await eventually(30) { recorder.heldCount == 1 })
+            #expect(await eventually(30) { recorder.heldWriteCount == 1 })
             #expect(wrapped.hasIncompleteWrites(fd) && !wrapped.hasIncompleteWrites(other))
             let sync = Task { try await group.fdatasync(fd) }
             #expect(await eventually(30) { writeCounts(wrapped).heldSyncs == 1 }, "held in the wrapped backend")
             try await group.fdatasync(other)  // accepted no write: not held
             #expect(writeCounts(wrapped).heldSyncs == 1)
-            recorder.release(stopHolding: true)
+            recorder.releaseWrites()
             try await write.value
             try await sync.value
             let log = recorder.log
