@@ -7,6 +7,18 @@ import SystemPackage
 
 import Glibc
 
+/// Hands the iocb at `index` of a batch that a replaced `io_submit(2)` goes through one by one to
+/// the kernel: `nil` when the kernel took it (go on with the batch), otherwise what the replaced
+/// call returns (the count taken before it, or the errno when it was the first).
+func submitOne(_ context: aio_context_t, _ control: UnsafeMutablePointer<iocb>, at index: Int) -> Result<Int, Errno>? {
+    var one: UnsafeMutablePointer<iocb>? = control
+    switch SystemCalls.live.ioSubmit(context, 1, &one) {
+    case .success(1): return nil
+    case .success: return .success(index)
+    case .failure(let errno): return index == 0 ? .failure(errno) : .success(index)
+    }
+}
+
 /// Kernel AIO behind a door the test keeps, through the `SystemCalls` table.
 ///
 /// - Writes (`IOCB_CMD_PWRITE`) are held at the door while it holds writes (from the start), and
@@ -88,12 +100,7 @@ final class Door: Sendable {
                 case .eagain: return index == 0 ? .failure(.resourceTemporarilyUnavailable) : .success(index)
                 case .einval: return index == 0 ? .failure(.invalidArgument) : .success(index)
                 case .pass:
-                    var one: UnsafeMutablePointer<iocb>? = control
-                    switch SystemCalls.live.ioSubmit(context, 1, &one) {
-                    case .success(1): continue
-                    case .success: return .success(index)
-                    case .failure(let errno): return index == 0 ? .failure(errno) : .success(index)
-                    }
+                    if let stop = submitOne(context, control, at: index) { return stop }
                 }
             }
             return .success(count)

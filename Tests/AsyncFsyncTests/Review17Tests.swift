@@ -48,12 +48,7 @@ extension AsyncFsyncTests {
                             return index == 0 ? .failure(.resourceTemporarilyUnavailable) : .success(index)
                         }
                     }
-                    var one: UnsafeMutablePointer<iocb>? = control
-                    switch SystemCalls.live.ioSubmit(context, 1, &one) {
-                    case .success(1): continue
-                    case .success: return .success(index)
-                    case .failure(let errno): return index == 0 ? .failure(errno) : .success(index)
-                    }
+                    if let stop = submitOne(context, control, at: index) { return stop }
                 }
                 return .success(count)
             }
