@@ -18,7 +18,10 @@ import Testing
 ///   before it is incomplete;
 /// - every write ends exactly once, and succeeds only when all its bytes were written;
 /// - the machine's `pending` counts the writes and held syncs without an answer;
-/// - no stuck state: while a write waits, someone can act.
+/// - no stuck state: while a write waits, someone can act;
+/// - a held sync without a cancellation handler (every odd-numbered sync here) has its task kept
+///   while it is held and handed back exactly once when it is released (its cancellation is
+///   looked at then); one with a handler has none, and a break forgets every task kept.
 struct WriteModel: CheckedModel {
     struct Config: CustomStringConvertible {
         /// Per write, its descriptor.
@@ -62,6 +65,8 @@ struct WriteModel: CheckedModel {
 
     let config: Config
     let continuation: UnsafeContinuation<Void, any Error>
+    /// The task kept for the syncs without a cancellation handler (the test's own).
+    let task: UnsafeCurrentTask?
     var machine: WriteState
     var fingerprint: String
     var writes: [WriteStatus]
@@ -83,9 +88,10 @@ struct WriteModel: CheckedModel {
 
     static var buffer: UnsafeRawPointer { UnsafeRawPointer(bitPattern: 0x1000)! }
 
-    init(_ config: Config, continuation: UnsafeContinuation<Void, any Error>) {
+    init(_ config: Config, continuation: UnsafeContinuation<Void, any Error>, task: UnsafeCurrentTask?) {
         self.config = config
         self.continuation = continuation
+        self.task = task
         machine = WriteState(slotCount: config.slots)
         fingerprint = machine.fingerprint
         writes = Array(repeating: .notArrived, count: config.writes.count)
@@ -132,7 +138,9 @@ struct WriteModel: CheckedModel {
             }
         }
         for w in writes.indices where writes[w] == .accepted && faultsLeft > 0 { list.append(.cancelWrite(w)) }
-        for s in syncs.indices where syncs[s] == .held && faultsLeft > 0 { list.append(.cancelSync(s)) }
+        // Only a sync with a cancellation handler is cancelled while held (one without is looked
+        // at when it is released).
+        for s in syncs.indices where syncs[s] == .held && faultsLeft > 0 && !Self.handlerless(s) { list.append(.cancelSync(s)) }
         if faultsLeft > 0, !broken, writes.contains(.accepted) { list.append(.breakSource) }
         return list
     }
@@ -147,9 +155,17 @@ struct WriteModel: CheckedModel {
                continuation: continuation, arrival: 0, identity: nil, identityTaken: true)
     }
 
+    /// Odd-numbered syncs have no cancellation handler.
+    static func handlerless(_ s: Int) -> Bool { s % 2 == 1 }
+
     private mutating func release(_ released: [Waiter], violations: inout [String]) {
         for waiter in released {
             let s = Int(waiter.id) - 100
+            let kept = machine.takeTask(of: waiter)
+            if Self.handlerless(s) && syncs[s] == .held && kept == nil {
+                violations.append("s\(s), without a cancellation handler, released without its task: its cancellation is lost")
+            }
+            if !Self.handlerless(s) && kept != nil { violations.append("s\(s) has a handler, yet a task was kept for it") }
             for w in before[s] where writes[w] == .accepted {
                 violations.append("s\(s) released while w\(w), accepted before it, is incomplete")
             }
@@ -177,7 +193,7 @@ struct WriteModel: CheckedModel {
             if machine.arrive(request(w), onCompletionThread: false) == .submit { holdsRole = true }
         case .arriveSync(let s):
             before[s] = writes.indices.filter { writes[$0] == .accepted && config.writes[$0] == config.syncs[s] }
-            if machine.gate(waiter(s)) != nil {
+            if machine.gate(waiter(s), task: Self.handlerless(s) ? task : nil) != nil {
                 syncs[s] = .released
                 if !before[s].isEmpty { violations.append("s\(s) went on while writes accepted before it are incomplete: \(before[s])") }
             } else {
@@ -252,7 +268,10 @@ struct WriteModel: CheckedModel {
             var inKernel: [WriteRequest] = []
             machine.broken(into: &ended, inSystem: &inKernel, held: &held)
             end(ended + inKernel, success: false, violations: &violations)  // the latter answered at the release
-            for waiter in held { syncs[Int(waiter.id) - 100] = .failed }
+            for waiter in held {
+                syncs[Int(waiter.id) - 100] = .failed
+                if machine.takeTask(of: waiter) != nil { violations.append("s\(Int(waiter.id) - 100): its task is kept after the break answered it") }
+            }
             toSubmit.removeAll()
             retrying.removeAll()
             inSystem.removeAll()
@@ -268,6 +287,10 @@ struct WriteModel: CheckedModel {
         }
         let pending = writes.filter { $0 == .accepted }.count + syncs.filter { $0 == .held }.count
         if machine.pending != pending { violations.append("pending \(machine.pending), but \(pending) without an answer") }
+        let handlerlessHeld = syncs.indices.filter { syncs[$0] == .held && Self.handlerless($0) }.count
+        if machine.heldTaskCount != handlerlessHeld {
+            violations.append("\(machine.heldTaskCount) tasks kept for \(handlerlessHeld) held syncs without a handler")
+        }
         if !broken, writes.contains(.accepted), !holdsRole, toSubmit.isEmpty, retrying.isEmpty, inSystem.isEmpty,
            !machine.takeSubmitterRole_wouldSucceed {
             violations.append("stuck: writes accepted, none in flight, nobody to submit (\(machine.fingerprint))")
@@ -304,7 +327,8 @@ extension AsyncFsyncTests.ModelChecks {
         ]
         var total = 0
         for config in configs {
-            let result = modelCheck(WriteModel(config, continuation: continuations[0]), maxStates: engineStateBound)
+            let task = withUnsafeCurrentTask { $0 }  // this test's task: alive while the model runs
+            let result = modelCheck(WriteModel(config, continuation: continuations[0], task: task), maxStates: engineStateBound)
             total += result.states
             print("model check, writes, \(config): \(result.states) states, \(result.transitions) transitions")
             #expect(!result.truncated, "\(config): the bound was not reached")

@@ -178,7 +178,8 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
             if isCancelled { return .refused(.cancelled) }
             guard waiter.identityTaken else { return .needsIdentity }
             shared.machine.beginTransit()
-            let proceeds = shared.writes.gate(waiter)
+            // Without a cancellation handler its task is kept, looked at when it is released.
+            let proceeds = shared.writes.gate(waiter, task: waiter.checksCancellation ? task : nil)
             precondition(proceeds == nil, "held: its descriptor has incomplete writes")
             return .queued
         }
@@ -204,7 +205,11 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
     /// accepted already: a shutdown does not refuse it.
     private static func handOver(_ released: [Waiter], _ shared: inout Shared, onHub: Bool, into actions: inout HandOver) {
         for waiter in released {
-            switch shared.machine.arrive(waiter, isCancelled: false, onCompletionThread: onHub, task: nil, admitted: true) {
+            // A held sync without a cancellation handler: its cancellation is looked at now, and by
+            // the sync machine (which keeps its task) until its batch is submitted.
+            let task = shared.writes.takeTask(of: waiter)
+            switch shared.machine.arrive(waiter, isCancelled: task?.isCancelled ?? false, onCompletionThread: onHub,
+                                         task: task, admitted: true) {
             case .refused(let refusal): actions.refused.append((waiter, refusal))
             case .submit: actions.submit = true
             case .queued: actions.queued = true

@@ -65,6 +65,11 @@ struct WriteState {
     private var freeSlots: [Int32]
     private var ready = Int32Queue()
     private var files: [CInt: FileWrites] = [:]
+    /// The tasks of held syncs without a cancellation handler (by waiter id): such a sync looked
+    /// as if it would be handed to the system at once, then found writes of its descriptor
+    /// accepted meanwhile. Its cancellation is looked at when it is released (``takeTask(of:)``),
+    /// and by the sync machine from then on, as for any request that waits without a handler.
+    private var heldTasks: [UInt64: UnsafeCurrentTask] = [:]
     private var nextSequence: UInt64 = 0
 
     struct Gated {
@@ -141,12 +146,20 @@ struct WriteState {
     /// A sync request arrives: `nil` when it may go on to the sync machine now; otherwise it is
     /// held (and counted in ``pending``) until the writes of its descriptor accepted before it are
     /// complete, and ``released`` lists it then.
-    mutating func gate(_ waiter: Waiter) -> Waiter? {
+    /// `task`: the request's task when it has no cancellation handler (kept while it is held).
+    mutating func gate(_ waiter: Waiter, task: UnsafeCurrentTask? = nil) -> Waiter? {
         let fd = waiter.descriptor.rawValue
         guard let barrier = files[fd].flatMap({ $0.incomplete.isEmpty ? nil : $0.lastSequence }) else { return waiter }
         files[fd]!.gated.append(Gated(barrier: barrier, waiter: waiter))  // in place: no copy of the arrays
+        if let task { heldTasks[waiter.id] = task }
         pending += 1
         return nil
+    }
+
+    /// The task kept for a held sync without a cancellation handler, once it is released (`nil`
+    /// for one with a handler): the caller looks at its cancellation and hands it on.
+    mutating func takeTask(of waiter: Waiter) -> UnsafeCurrentTask? {
+        heldTasks.isEmpty ? nil : heldTasks.removeValue(forKey: waiter.id)
     }
 
     /// Whether a write arriving now would be handed to the system at once (a write slot is free
@@ -295,6 +308,7 @@ struct WriteState {
     mutating func cancelHeld(id: UInt64, descriptor: CInt) -> Waiter? {
         guard let position = files[descriptor]?.gated.firstIndex(where: { $0.waiter.id == id }) else { return nil }
         let waiter = files[descriptor]!.gated.remove(at: position).waiter
+        heldTasks[id] = nil
         pending -= 1
         return waiter
     }
@@ -328,6 +342,7 @@ struct WriteState {
         }
         for (_, file) in files { held.append(contentsOf: file.gated.map(\.waiter)) }
         files.removeAll()
+        heldTasks.removeAll()  // every held sync is answered by the break (those released this round too)
         pending = 0
         blockedOnResources = false
     }
@@ -360,6 +375,9 @@ struct WriteState {
 
     /// Syncs held for the writes before them.
     var heldSyncCount: Int { files.values.reduce(0) { $0 + $1.gated.count } }
+
+    /// Tasks kept for held syncs without a cancellation handler (the model check).
+    var heldTaskCount: Int { heldTasks.count }
 
     /// Writes accepted and not complete yet.
     var incompleteWriteCount: Int { files.values.reduce(0) { $0 + $1.incomplete.count } }
