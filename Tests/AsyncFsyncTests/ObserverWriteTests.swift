@@ -22,6 +22,7 @@ final class WriteObserver: AsyncSyncObserver {
     private struct State {
         var writes: [Write] = []
         var syncCalls = 0
+        var systemSyncRequests = 0
         var recorded: [(BackendKind, CInt, Errno)] = []
     }
     private let state = Locked(State())
@@ -34,6 +35,9 @@ final class WriteObserver: AsyncSyncObserver {
     func syncCompleted(backend: BackendKind, mode: SyncMode, duration: Duration, error: (any Error)?) {
         state.withLock { $0.syncCalls += 1 }
     }
+    func systemSyncCompleted(backend: BackendKind, mode: SyncMode, requests: Int, errno: Errno?) {
+        state.withLock { $0.systemSyncRequests += requests }
+    }
     func durabilityFailureRecorded(backend: BackendKind, descriptor: FileDescriptor, errno: Errno, sticky: Bool) {
         state.withLock { $0.recorded.append((backend, descriptor.rawValue, errno)) }
     }
@@ -41,6 +45,7 @@ final class WriteObserver: AsyncSyncObserver {
     /// The write events so far, emptied.
     func takeWrites() -> [Write] { state.withLock { state in defer { state.writes = [] }; return state.writes } }
     var syncCalls: Int { state.withLock { $0.syncCalls } }
+    var systemSyncRequests: Int { state.withLock { $0.systemSyncRequests } }
     func recorded(_ fd: FileDescriptor) -> [Errno] { state.withLock { $0.recorded.filter { $0.1 == fd.rawValue }.map(\.2) } }
 
     /// Runs `body` with this observer added.
@@ -87,6 +92,7 @@ extension AsyncFsyncTests {
                 try await backend.write(fd, empty, at: 0)
                 #expect(observer.takeWrites() == [Self.ok(kind, durable: false, 0)], "an empty write is still a call")
                 #expect(observer.syncCalls == 0, "a durable write's sync part is not a sync call")
+                #expect(observer.systemSyncRequests == 3, "the sync part of each of the three durable writes (buffered) is a request a system sync covered, on every backend")
                 try await backend.fdatasync(fd)
                 #expect(observer.syncCalls == 1)
                 #expect(observer.takeWrites().isEmpty, "a sync is no write event")

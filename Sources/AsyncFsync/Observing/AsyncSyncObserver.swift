@@ -58,8 +58,10 @@ public protocol AsyncSyncObserver: Sendable {
 
     /// A sync the system ran (one `IOCB_CMD_FSYNC`/`IOCB_CMD_FDSYNC` reaped, one `aio_fsync(3)`
     /// completed, one direct `fsync(2)`/`fdatasync(2)` of the inline path, one blocking sync of a
-    /// ``PortableBackend`` thread, always for one request) ended, covering `requests` calls of
-    /// ``AsyncSyncBackend/sync(_:mode:)``.
+    /// ``PortableBackend`` thread, always for one request) ended, covering `requests` requests:
+    /// calls of ``AsyncSyncBackend/sync(_:mode:)`` and sync parts of
+    /// ``AsyncSyncBackend/durableWrite(_:from:at:)`` calls (a buffered file's `fdatasync`, which
+    /// the engines share with the descriptor's syncs; not an `RWF_DSYNC` write, which is no sync).
     ///
     /// `errno` is the errno it completed with (`nil`: success; each request may still fail by the
     /// in-flight rule). A sync interrupted with `EINTR` and submitted again is told once, when it

@@ -409,7 +409,7 @@ final class PortableThreadPool: @unchecked Sendable {  // state is touched under
             retries += 1
             result = system.durableSync(mode, fd.rawValue)
         }
-        if Observers.isActive, case .sync = job.request {  // one sync the system ran, for this request alone; EINTR retries told once
+        if Observers.isActive {  // one sync the system ran, for this request alone (a sync, or a durable write's sync part); EINTR retries told once
             let errno: Errno? = if case .failure(let errno) = result { errno } else { nil }
             Observers.forEach { $0.systemSyncCompleted(backend: .portable, mode: mode, requests: 1, errno: errno) }
         }
