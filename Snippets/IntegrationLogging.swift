@@ -11,5 +11,7 @@ import Logging
 AsyncSyncLogging.bootstrap(logger: Logger(label: "asyncfsync"))
 // every failed sync too, at a level of your choice (default: none):
 AsyncSyncLogging.bootstrap(logger: logger, syncFailureLevel: .warning)
+// and every failed write or durable write:
+AsyncSyncLogging.bootstrap(logger: logger, syncFailureLevel: .warning, writeFailureLevel: .warning)
 // snippet.hide
 #endif

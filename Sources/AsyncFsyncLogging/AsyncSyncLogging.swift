@@ -21,12 +21,13 @@ import Logging
 /// | a durability failure was recorded for a file | `error` | `backend`, `descriptor`, `errno`, `sticky` |
 /// | a recorded failure was cleared | `notice` | `backend`, `descriptor` |
 /// | a sync failed (only with ``syncFailureLevel`` set) | ``syncFailureLevel`` | `backend`, `mode`, `code`, `errno`, `descriptor`, `duration`, `error` |
+/// | a write or durable write failed (only with ``writeFailureLevel`` set) | ``writeFailureLevel`` | `backend`, `kind`, `bytes`, `code`, `errno`, `descriptor`, `duration`, `error` |
 ///
 /// The `errno` value is the errno's C name (`EIO`, from ``AsyncFsync/AsyncSyncError/symbolicName(of:)``)
 /// and `code` the code's token (`shut_down`, ``AsyncFsync/AsyncSyncError/Code/name``; `cancelled`
 /// for a `CancellationError`): the same values `AsyncFsyncMetrics` gives its labels, so that a log
-/// line and a metric of one failure match. Successful syncs, the syncs the system ran and
-/// ``AsyncFsync/GroupCommit`` batches are not logged (use `AsyncFsyncMetrics` for those).
+/// line and a metric of one failure match; `kind` is `write` or `durable_write`, as there. Successful
+/// syncs and writes, the syncs the system ran and ``AsyncFsync/GroupCommit`` batches are not logged (use `AsyncFsyncMetrics` for those).
 public struct AsyncSyncLogging: AsyncSyncObserver {
     /// The logger every message goes to; its `logLevel` filters them as usual.
     public var logger: Logger
@@ -38,15 +39,26 @@ public struct AsyncSyncLogging: AsyncSyncObserver {
     /// `CancellationError` are logged at `.debug` at most.
     public var syncFailureLevel: Logger.Level?
 
+    /// The level of a message for every failed write or durable write call, or `nil` (the
+    /// default) to log none.
+    ///
+    /// As for ``syncFailureLevel``: the caller gets the error and usually logs it. Calls that threw
+    /// `CancellationError` are logged at `.debug` at most. A durable write's durability failure is
+    /// also logged at `error` as a recorded durability failure, whatever this level.
+    public var writeFailureLevel: Logger.Level?
+
     /// Creates the observer; add it with ``AsyncFsync/AsyncSync/addObserver(_:)`` (or use
-    /// ``bootstrap(logger:syncFailureLevel:)``, which does both).
+    /// ``bootstrap(logger:syncFailureLevel:writeFailureLevel:)``, which does both).
     ///
     /// - Parameters:
     ///   - logger: Where the messages go.
     ///   - syncFailureLevel: The level for each failed sync, or `nil` (the default) for none.
-    public init(logger: Logger, syncFailureLevel: Logger.Level? = nil) {
+    ///   - writeFailureLevel: The level for each failed write or durable write, or `nil` (the
+    ///     default) for none.
+    public init(logger: Logger, syncFailureLevel: Logger.Level? = nil, writeFailureLevel: Logger.Level? = nil) {
         self.logger = logger
         self.syncFailureLevel = syncFailureLevel
+        self.writeFailureLevel = writeFailureLevel
     }
 
     /// Creates the observer and adds it for the life of the process
@@ -55,10 +67,14 @@ public struct AsyncSyncLogging: AsyncSyncObserver {
     /// - Parameters:
     ///   - logger: Where the messages go.
     ///   - syncFailureLevel: The level for each failed sync, or `nil` (the default) for none.
+    ///   - writeFailureLevel: The level for each failed write or durable write, or `nil` (the
+    ///     default) for none.
     /// - Returns: The installed observer.
     @discardableResult
-    public static func bootstrap(logger: Logger, syncFailureLevel: Logger.Level? = nil) -> AsyncSyncLogging {
-        let observer = AsyncSyncLogging(logger: logger, syncFailureLevel: syncFailureLevel)
+    public static func bootstrap(
+        logger: Logger, syncFailureLevel: Logger.Level? = nil, writeFailureLevel: Logger.Level? = nil
+    ) -> AsyncSyncLogging {
+        let observer = AsyncSyncLogging(logger: logger, syncFailureLevel: syncFailureLevel, writeFailureLevel: writeFailureLevel)
         AsyncSync.addObserver(observer)
         return observer
     }
@@ -105,16 +121,36 @@ public struct AsyncSyncLogging: AsyncSyncObserver {
 
     /// Logs a failed sync at ``syncFailureLevel`` (nothing when it is `nil` or the sync succeeded).
     public func syncCompleted(backend: BackendKind, mode: SyncMode, duration: Duration, error: (any Error)?) {
-        guard let error, var level = syncFailureLevel else { return }
+        guard let error, let level = Self.level(syncFailureLevel, for: error), logger.logLevel <= level else { return }
+        var metadata: Logger.Metadata = ["backend": "\(backend)", "mode": "\(mode)"]
+        Self.describe(error, duration: duration, into: &metadata)
+        logger.log(level: level, "\(mode) failed on the \(backend) backend: \(error)", metadata: metadata)
+    }
+
+    /// Logs a failed write or durable write at ``writeFailureLevel`` (nothing when it is `nil` or
+    /// the write succeeded).
+    public func writeCompleted(backend: BackendKind, durable: Bool, bytes: Int, duration: Duration, error: (any Error)?) {
+        guard let error, let level = Self.level(writeFailureLevel, for: error), logger.logLevel <= level else { return }
+        let kind = durable ? "durable_write" : "write"
+        var metadata: Logger.Metadata = ["backend": "\(backend)", "kind": "\(kind)", "bytes": "\(bytes)"]
+        Self.describe(error, duration: duration, into: &metadata)
+        let what = durable ? "durable write" : "write"
+        logger.log(level: level, "\(what) of \(bytes) bytes failed on the \(backend) backend: \(error)", metadata: metadata)
+    }
+
+    /// The level a failure is logged at: `configured`, at most `.debug` for a `CancellationError`
+    /// (`nil`: not logged).
+    private static func level(_ configured: Logger.Level?, for error: any Error) -> Logger.Level? {
+        guard var level = configured else { return nil }
         if error is CancellationError, level > .debug { level = .debug }
-        // Nothing is built for a message the logger's level filters out.
-        guard logger.logLevel <= level else { return }
-        var metadata: Logger.Metadata = [
-            "backend": "\(backend)",
-            "mode": "\(mode)",
-            "duration": "\(duration)",
-            "error": "\(error)",
-        ]
+        return level
+    }
+
+    /// The metadata every failure message has: `duration`, `error`, and `code`, `errno` and
+    /// `descriptor` as the error tells them. Built only for a message the logger's level lets through.
+    private static func describe(_ error: any Error, duration: Duration, into metadata: inout Logger.Metadata) {
+        metadata["duration"] = "\(duration)"
+        metadata["error"] = "\(error)"
         switch error {
         case let error as AsyncSyncError:
             metadata["code"] = "\(error.code.name)"
@@ -125,7 +161,6 @@ public struct AsyncSyncLogging: AsyncSyncObserver {
         default:
             break
         }
-        logger.log(level: level, "\(mode) failed on the \(backend) backend: \(error)", metadata: metadata)
     }
 }
 

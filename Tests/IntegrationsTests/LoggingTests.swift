@@ -42,7 +42,7 @@ enum LoggingFixture {
     static let store = CapturingLogHandler.Store()
     static let observer = AsyncSyncLogging.bootstrap(
         logger: Logger(label: "asyncfsync-tests", factory: { _ in CapturingLogHandler(store: store) }),
-        syncFailureLevel: .warning)
+        syncFailureLevel: .warning, writeFailureLevel: .warning)
 
     /// The entries logged while `body` ran.
     static func captured(_ body: () async throws -> Void) async rethrows -> [CapturingLogHandler.Entry] {
@@ -113,6 +113,62 @@ extension IntegrationsTests {
             #expect(direct[0].message.contains("EIO"))
             #expect(direct[1].level == .debug)
             #expect(direct[1].metadata["code"] == "cancelled")
+        }
+
+        @Test("A failed write is logged once at the chosen level with backend, kind, bytes, errno and descriptor; a successful one not at all")
+        func writeFailure() async throws {
+            let directory = try ScratchDirectory()
+            let backend = try await makeBackend(for: directory)
+            let fd = try directory.file("written")
+            defer { try? fd.close() }
+            let readOnly = try FileDescriptor.open(directory.path.appending("written"), .readOnly)
+            defer { try? readOnly.close() }
+            let entries = await LoggingFixture.captured {
+                try? await backend.write(fd, [UInt8](repeating: 0x61, count: 10), at: 0)
+                try? await backend.durableWrite(fd, [UInt8](repeating: 0x62, count: 10), at: 0)
+                _ = try? await backend.write(readOnly, [UInt8](repeating: 0x63, count: 10), at: 0)
+            }
+            try #require(entries.count == 1, "\(entries.map(\.message))")
+            let entry = entries[0]
+            #expect(entry.level == .warning)
+            #expect(entry.message.contains("write of 10 bytes failed"))
+            #expect(entry.metadata["backend"] == .string(backend.kind.rawValue))
+            #expect(entry.metadata["kind"] == "write")
+            #expect(entry.metadata["bytes"] == "10")
+            #expect(entry.metadata["code"] == "system")
+            #expect(entry.metadata["errno"] == "EBADF")
+            #expect(entry.metadata["descriptor"] == .string("\(readOnly.rawValue)"))
+            await backend.shutdown()
+
+            // Through the observer directly: a durable write, then a cancelled write at debug.
+            let observer = LoggingFixture.observer
+            let direct = await LoggingFixture.captured {
+                observer.writeCompleted(
+                    backend: .libaio, durable: true, bytes: 4096, duration: .microseconds(40),
+                    error: AsyncSyncError(
+                        code: .system, errno: .noSpace, operation: .durableWrite, step: .completion, backend: .libaio,
+                        descriptor: FileDescriptor(rawValue: 12), systemCall: "io_getevents"))
+                observer.writeCompleted(backend: .libaio, durable: false, bytes: 1, duration: .microseconds(1), error: CancellationError())
+                observer.writeCompleted(backend: .libaio, durable: true, bytes: 1, duration: .microseconds(1), error: nil)
+            }
+            try #require(direct.count == 2, "\(direct.map(\.message))")
+            #expect(direct[0].level == .warning)
+            #expect(direct[0].message.contains("durable write of 4096 bytes failed"))
+            #expect(direct[0].metadata["kind"] == "durable_write")
+            #expect(direct[0].metadata["errno"] == "ENOSPC")
+            #expect(direct[0].metadata["descriptor"] == "12")
+            #expect(direct[1].level == .debug)
+            #expect(direct[1].metadata["code"] == "cancelled")
+        }
+
+        @Test("Without writeFailureLevel a failed write is not logged")
+        func writeFailureNotLogged() async throws {
+            let store = CapturingLogHandler.Store()
+            let quiet = AsyncSyncLogging(
+                logger: Logger(label: "quiet", factory: { _ in CapturingLogHandler(store: store) }), syncFailureLevel: .warning)
+            quiet.writeCompleted(backend: .posix, durable: false, bytes: 1, duration: .microseconds(1),
+                                 error: AsyncSyncError(code: .shutDown, errno: nil, operation: .write, step: .request, backend: .posix))
+            #expect(store.all.isEmpty)
         }
 
         @Test("Fallback to POSIX at notice; durability failure recorded at error, cleared at notice")

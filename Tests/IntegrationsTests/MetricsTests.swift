@@ -177,6 +177,78 @@ extension IntegrationsTests {
             #expect(timer.values.suffix(3) == [3_000, 3_000, 3_000])
         }
 
+        @Test("Real writes: a duration, a call and the requested bytes per call, per backend and kind; a failed write (read-only descriptor: EBADF) counted by kind, code and errno")
+        func realWrites() async throws {
+            let directory = try ScratchDirectory()
+            let backend = try await makeBackend(for: directory)
+            let fd = try directory.file("writes")
+            defer { try? fd.close() }
+            let kind = backend.kind
+            func dimensions(_ writeKind: String) -> [(String, String)] { [("backend", kind.rawValue), ("kind", writeKind)] }
+            func timerCount(_ writeKind: String) -> Int {
+                (try? MetricsFixture.factory.expectTimer("test_write_duration", dimensions(writeKind)).values.count) ?? 0
+            }
+            let before = (
+                writes: MetricsFixture.total("test_writes", dimensions("write")),
+                durable: MetricsFixture.total("test_writes", dimensions("durable_write")),
+                bytes: MetricsFixture.total("test_write_bytes", dimensions("write")),
+                durableBytes: MetricsFixture.total("test_write_bytes", dimensions("durable_write")),
+                timer: timerCount("write"), durableTimer: timerCount("durable_write"))
+
+            try await backend.write(fd, [UInt8](repeating: 0x61, count: 100), at: 0)
+            try await backend.write(fd, [UInt8](repeating: 0x62, count: 20), at: 100)
+            try await backend.durableWrite(fd, [UInt8](repeating: 0x63, count: 4096), at: 0)
+
+            #expect(MetricsFixture.total("test_writes", dimensions("write")) - before.writes == 2)
+            #expect(MetricsFixture.total("test_writes", dimensions("durable_write")) - before.durable == 1)
+            #expect(MetricsFixture.total("test_write_bytes", dimensions("write")) - before.bytes == 120)
+            #expect(MetricsFixture.total("test_write_bytes", dimensions("durable_write")) - before.durableBytes == 4096)
+            #expect(timerCount("write") - before.timer == 2)
+            #expect(timerCount("durable_write") - before.durableTimer == 1)
+            #expect(MetricsFixture.factory.counters(label: "test_write_failures").isEmpty)
+
+            // A descriptor open for reading only: the write fails with EBADF, and is counted once.
+            let readOnly = try FileDescriptor.open(directory.path.appending("writes"), .readOnly)
+            defer { try? readOnly.close() }
+            let failed = [("backend", kind.rawValue), ("kind", "write"), ("code", "system"), ("errno", "EBADF")]
+            let failuresBefore = MetricsFixture.total("test_write_failures", failed)
+            let writesBefore = MetricsFixture.total("test_writes", dimensions("write"))
+            do {
+                try await backend.write(readOnly, [UInt8](repeating: 0x64, count: 10), at: 0)
+                Issue.record("a write through a read-only descriptor succeeded")
+            } catch let error as AsyncSyncError {
+                #expect(error.errno == .badFileDescriptor)
+            }
+            #expect(MetricsFixture.total("test_write_failures", failed) - failuresBefore == 1)
+            #expect(MetricsFixture.total("test_writes", dimensions("write")) - writesBefore == 1)
+            #expect(MetricsFixture.total("test_write_bytes", dimensions("write")) - before.bytes == 130, "the requested count, failed or not")
+            await backend.shutdown()
+        }
+
+        @Test("Write failures through the observer: a durable write's durability failure, cancellation, another error")
+        func writeEvents() throws {
+            let observer = MetricsFixture.observer
+            let eio = [("backend", "posix"), ("kind", "durable_write"), ("code", "system"), ("errno", "EIO")]
+            let cancelled = [("backend", "posix"), ("kind", "write"), ("code", "cancelled"), ("errno", "none")]
+            let other = [("backend", "posix"), ("kind", "durable_write"), ("code", "other"), ("errno", "none")]
+            let counts = (MetricsFixture.total("test_write_failures", eio), MetricsFixture.total("test_write_failures", cancelled),
+                          MetricsFixture.total("test_write_failures", other))
+            struct Unrelated: Error {}
+            observer.writeCompleted(
+                backend: .posix, durable: true, bytes: 4096, duration: .microseconds(7),
+                error: AsyncSyncError(code: .system, errno: .ioError, operation: .fdatasync, step: .completion, backend: .posix))
+            observer.writeCompleted(backend: .posix, durable: false, bytes: 1, duration: .microseconds(7), error: CancellationError())
+            observer.writeCompleted(backend: .posix, durable: true, bytes: 1, duration: .microseconds(7), error: Unrelated())
+            #expect(MetricsFixture.total("test_write_failures", eio) - counts.0 == 1)
+            #expect(MetricsFixture.total("test_write_failures", cancelled) - counts.1 == 1)
+            #expect(MetricsFixture.total("test_write_failures", other) - counts.2 == 1)
+            let timer = try MetricsFixture.factory.expectTimer("test_write_duration", [("backend", "posix"), ("kind", "durable_write")])
+            #expect(timer.values.suffix(2) == [7_000, 7_000])
+            // The sync metrics are not touched by writes.
+            #expect(MetricsFixture.factory.counters(label: "test_sync_failures")
+                .filter { $0.dimensions.contains { $0 == ("kind", "durable_write") } }.isEmpty)
+        }
+
         @Test("A real selection is counted by backend")
         func selection() async throws {
             let directory = try ScratchDirectory()

@@ -6,11 +6,12 @@ import SystemPackage
 /// The library never prints. An observer added with ``AsyncSync/addObserver(_:)`` receives the
 /// selection of a backend and its reasons, each file system that kernel AIO cannot sync and that is
 /// served through POSIX aio, each durability failure recorded (and each cleared), every sync call's
-/// duration and outcome, every sync the system ran and how many calls it served, and the size of
-/// every batch ``GroupCommit`` syncs. ``AsyncSync/removeObserver(_:)`` removes it. The integrations
+/// duration and outcome, every write and durable write call's size, duration and outcome, every
+/// sync the system ran and how many calls it served, and the size of every batch ``GroupCommit``
+/// syncs. ``AsyncSync/removeObserver(_:)`` removes it. The integrations
 /// `AsyncFsyncLogging` (swift-log) and `AsyncFsyncMetrics` (swift-metrics) are such observers.
 ///
-/// With no observer the library pays one relaxed atomic load per sync. Every method has an empty
+/// With no observer the library pays one relaxed atomic load per sync or write. Every method has an empty
 /// default; an implementation must be cheap and must not block, since it is called on the path of
 /// the syncs (on the completion thread for some).
 public protocol AsyncSyncObserver: Sendable {
@@ -35,10 +36,32 @@ public protocol AsyncSyncObserver: Sendable {
     /// count ``systemSyncCompleted(backend:mode:requests:errno:)`` for those.
     func syncCompleted(backend: BackendKind, mode: SyncMode, duration: Duration, error: (any Error)?)
 
+    /// A call of ``AsyncSyncBackend/write(_:from:at:)`` (`durable` false) or
+    /// ``AsyncSyncBackend/durableWrite(_:from:at:)`` (`durable` true) on one of this library's
+    /// backends ended after `duration`, with `error` (nil: success).
+    ///
+    /// One per call, whatever it took: not per system call, not per continuation of a short write,
+    /// and a durable write is one event (its sync part is no ``syncCompleted(backend:mode:duration:error:)``).
+    /// The `[UInt8]` and ``AlignedBuffer`` forms, ``AsyncFile``, ``GroupCommit`` and
+    /// ``AsyncSync/shared`` forward to that call, which reports it once. A call refused before it
+    /// reaches the backend (by ``AsyncFile`` or a ``GroupCommit`` that is shutting down) has no
+    /// event, as for syncs. A durability failure of a durable write is also told, once, by
+    /// ``durabilityFailureRecorded(backend:descriptor:errno:sticky:)``.
+    ///
+    /// - Parameters:
+    ///   - backend: The kind of the backend that ran the write.
+    ///   - durable: Whether it was a durable write.
+    ///   - bytes: The count asked for (the buffer's size), also when the write failed part-way.
+    ///   - duration: From the call to its end.
+    ///   - error: What the call threw; `nil` when it succeeded.
+    func writeCompleted(backend: BackendKind, durable: Bool, bytes: Int, duration: Duration, error: (any Error)?)
+
     /// A sync the system ran (one `IOCB_CMD_FSYNC`/`IOCB_CMD_FDSYNC` reaped, one `aio_fsync(3)`
     /// completed, one direct `fsync(2)`/`fdatasync(2)` of the inline path, one blocking sync of a
-    /// ``PortableBackend`` thread, always for one request) ended, covering `requests` calls of
-    /// ``AsyncSyncBackend/sync(_:mode:)``.
+    /// ``PortableBackend`` thread, always for one request) ended, covering `requests` requests:
+    /// calls of ``AsyncSyncBackend/sync(_:mode:)`` and sync parts of
+    /// ``AsyncSyncBackend/durableWrite(_:from:at:)`` calls (a buffered file's `fdatasync`, which
+    /// the engines share with the descriptor's syncs; not an `RWF_DSYNC` write, which is no sync).
     ///
     /// `errno` is the errno it completed with (`nil`: success; each request may still fail by the
     /// in-flight rule). A sync interrupted with `EINTR` and submitted again is told once, when it
@@ -57,6 +80,7 @@ extension AsyncSyncObserver {
     public func durabilityFailureRecorded(backend: BackendKind, descriptor: FileDescriptor, errno: Errno, sticky: Bool) {}
     public func durabilityFailureCleared(backend: BackendKind, descriptor: FileDescriptor) {}
     public func syncCompleted(backend: BackendKind, mode: SyncMode, duration: Duration, error: (any Error)?) {}
+    public func writeCompleted(backend: BackendKind, durable: Bool, bytes: Int, duration: Duration, error: (any Error)?) {}
     public func systemSyncCompleted(backend: BackendKind, mode: SyncMode, requests: Int, errno: Errno?) {}
     public func groupCommitBatch(size: Int, mode: SyncMode) {}
 }
@@ -136,19 +160,36 @@ enum Observers {
         for observer in registry.withLock({ $0.observers }) { body(observer) }
     }
 
-    /// Runs one sync and reports its duration and outcome.
-    static func timed(
-        _ backend: BackendKind, _ mode: SyncMode, _ body: () async throws -> Void
-    ) async throws {
+    /// A call whose end ``timed(_:_:)`` reports.
+    enum Call {
+        /// ``AsyncSyncBackend/sync(_:mode:)``.
+        case sync(BackendKind, SyncMode)
+        /// ``AsyncSyncBackend/write(_:from:at:)`` or ``AsyncSyncBackend/durableWrite(_:from:at:)``
+        /// of `bytes` bytes.
+        case write(BackendKind, durable: Bool, bytes: Int)
+
+        func report(to observer: any AsyncSyncObserver, duration: Duration, error: (any Error)?) {
+            switch self {
+            case .sync(let backend, let mode):
+                observer.syncCompleted(backend: backend, mode: mode, duration: duration, error: error)
+            case .write(let backend, let durable, let bytes):
+                observer.writeCompleted(backend: backend, durable: durable, bytes: bytes, duration: duration, error: error)
+            }
+        }
+    }
+
+    /// Runs one call and reports its duration and outcome, once. Callers check ``isActive``
+    /// first, so that with no observer nothing is timed.
+    static func timed(_ call: Call, _ body: () async throws -> Void) async throws {
         let clock = ContinuousClock()
         let start = clock.now
         do {
             try await body()
             let duration = clock.now - start
-            forEach { $0.syncCompleted(backend: backend, mode: mode, duration: duration, error: nil) }
+            forEach { call.report(to: $0, duration: duration, error: nil) }
         } catch {
             let duration = clock.now - start
-            forEach { $0.syncCompleted(backend: backend, mode: mode, duration: duration, error: error) }
+            forEach { call.report(to: $0, duration: duration, error: error) }
             throw error
         }
     }

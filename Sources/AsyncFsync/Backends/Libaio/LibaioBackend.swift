@@ -103,7 +103,7 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
     /// Uses `io_submit(2)` and `io_getevents(2)`; `fstatfs(2)` when the inline path is on.
     public func sync(_ fd: FileDescriptor, mode: SyncMode) async throws {
         guard Observers.isActive else { return try await syncUnobserved(fd, mode: mode) }
-        try await Observers.timed(.libaio, mode) { try await syncUnobserved(fd, mode: mode) }
+        try await Observers.timed(.sync(.libaio, mode)) { try await syncUnobserved(fd, mode: mode) }
     }
 
     private func syncUnobserved(_ fd: FileDescriptor, mode: SyncMode) async throws {
@@ -145,7 +145,10 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
     ///   - offset: Where the first byte goes (`>= 0`).
     /// - Throws: See ``AsyncSyncBackend/write(_:from:at:)``.
     public func write(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64) async throws {
-        try await engine.write(fd, from: buffer, at: offset, kind: .plain)
+        guard Observers.isActive else { return try await engine.write(fd, from: buffer, at: offset, kind: .plain) }
+        try await Observers.timed(.write(.libaio, durable: false, bytes: buffer.count)) {
+            try await engine.write(fd, from: buffer, at: offset, kind: .plain)
+        }
     }
 
     /// Writes all of `buffer` to `fd` at `offset` and makes it durable; see
@@ -164,6 +167,16 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
     ///   - offset: Where the first byte goes (`>= 0`).
     /// - Throws: See ``AsyncSyncBackend/durableWrite(_:from:at:)``.
     public func durableWrite(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64) async throws {
+        guard Observers.isActive else { return try await durableWriteUnobserved(fd, from: buffer, at: offset) }
+        try await Observers.timed(.write(.libaio, durable: true, bytes: buffer.count)) {
+            try await durableWriteUnobserved(fd, from: buffer, at: offset)
+        }
+    }
+
+    /// ``durableWrite(_:from:at:)`` without its observer event: its parts go to the engine, the
+    /// inline path and the fallback directly, never through ``write(_:from:at:)`` or
+    /// ``sync(_:mode:)``, so the call is one event.
+    private func durableWriteUnobserved(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64) async throws {
         let arrival = ledger.stamp()
         if let inline, inline.applies(to: fd) {
             try await engine.write(fd, from: buffer, at: offset, kind: .plain)

@@ -102,7 +102,7 @@ public final class PortableBackend: AsyncSyncBackend, CustomStringConvertible {
     /// `fstat(2)` once a durability failure has been recorded.
     public func sync(_ fd: FileDescriptor, mode: SyncMode) async throws {
         guard Observers.isActive else { return try await pool.sync(fd, mode: mode) }
-        try await Observers.timed(.portable, mode) { try await pool.sync(fd, mode: mode) }
+        try await Observers.timed(.sync(.portable, mode)) { try await pool.sync(fd, mode: mode) }
     }
 
     /// Writes all of `buffer` to `fd` at `offset` with `pwrite(2)` on one of the backend's threads.
@@ -128,7 +128,10 @@ public final class PortableBackend: AsyncSyncBackend, CustomStringConvertible {
     ///   the task was cancelled before a thread took the write (nothing was written). A failed
     ///   write is not a durability failure and is not recorded against later syncs of the file.
     public func write(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64) async throws {
-        try await pool.write(fd, buffer, at: offset, durable: false)
+        guard Observers.isActive else { return try await pool.write(fd, buffer, at: offset, durable: false) }
+        try await Observers.timed(.write(.portable, durable: false, bytes: buffer.count)) {
+            try await pool.write(fd, buffer, at: offset, durable: false)
+        }
     }
 
     /// Writes all of `buffer` to `fd` at `offset`, then makes the file's data durable with a sync
@@ -153,7 +156,10 @@ public final class PortableBackend: AsyncSyncBackend, CustomStringConvertible {
     ///   (operation ``AsyncSyncError/Operation/durableWrite``) after ``shutdown()``;
     ///   `CancellationError` when the task was cancelled before a thread took it.
     public func durableWrite(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64) async throws {
-        try await pool.write(fd, buffer, at: offset, durable: true)
+        guard Observers.isActive else { return try await pool.write(fd, buffer, at: offset, durable: true) }
+        try await Observers.timed(.write(.portable, durable: true, bytes: buffer.count)) {
+            try await pool.write(fd, buffer, at: offset, durable: true)
+        }
     }
 
     @discardableResult
@@ -403,7 +409,7 @@ final class PortableThreadPool: @unchecked Sendable {  // state is touched under
             retries += 1
             result = system.durableSync(mode, fd.rawValue)
         }
-        if Observers.isActive, case .sync = job.request {  // one sync the system ran, for this request alone; EINTR retries told once
+        if Observers.isActive {  // one sync the system ran, for this request alone (a sync, or a durable write's sync part); EINTR retries told once
             let errno: Errno? = if case .failure(let errno) = result { errno } else { nil }
             Observers.forEach { $0.systemSyncCompleted(backend: .portable, mode: mode, requests: 1, errno: errno) }
         }

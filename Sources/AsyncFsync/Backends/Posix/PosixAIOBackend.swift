@@ -86,7 +86,7 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
     /// the inline path is on.
     public func sync(_ fd: FileDescriptor, mode: SyncMode) async throws {
         guard Observers.isActive else { return try await syncUnobserved(fd, mode: mode) }
-        try await Observers.timed(.posix, mode) { try await syncUnobserved(fd, mode: mode) }
+        try await Observers.timed(.sync(.posix, mode)) { try await syncUnobserved(fd, mode: mode) }
     }
 
     private func syncUnobserved(_ fd: FileDescriptor, mode: SyncMode) async throws {
@@ -109,7 +109,10 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
     ///   - offset: Where the first byte goes (`>= 0`).
     /// - Throws: See ``AsyncSyncBackend/write(_:from:at:)``.
     public func write(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64) async throws {
-        try await engine.write(fd, from: buffer, at: offset, kind: .plain)
+        guard Observers.isActive else { return try await engine.write(fd, from: buffer, at: offset, kind: .plain) }
+        try await Observers.timed(.write(.posix, durable: false, bytes: buffer.count)) {
+            try await engine.write(fd, from: buffer, at: offset, kind: .plain)
+        }
     }
 
     /// Writes all of `buffer` to `fd` at `offset` with `aio_write(3)`, then makes it durable with
@@ -123,6 +126,16 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
     ///   - offset: Where the first byte goes (`>= 0`).
     /// - Throws: See ``AsyncSyncBackend/durableWrite(_:from:at:)``.
     public func durableWrite(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64) async throws {
+        guard Observers.isActive else { return try await durableWriteUnobserved(fd, from: buffer, at: offset) }
+        try await Observers.timed(.write(.posix, durable: true, bytes: buffer.count)) {
+            try await durableWriteUnobserved(fd, from: buffer, at: offset)
+        }
+    }
+
+    /// ``durableWrite(_:from:at:)`` without its observer event: its parts go to the engine and the
+    /// inline path directly, never through ``write(_:from:at:)`` or ``sync(_:mode:)``, so the call
+    /// is one event.
+    private func durableWriteUnobserved(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64) async throws {
         if let inline, inline.applies(to: fd) {
             // A memory file system: the write, then the inline sync (its data has no disk to reach).
             let arrival = ledger.stamp()
