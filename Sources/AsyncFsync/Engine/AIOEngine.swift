@@ -110,7 +110,12 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
     /// `look`: what ``look(at:)`` found for this request a moment ago, when its backend looked
     /// already (to route it); otherwise the engine looks itself. It is a hint only: a request that
     /// turns out to wait after all still has its cancellation looked at before it is submitted.
-    func sync(_ descriptor: FileDescriptor, mode: SyncMode, arrival: UInt64, look: SyncLook? = nil) async throws {
+    ///
+    /// `admitted`: the request was accepted before any shutdown that began since (the sync part of
+    /// a durable write whose write ``write(_:from:at:kind:arrival:holdsTransit:)`` holds the
+    /// engine's transit): a shutdown does not refuse it, a broken source does.
+    func sync(_ descriptor: FileDescriptor, mode: SyncMode, arrival: UInt64, look: SyncLook? = nil,
+              admitted: Bool = false) async throws {
         // Stamped before the sticky check: a failure recorded in between is caught by one of them.
         let arrival = try ledger.admit(descriptor, stamp: arrival, mode: mode, backend: Driver.kind).get()
         try Task.checkCancellation()
@@ -122,14 +127,14 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         if (look ?? self.look(at: descriptor)).handsOverAtOnce {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
                 arrive(Waiter(id: id, descriptor: descriptor, mode: mode, continuation: continuation,
-                              arrival: arrival, identity: nil, identityTaken: false), handled: false)
+                              arrival: arrival, identity: nil, identityTaken: false), handled: false, admitted: admitted)
             }
             return
         }
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
                 arrive(Waiter(id: id, descriptor: descriptor, mode: mode, continuation: continuation,
-                              arrival: arrival, identity: nil, identityTaken: false), handled: true)
+                              arrival: arrival, identity: nil, identityTaken: false), handled: true, admitted: admitted)
             }
         } onCancel: {
             cancel(id: id, descriptor: descriptor)
@@ -137,7 +142,7 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
     }
 
     /// `handled`: the request has a cancellation handler.
-    private func arrive(_ request: Waiter, handled: Bool) {
+    private func arrive(_ request: Waiter, handled: Bool, admitted: Bool) {
         var waiter = request
         let onHub = hub.isCurrent
         // Without a handler, its task is kept: the request may end up waiting after all (its
@@ -145,14 +150,18 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         waiter.checksCancellation = !handled
         // The cancellation handler may have run before the request was queued: checked under the lock.
         var arrival = withUnsafeCurrentTask { task in
-            shared.withLock { Self.admit(waiter, into: &$0, isCancelled: Task.isCancelled, onHub: onHub, task: task) }
+            shared.withLock {
+                Self.admit(waiter, into: &$0, isCancelled: Task.isCancelled, onHub: onHub, task: task, admitted: admitted)
+            }
         }
         if case .needsIdentity = arrival {
             // It will wait: take the file's identity, compared before its sync is submitted.
             waiter.identity = try? system.fileIdentity(waiter.descriptor.rawValue).get()
             waiter.identityTaken = true
             arrival = withUnsafeCurrentTask { task in
-                shared.withLock { Self.admit(waiter, into: &$0, isCancelled: Task.isCancelled, onHub: onHub, task: task) }
+                shared.withLock {
+                Self.admit(waiter, into: &$0, isCancelled: Task.isCancelled, onHub: onHub, task: task, admitted: admitted)
+            }
             }
         }
         switch arrival {
@@ -172,9 +181,9 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
     /// the sync machine. A held request has taken its file's identity first, as one that waits
     /// in the sync machine does.
     private static func admit(_ waiter: Waiter, into shared: inout Shared, isCancelled: Bool, onHub: Bool,
-                              task: UnsafeCurrentTask?) -> EngineState.Arrival {
+                              task: UnsafeCurrentTask?, admitted: Bool) -> EngineState.Arrival {
         if shared.writes.holdsSyncs(of: waiter.descriptor.rawValue) {
-            if let refusal = shared.machine.refusal { return .refused(refusal) }
+            if let refusal = shared.machine.refusal, !(admitted && refusal == .shutDown) { return .refused(refusal) }
             if isCancelled { return .refused(.cancelled) }
             guard waiter.identityTaken else { return .needsIdentity }
             shared.machine.beginTransit()
@@ -183,7 +192,8 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
             precondition(proceeds == nil, "held: its descriptor has incomplete writes")
             return .queued
         }
-        return shared.machine.arrive(waiter, isCancelled: isCancelled, onCompletionThread: onHub, task: task)
+        return shared.machine.arrive(waiter, isCancelled: isCancelled, onCompletionThread: onHub, task: task,
+                                     admitted: admitted)
     }
 
     /// What to do, outside the lock, after sync requests that waited for writes (or the syncs of
@@ -447,9 +457,11 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
     /// Writes all of `buffer` to `descriptor` at `offset` (``WriteState``). `kind`: a plain write,
     /// a durable write in one request (`RWF_DSYNC`), or a durable write whose sync follows it.
     /// `arrival`: the stamp of a durable write (the in-flight rule), taken by the caller before
-    /// anything else of the request.
+    /// anything else of the request. `holdsTransit`: when the write succeeds, the request still
+    /// counts in the engine's transit (a shutdown's drain waits for it) until the caller calls
+    /// ``endTransit()``, once, after the sync part it makes itself (``syncAfterWrite(_:arrival:_:)``).
     func write(_ descriptor: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64, kind: WriteKind,
-               arrival: UInt64? = nil) async throws {
+               arrival: UInt64? = nil, holdsTransit: Bool = false) async throws {
         guard offset >= 0 else {
             throw AsyncSyncError(code: .system, errno: .invalidArgument, operation: kind == .plain ? .write : .durableWrite,
                                  step: .request, backend: Driver.kind, descriptor: descriptor,
@@ -465,9 +477,12 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
             // Nothing to write: a durable write of nothing is a sync; a write of nothing is refused
             // as any request after a shutdown or a broken source is.
             if kind != .plain { return try await sync(descriptor, mode: .fdatasync, arrival: stamp) }
-            if let refusal = shared.withLock({ $0.machine.refusal }) {
-                throw refusalError(refusal, operation: .write, descriptor: descriptor)
+            let refusal = shared.withLock { shared -> EngineState.ArrivalRefusal? in
+                if let refusal = shared.machine.refusal { return refusal }
+                if holdsTransit { shared.machine.beginTransit() }  // as if written: the caller ends it
+                return nil
             }
+            if let refusal { throw refusalError(refusal, operation: .write, descriptor: descriptor) }
             return
         }
         let id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
@@ -478,14 +493,14 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         if shared.withLock({ $0.writes.handsOverAtOnce }) {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
                 arriveWrite(WriteRequest(id: id, descriptor: descriptor, buffer: base, count: buffer.count, offset: offset,
-                                         kind: kind, continuation: continuation, arrival: stamp))
+                                         kind: kind, continuation: continuation, arrival: stamp, holdsTransit: holdsTransit))
             }
             return
         }
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
                 arriveWrite(WriteRequest(id: id, descriptor: descriptor, buffer: base, count: buffer.count, offset: offset,
-                                         kind: kind, continuation: continuation, arrival: stamp))
+                                         kind: kind, continuation: continuation, arrival: stamp, holdsTransit: holdsTransit))
             }
         } onCancel: {
             cancelWrite(id: id, descriptor: descriptor)
@@ -690,6 +705,8 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
             var ending = 0
             writesDone.removeAll { request, result in
                 guard request.kind == .thenSync, case .success = result else {
+                    // A write whose caller makes its sync part elsewhere keeps its transit until then.
+                    if request.holdsTransit, case .success = result { return false }
                     ending += 1
                     return false
                 }
@@ -949,17 +966,20 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         }
     }
 
-    /// The sync part of a durable write whose write completed on another path than the engine's
-    /// sync (the inline path, the POSIX fallback): it was accepted before any shutdown that began
-    /// since, so only a broken completion source refuses it; and it covers the descriptor's other
-    /// writes accepted before it, so it goes through the engine, which holds it, while any is
-    /// incomplete. Otherwise `direct` runs it, with the refusal it must report (`nil`: none).
+    /// The sync part of a durable write whose write the engine made with `holdsTransit` and whose
+    /// sync is made on another path (the inline path, the POSIX fallback): it was accepted before
+    /// any shutdown that began since, so only a broken completion source refuses it, and a
+    /// shutdown's drain waits for it (the write's transit is ended here, once it has its answer).
+    /// It covers the descriptor's other writes accepted before it: while any is incomplete it goes
+    /// through the engine, which holds it. Otherwise `direct` runs it, with the refusal it must
+    /// report (`nil`: none).
     func syncAfterWrite(_ fd: FileDescriptor, arrival: UInt64,
                         _ direct: (AsyncSyncError?) async throws -> Void) async throws {
+        defer { endTransit() }
         let refusal = refusalError(.fdatasync, fd)
         let look = look(at: fd)
-        if look.writesPending, refusal == nil {
-            try await sync(fd, mode: .fdatasync, arrival: arrival, look: look)
+        if look.writesPending, refusal == nil || refusal?.code == .shutDown {
+            try await sync(fd, mode: .fdatasync, arrival: arrival, look: look, admitted: true)
             return
         }
         try await direct(refusal?.code == .shutDown ? nil : refusal)

@@ -30,6 +30,10 @@ struct WriteRequest {
     /// Ended by a completion of 0 bytes with bytes left and no errno (``WriteState/stalledErrno``),
     /// not by an errno of the system's.
     var stalled = false
+    /// Once it succeeded, its transit goes on until its caller calls `AIOEngine.endTransit()`: the
+    /// write of a durable write whose sync part the caller makes on another path (inline, POSIX
+    /// fallback), which a shutdown's drain must wait for, as it waits for a `thenSync` write's.
+    var holdsTransit = false
 }
 
 /// The writes of one engine and the rule that ties syncs to them: a plain value, like

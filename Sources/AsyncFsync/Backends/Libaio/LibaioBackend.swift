@@ -179,7 +179,8 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
     private func durableWriteUnobserved(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64) async throws {
         let arrival = ledger.stamp()
         if let inline, inline.applies(to: fd) {
-            try await engine.write(fd, from: buffer, at: offset, kind: .plain)
+            // The write keeps the engine's drain waiting until its sync part has its answer.
+            try await engine.write(fd, from: buffer, at: offset, kind: .plain, holdsTransit: true)
             // Accepted before any shutdown that began meanwhile: only a broken source refuses its sync.
             try await engine.syncAfterWrite(fd, arrival: arrival) {
                 try inline.sync(fd, mode: .fdatasync, backend: .libaio, refusal: $0, arrival: arrival)
@@ -187,9 +188,8 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
             return
         }
         if fallback.serves(fd) {
-            try await engine.write(fd, from: buffer, at: offset, kind: .plain)
-            if let refusal = engine.refusalError(.fdatasync, fd), refusal.code != .shutDown { throw refusal }
-            try await fallback.sync(fd, mode: .fdatasync, arrival: arrival, refused: nil)
+            try await engine.write(fd, from: buffer, at: offset, kind: .plain, holdsTransit: true)
+            try await fallbackSyncAfterWrite(fd, arrival: arrival)
             return
         }
         let direct = (try? engine.system.statusFlags(fd.rawValue).get()).map { $0 & casyncfsync_O_DIRECT != 0 } ?? false
@@ -199,6 +199,26 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
             where error.operation.isSync && error.code == .system && error.errno == .invalidArgument && error.step == .submit {
             // The sync after the write was refused (a file system without AIO fsync): the engine
             // still counts it until it has its answer, from POSIX aio, with the same arrival.
+            defer { engine.endTransit() }
+            guard fallback.takesOver(after: error, for: fd) else { throw error }
+            try await fallback.sync(fd, mode: .fdatasync, arrival: arrival, refused: error)
+        }
+    }
+
+    /// The sync part of a durable write on a file system served by POSIX aio, accepted before any
+    /// shutdown that began since. With earlier writes of the descriptor incomplete, the engine
+    /// holds it until they completed; kernel AIO then refuses it (`EINVAL`: no AIO fsync there)
+    /// and it is handed to POSIX aio, as a sync is. Otherwise it goes to POSIX aio at once.
+    private func fallbackSyncAfterWrite(_ fd: FileDescriptor, arrival: UInt64) async throws {
+        do {
+            try await engine.syncAfterWrite(fd, arrival: arrival) { refusal in
+                if let refusal { throw refusal }
+                try await fallback.sync(fd, mode: .fdatasync, arrival: arrival, accepted: true, refused: nil)
+            }
+        } catch let error as AsyncSyncError
+            where error.backend == .libaio && error.code == .system && error.errno == .invalidArgument && error.step == .submit {
+            // Refused by kernel AIO after it was held: the engine still counts it until it has its
+            // answer, from POSIX aio, with the same arrival.
             defer { engine.endTransit() }
             guard fallback.takesOver(after: error, for: fd) else { throw error }
             try await fallback.sync(fd, mode: .fdatasync, arrival: arrival, refused: error)

@@ -139,7 +139,8 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
         if let inline, inline.applies(to: fd) {
             // A memory file system: the write, then the inline sync (its data has no disk to reach).
             let arrival = ledger.stamp()
-            try await engine.write(fd, from: buffer, at: offset, kind: .plain)
+            // The write keeps the engine's drain waiting until its sync part has its answer.
+            try await engine.write(fd, from: buffer, at: offset, kind: .plain, holdsTransit: true)
             try await engine.syncAfterWrite(fd, arrival: arrival) {
                 try inline.sync(fd, mode: .fdatasync, backend: .posix, refusal: $0, arrival: arrival)
             }

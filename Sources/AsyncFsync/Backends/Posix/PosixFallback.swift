@@ -62,8 +62,11 @@ final class PosixFallback: Sendable {
 
     /// Syncs `fd` through POSIX aio, for a request stamped `arrival` when it reached the libaio
     /// backend. `refused` is kernel AIO's answer when this request was first handed to kernel AIO
-    /// (and so was accepted by the libaio backend before any shutdown).
-    func sync(_ fd: FileDescriptor, mode: SyncMode, arrival: UInt64, refused: AsyncSyncError?) async throws {
+    /// (and so was accepted by the libaio backend before any shutdown). `accepted`: the libaio
+    /// backend accepted it before any shutdown otherwise (the sync part of a durable write).
+    func sync(_ fd: FileDescriptor, mode: SyncMode, arrival: UInt64, accepted: Bool = false,
+              refused: AsyncSyncError?) async throws {
+        let accepted = accepted || refused != nil
         let engine: AIOEngine<PosixAIODriver>?
         switch posixEngine() {
         case .success(let value): engine = value
@@ -75,13 +78,13 @@ final class PosixFallback: Sendable {
         guard let engine else {
             // The libaio backend is shutting down. A request it had already accepted still
             // completes: a blocking sync, once, on this thread.
-            guard refused != nil else { throw AsyncSyncError.shutDown(mode, backend: .libaio, descriptor: fd) }
+            guard accepted else { throw AsyncSyncError.shutDown(mode, backend: .libaio, descriptor: fd) }
             try InlineSync.checkedBlockingSync(fd, mode: mode, backend: .posix, system: system, ledger: ledger, arrival: arrival)
             return
         }
         do {
             try await engine.sync(fd, mode: mode, arrival: arrival)
-        } catch let error as AsyncSyncError where error.code == .shutDown && refused != nil {
+        } catch let error as AsyncSyncError where error.code == .shutDown && accepted {
             try InlineSync.checkedBlockingSync(fd, mode: mode, backend: .posix, system: system, ledger: ledger, arrival: arrival)
         }
     }
