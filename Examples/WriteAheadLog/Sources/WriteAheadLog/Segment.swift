@@ -56,6 +56,20 @@ final class Segment {
     }
 
     /// Resumes the appends waiting for writes (each checks again what it waits for).
+    /// Appends that took their place in this segment and have not ended: a retired segment's file
+    /// is closed only once none is left (an append may still have its sync to make, and a file
+    /// whose `close()` began admits no new operation).
+    var users = 0
+    var unusedWaiters: [CheckedContinuation<Void, Never>] = []
+
+    func userEnded() {
+        users -= 1
+        guard users == 0 else { return }
+        let waiters = unusedWaiters
+        unusedWaiters = []
+        for waiter in waiters { waiter.resume() }
+    }
+
     func writesProgressed() {
         let waiters = writeWaiters
         writeWaiters = []

@@ -236,7 +236,11 @@ public actor WriteAheadLog {
         nextLSN += 1
         segment.size += frame.count
         appendsInFlight += 1
-        defer { appendEnded() }
+        segment.users += 1
+        defer {
+            segment.userEnded()
+            appendEnded()
+        }
         stats.dataSyncRequests += 1
         switch options.writeMode {
         case .buffered: try await writeAndSync(frame, at: offset, in: segment)
@@ -367,9 +371,9 @@ public actor WriteAheadLog {
             await options.rotationHook?(.oldSegmentSynced)
             current = Segment(try Self.create(directory.appending(Segment.name(firstLSN: nextLSN)), options), size: 0)
             stats.rotations += 1
-            // Its close waits for the appends that still await its sync.
-            let file = old.file
-            retiring.append(Task { try await file.close() })
+            // Closed once no append uses it any more: one may not have asked for its sync yet
+            // (close() then waits for the operations in flight).
+            retiring.append(Task { try await self.retire(old) })
             await options.rotationHook?(.newSegmentCreated)
             if !options.unsafeSkipDirectorySync {
                 stats.directorySyncs += 1
@@ -379,6 +383,14 @@ public actor WriteAheadLog {
         } catch {
             poison(error)
         }
+    }
+
+    /// Closes a segment's file once no append uses it.
+    private func retire(_ segment: Segment) async throws {
+        while segment.users > 0 {
+            await withCheckedContinuation { segment.unusedWaiters.append($0) }
+        }
+        try await segment.file.close()
     }
 
     private func appendEnded() {
