@@ -57,6 +57,40 @@ extension AsyncFsyncTests {
             #expect(await eventually(30) { shutdown.isDone },
                     "the shutdown waits for a transit nobody ends: \(backend.engine.stateSummary)")
         }
+
+        /// Outside ab0b6af, found on the way (present since the inline and fallback paths of a
+        /// durable write go through `engine.write(kind: .plain)`): docs/errors.md says a durable
+        /// write of a file with a recorded durability failure fails with `.earlierFailure`
+        /// "without reaching the file system" (`EngineWriteFaults/durableWriteWhoseSyncFails`
+        /// checks it on the engine's path: `AIOEngine.write` admits a non-plain write through the
+        /// ledger before anything else). A `.plain` write is not admitted, so on the inline path
+        /// (tmpfs) and the POSIX-fallback path the data is written first and only the sync part
+        /// meets the sticky rule.
+        @Test("a durable write of a file with a recorded failure is refused before its data is written, on every path of both AIO backends",
+              arguments: ["engine", "inline", "fallback", "posix-inline"])
+        func stickyDurableWriteWritesNothing(path: String) async throws {
+            let door = Door()
+            door.releaseWrites()  // writes go straight through
+            let libaio = try LibaioBackend(capacity: 4, inlineMemoryFileSystems: path == "inline", system: door.system)
+            let posix = try PosixAIOBackend(capacity: 4, inlineMemoryFileSystems: true, system: .live)
+            let backend: any AsyncSyncBackend = path == "posix-inline" ? posix : libaio
+            let ledger = path == "posix-inline" ? posix.ledger : libaio.ledger
+            let directory = try path.hasSuffix("inline") ? ScratchDirectory.onTmpfs() : ScratchDirectory.onDisk()
+            let fd = try directory.file("data", contents: "")
+            defer { try? fd.close() }
+            if path == "fallback" {
+                door.refuseSyncs(of: fd)  // this file system has no AIO fsync
+                try await backend.fdatasync(fd)
+                try #require(!libaio.posixFileSystems.isEmpty, "the file system is served by POSIX aio now")
+            }
+            ledger.record(fd, errno: .ioError)  // an earlier durability failure of the file
+            let page = [UInt8](repeating: 0x11, count: 4096)
+            let error = await caughtError { try await backend.durableWrite(fd, page, at: 0) } as? AsyncSyncError
+            #expect(error?.code == .earlierFailure && error?.errno == .ioError, "\(path): \(String(describing: error))")
+            #expect(try contents(fd, count: 4096).isEmpty, "\(path): refused, yet its data was written: \(door.log)")
+            await libaio.shutdown()
+            await posix.shutdown()
+        }
     }
 }
 #endif
