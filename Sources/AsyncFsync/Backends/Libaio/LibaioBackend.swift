@@ -180,7 +180,7 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
         let arrival = ledger.stamp()
         if let inline, inline.applies(to: fd) {
             // The write keeps the engine's drain waiting until its sync part has its answer.
-            try await engine.write(fd, from: buffer, at: offset, kind: .plain, holdsTransit: true)
+            try await engine.write(fd, from: buffer, at: offset, kind: .plain, arrival: arrival, holdsTransit: true)
             // Accepted before any shutdown that began meanwhile: only a broken source refuses its sync.
             try await syncPartAfterWrite(fd, arrival: arrival) {
                 try inline.sync(fd, mode: .fdatasync, backend: .libaio, refusal: $0, arrival: arrival)
@@ -188,7 +188,7 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
             return
         }
         if fallback.serves(fd) {
-            try await engine.write(fd, from: buffer, at: offset, kind: .plain, holdsTransit: true)
+            try await engine.write(fd, from: buffer, at: offset, kind: .plain, arrival: arrival, holdsTransit: true)
             try await syncPartAfterWrite(fd, arrival: arrival) { refusal in
                 if let refusal { throw refusal }
                 try await fallback.sync(fd, mode: .fdatasync, arrival: arrival, accepted: true, refused: nil)
