@@ -459,7 +459,8 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
     /// `arrival`: the stamp of a durable write (the in-flight rule), taken by the caller before
     /// anything else of the request. `holdsTransit`: when the write succeeds, the request still
     /// counts in the engine's transit (a shutdown's drain waits for it) until the caller calls
-    /// ``endTransit()``, once, after the sync part it makes itself (``syncAfterWrite(_:arrival:_:)``).
+    /// ``endTransit()``, once, after the sync part it makes itself (``syncAfterWrite(_:arrival:_:)``);
+    /// as the write of a durable write it meets the sticky rule first, as a non-plain `kind` does.
     func write(_ descriptor: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64, kind: WriteKind,
                arrival: UInt64? = nil, holdsTransit: Bool = false) async throws {
         guard offset >= 0 else {
@@ -468,8 +469,9 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
                                  message: "the offset \(offset) is negative")
         }
         var stamp: UInt64 = 0
-        if kind != .plain {
-            // Stamped before the sticky check, as a sync is.
+        if kind != .plain || holdsTransit {
+            // Stamped before the sticky check, as a sync is. The write of a durable write whose sync
+            // part is made elsewhere (`holdsTransit`) is refused here too: nothing of it is written.
             stamp = try ledger.admit(descriptor, stamp: arrival ?? ledger.stamp(), mode: .fdatasync, backend: Driver.kind).get()
         }
         try Task.checkCancellation()

@@ -180,16 +180,19 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
         let arrival = ledger.stamp()
         if let inline, inline.applies(to: fd) {
             // The write keeps the engine's drain waiting until its sync part has its answer.
-            try await engine.write(fd, from: buffer, at: offset, kind: .plain, holdsTransit: true)
+            try await engine.write(fd, from: buffer, at: offset, kind: .plain, arrival: arrival, holdsTransit: true)
             // Accepted before any shutdown that began meanwhile: only a broken source refuses its sync.
-            try await engine.syncAfterWrite(fd, arrival: arrival) {
+            try await syncPartAfterWrite(fd, arrival: arrival) {
                 try inline.sync(fd, mode: .fdatasync, backend: .libaio, refusal: $0, arrival: arrival)
             }
             return
         }
         if fallback.serves(fd) {
-            try await engine.write(fd, from: buffer, at: offset, kind: .plain, holdsTransit: true)
-            try await fallbackSyncAfterWrite(fd, arrival: arrival)
+            try await engine.write(fd, from: buffer, at: offset, kind: .plain, arrival: arrival, holdsTransit: true)
+            try await syncPartAfterWrite(fd, arrival: arrival) { refusal in
+                if let refusal { throw refusal }
+                try await fallback.sync(fd, mode: .fdatasync, arrival: arrival, accepted: true, refused: nil)
+            }
             return
         }
         let direct = (try? engine.system.statusFlags(fd.rawValue).get()).map { $0 & casyncfsync_O_DIRECT != 0 } ?? false
@@ -205,16 +208,16 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
         }
     }
 
-    /// The sync part of a durable write on a file system served by POSIX aio, accepted before any
-    /// shutdown that began since. With earlier writes of the descriptor incomplete, the engine
-    /// holds it until they completed; kernel AIO then refuses it (`EINVAL`: no AIO fsync there)
-    /// and it is handed to POSIX aio, as a sync is. Otherwise it goes to POSIX aio at once.
-    private func fallbackSyncAfterWrite(_ fd: FileDescriptor, arrival: UInt64) async throws {
+    /// The sync part of a durable write whose write the engine made with `holdsTransit` and whose
+    /// sync `direct` makes on another path (inline, POSIX aio), accepted before any shutdown that
+    /// began since (``AIOEngine/syncAfterWrite(_:arrival:_:)``). With earlier writes of the
+    /// descriptor incomplete, the engine holds it until they completed and then submits it to
+    /// kernel AIO; a refusal there (`EINVAL`: no AIO fsync, e.g. a kernel older than 4.18) is
+    /// handed off with its transit kept, and served through POSIX aio, as a sync is.
+    private func syncPartAfterWrite(_ fd: FileDescriptor, arrival: UInt64,
+                                    _ direct: (AsyncSyncError?) async throws -> Void) async throws {
         do {
-            try await engine.syncAfterWrite(fd, arrival: arrival) { refusal in
-                if let refusal { throw refusal }
-                try await fallback.sync(fd, mode: .fdatasync, arrival: arrival, accepted: true, refused: nil)
-            }
+            try await engine.syncAfterWrite(fd, arrival: arrival, direct)
         } catch let error as AsyncSyncError
             where error.backend == .libaio && error.code == .system && error.errno == .invalidArgument && error.step == .submit {
             // Refused by kernel AIO after it was held: the engine still counts it until it has its

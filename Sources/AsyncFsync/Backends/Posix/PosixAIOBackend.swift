@@ -140,7 +140,7 @@ public final class PosixAIOBackend: AsyncSyncBackend, CustomStringConvertible {
             // A memory file system: the write, then the inline sync (its data has no disk to reach).
             let arrival = ledger.stamp()
             // The write keeps the engine's drain waiting until its sync part has its answer.
-            try await engine.write(fd, from: buffer, at: offset, kind: .plain, holdsTransit: true)
+            try await engine.write(fd, from: buffer, at: offset, kind: .plain, arrival: arrival, holdsTransit: true)
             try await engine.syncAfterWrite(fd, arrival: arrival) {
                 try inline.sync(fd, mode: .fdatasync, backend: .posix, refusal: $0, arrival: arrival)
             }
