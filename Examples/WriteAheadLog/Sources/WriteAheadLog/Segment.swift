@@ -9,8 +9,9 @@ import Musl
 /// One segment file: `segment-<first LSN, 16 hex digits>.wal` in the log's directory, its records
 /// back to back from offset 0. Only the log's actor touches it.
 ///
-/// Its ``AsyncFile`` owns the descriptor: closing a full segment waits for the appends that still
-/// await its sync, so the log keeps no count of its own for that.
+/// Its ``AsyncFile`` owns the descriptor; its `close()` waits only for operations already admitted,
+/// so the log counts the appends that use the segment (``users``) and closes a retired one only
+/// when none is left: an append may not have asked for its sync yet.
 final class Segment {
     let file: AsyncFile
     /// Where the next record goes: the end of the last record reserved.
@@ -55,7 +56,6 @@ final class Segment {
         durableEnd = size
     }
 
-    /// Resumes the appends waiting for writes (each checks again what it waits for).
     /// Appends that took their place in this segment and have not ended: a retired segment's file
     /// is closed only once none is left (an append may still have its sync to make, and a file
     /// whose `close()` began admits no new operation).
@@ -70,6 +70,7 @@ final class Segment {
         for waiter in waiters { waiter.resume() }
     }
 
+    /// Resumes the appends waiting for writes (each checks again what it waits for).
     func writesProgressed() {
         let waiters = writeWaiters
         writeWaiters = []
