@@ -17,14 +17,30 @@ extension AsyncFsyncTests {
             private let lock = NSLock()
             private var armed = false
             private var held: UnownedJob?
+            private var unknown: [String] = []
+
+            /// Whether a job is a task's: its description reads "ExecutorJob(id: <task id>)", a
+            /// default actor's processing job's (no task) "ExecutorJob(id: nil)". The runtime has
+            /// no public way to tell them apart (`ExecutorJob.kind` is SPI), so the format is
+            /// checked: a description of another form is kept, and the test fails on it instead
+            /// of holding the wrong job.
+            static func isTaskJob(_ description: String) -> Bool? {
+                guard description.hasPrefix("ExecutorJob(id: "), description.hasSuffix(")") else { return nil }
+                let id = description.dropFirst("ExecutorJob(id: ".count).dropLast()
+                if id == "nil" { return false }
+                return !id.isEmpty && id.allSatisfy(\.isNumber) ? true : nil
+            }
+
+            /// Descriptions this executor could not classify (expected empty).
+            var unknownDescriptions: [String] { lock.withLock { unknown } }
 
             func enqueue(_ job: consuming ExecutorJob) {
-                // A task's job reads "ExecutorJob(id: <task id>)"; a default actor's processing
-                // job, which has no task, "ExecutorJob(id: nil)".
-                let isTask = !job.description.hasSuffix("(id: nil)")
+                let description = job.description
+                let isTask = Self.isTaskJob(description)
                 let job = UnownedJob(job)
                 let hold = lock.withLock { () -> Bool in
-                    guard armed, isTask else { return false }
+                    if isTask == nil { unknown.append(description) }
+                    guard armed, isTask == true else { return false }
                     armed = false
                     held = job
                     return true
@@ -109,6 +125,8 @@ extension AsyncFsyncTests {
             backend.armAfterNextWrite()
             let held = Watched { try await withTaskExecutorPreference(executor) { try await log.append(small) } }
             try #require(await eventually(30) { executor.isHolding || held.isDone }, "A reached its sync")
+            try #require(executor.unknownDescriptions.isEmpty,
+                         "the test tells a task's job from an actor's by ExecutorJob.description, whose form changed: \(executor.unknownDescriptions)")
             try #require(!held.isDone, "A was held: \(String(describing: held.outcome))")
 
             // B does not fit: it rotates the segment (A's write is done, so the rotation's wait
@@ -133,6 +151,7 @@ extension AsyncFsyncTests {
             try await log.close()
             #expect(Self.descriptors(of: first) == 0)
             #expect(WriteAheadLogSuite.descriptorsOpen(under: directory).isEmpty)
+            #expect(executor.unknownDescriptions.isEmpty, "jobs of an unknown description: \(executor.unknownDescriptions)")
 
             var replayed: [LogRecord] = []
             let again = try await WriteAheadLog.open(directory: directory, options: options) { replayed.append($0) }
