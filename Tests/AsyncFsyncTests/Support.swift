@@ -18,6 +18,12 @@ import Testing
 /// not intercept; such a thread crashes inside TSan's allocator on its first `calloc`. With one
 /// helper glibc never starts a helper from a helper (the backend's starvation guard keeps the
 /// doorbell from holding that helper for long). Without TSan nothing changes.
+///
+/// That guard works for one POSIX completion hub, which is all a process has: hubs are made per
+/// `SystemCalls` table, and the library uses `.live` only. A test that keeps POSIX backends (or
+/// libaio's POSIX fallback) on two tables at once has two hubs; with one helper, the idle hub's
+/// doorbell read can hold it while the other hub's requests wait behind it, for good (CI's TSan
+/// step hung so in `ReviewTransit`). Such a test makes one table's backends at a time.
 enum GlibcAIOUnderSanitizer {
     /// The helper limit tests restore after changing it: glibc's default (20), 1 under TSan.
     static var defaultThreads: CInt { testsupport_tsan_loaded() != 0 ? 1 : 20 }

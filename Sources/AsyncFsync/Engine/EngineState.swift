@@ -615,7 +615,7 @@ struct EngineState {
             let next = entry.next >= 0 ? ", next \(batches[Int(entry.next)].count)" : ""
             perDescriptor.append("fd \(fd): \(running)\(next)")
         }
-        return "\(lifecycle), outstanding \(outstanding), slots in use \(slotsInUse)/\(slotCount), ready \(ready.count), "
+        return "\(lifecycle), outstanding \(outstanding), in transit \(inTransit), slots in use \(slotsInUse)/\(slotCount), ready \(ready.count), "
             + (parked.isEmpty ? "" : "waiting for their open file description \(parked.count), ")
             + "submitting \(submitting), blocked \(blockedOnResources); " + perDescriptor.joined(separator: "; ")
     }
