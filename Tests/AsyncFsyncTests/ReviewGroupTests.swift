@@ -157,6 +157,59 @@ extension AsyncFsyncTests {
             #expect(durable.succeeded, "\(String(describing: durable.error))")
             await group.shutdown()
         }
+
+        @Test("FINDING 2b: the same with another write of the descriptor in flight (the sync part detours through the engine, which holds it): no CancellationError, and it covers that write")
+        func cancelledAfterHandOverWithWritesPending() async throws {
+            let door = Door()
+            let backend = try LibaioBackend(capacity: 4, inlineMemoryFileSystems: true, system: door.system)
+            let group = GroupCommit(wrapping: backend, system: door.system)
+            let directory = try ScratchDirectory.onTmpfs()
+            let fd = try directory.file("data", contents: "")
+            defer { try? fd.close() }
+            let record = OwnedBytes(Array("a record".utf8))
+            let other = OwnedBytes(Array("another".utf8))
+            defer { record.free(); other.free() }
+
+            let durable = Watched { try await group.durableWrite(fd, from: record.bytes, at: 0) }
+            try #require(await eventually(30) { door.heldWriteCount == 1 }, "the durable write's write is in flight")
+            let write = Watched { try await group.write(fd, from: other.bytes, at: 100) }
+            try #require(await eventually(30) { door.heldWriteCount == 2 }, "a later write of the descriptor is in flight")
+            durable.task.cancel()
+            door.releaseWrites(1, stopHolding: false)  // the durable write's write completes first
+            #expect(await eventually(30) { durable.isDone || backend.engine.writeCounts.heldSyncs == 1 }, "\(door.log)")
+            #expect(!(durable.error is CancellationError), "CancellationError for a durable write whose bytes are in the file")
+            door.releaseWrites()
+            #expect(await eventually(30) { durable.isDone && write.isDone }, "\(door.log)")
+            #expect(write.succeeded)
+            #expect(durable.succeeded, "\(String(describing: durable.error))")
+            await group.shutdown()
+        }
+
+        @Test("FINDING 2c: the same on a file system without AIO fsync (the sync part served by the POSIX fallback after kernel AIO refused it): no CancellationError")
+        func cancelledAfterHandOverThroughFallback() async throws {
+            let door = Door()
+            let backend = try LibaioBackend(capacity: 4, system: door.system)
+            let group = GroupCommit(wrapping: backend, system: door.system)
+            let directory = try ScratchDirectory.onDisk()
+            let fd = try directory.file("data", contents: "")
+            defer { try? fd.close() }
+            door.refuseSyncs(of: fd)  // this file system has no AIO fsync
+            let record = Array("a record".utf8)
+            let bytes = OwnedBytes(record)
+            defer { bytes.free() }
+
+            let durable = Watched { try await group.durableWrite(fd, from: bytes.bytes, at: 0) }
+            try #require(await eventually(30) { door.heldWriteCount == 1 }, "io_submit(2) accepted the write (held at the kernel's door)")
+            durable.task.cancel()
+            door.releaseWrites()
+            #expect(await eventually(30) { durable.isDone }, "\(door.log)")
+            #expect(door.log.contains("EINVAL fdsync"), "kernel AIO refused the sync part: \(door.log)")
+            let contents = [UInt8](try Data(contentsOf: URL(fileURLWithPath: directory.path.appending("data").string)))
+            #expect(contents == record, "the write reached the file")
+            #expect(!(durable.error is CancellationError), "CancellationError for a durable write whose bytes are in the file")
+            #expect(durable.succeeded, "\(String(describing: durable.error))")
+            await group.shutdown()
+        }
         #endif
     }
 }
