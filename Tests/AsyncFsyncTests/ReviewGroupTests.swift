@@ -4,6 +4,7 @@ import SystemPackage
 import Testing
 
 @testable import AsyncFsync
+@testable import WriteAheadLog
 
 #if canImport(Glibc)
 import Glibc
@@ -59,6 +60,58 @@ final class PortableGates: Sendable {
         }
         return system
     }
+}
+
+/// Forwards to a backend; its durable write number `target` (1-based) waits until the test lets it
+/// go, then fails with `EIO` as an `RWF_DSYNC` write does, after writing part of its buffer for
+/// real: nothing, its first block, or its second block (a torn write: sectors written whole,
+/// others not).
+final class FailingDurableWrite: AsyncSyncBackend {
+    enum Torn: String, CaseIterable, CustomTestStringConvertible, Sendable {
+        case nothing, firstBlock, secondBlock
+        var testDescription: String { rawValue }
+    }
+
+    let wrapped: any AsyncSyncBackend
+    let target: Int
+    let torn: Torn
+    let block: Int
+    private let count = Counter()
+    let arrived = Flag()
+    let release = Flag()
+    var kind: BackendKind { wrapped.kind }
+
+    init(wrapping backend: any AsyncSyncBackend, target: Int, torn: Torn, block: Int) {
+        wrapped = backend
+        self.target = target
+        self.torn = torn
+        self.block = block
+    }
+
+    func sync(_ fd: FileDescriptor, mode: SyncMode) async throws { try await wrapped.sync(fd, mode: mode) }
+    func write(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64) async throws {
+        try await wrapped.write(fd, from: buffer, at: offset)
+    }
+
+    func durableWrite(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64) async throws {
+        guard count.next() == target else { return try await wrapped.durableWrite(fd, from: buffer, at: offset) }
+        arrived.raise()
+        // A gate the test opens (polled: no timing is asserted).
+        while !release.isRaised { try? await Task.sleep(for: .milliseconds(1)) }
+        switch torn {
+        case .nothing: break
+        case .firstBlock:
+            try await wrapped.write(fd, from: UnsafeRawBufferPointer(rebasing: buffer[..<block]), at: offset)
+        case .secondBlock:
+            precondition(buffer.count >= 2 * block, "the failing write spans two blocks")
+            try await wrapped.write(fd, from: UnsafeRawBufferPointer(rebasing: buffer[block..<(2 * block)]), at: offset + Int64(block))
+        }
+        throw AsyncSyncError(code: .system, errno: .ioError, operation: .durableWrite, step: .completion, backend: kind,
+                             descriptor: fd, systemCall: "io_getevents", message: "injected by the test")
+    }
+
+    func clearFailure(of fd: FileDescriptor) throws -> Bool { try wrapped.clearFailure(of: fd) }
+    func shutdown() async { await wrapped.shutdown() }
 }
 
 extension AsyncFsyncTests {
@@ -119,6 +172,82 @@ extension AsyncFsyncTests {
                 Issue.record("the sync of b failed: \(String(describing: own.error))")
             }
             await group.shutdown()
+        }
+
+        // checked: the write-ahead log's O_DIRECT mode when the durable write that rewrites the
+        // last partial block fails (EIO), also torn: the append that led it gets the error, the
+        // appends whose frames it carried (waiting for it) are not acknowledged, every later append
+        // is refused (.poisoned), close makes no further write, and a reopened log replays every
+        // acknowledged record and, after them, only intact records in LSN order (never a torn one,
+        // never one beyond a gap); appends then go on from the recovered end.
+        @Test("checked: WAL direct mode: a failed (torn) rewrite of the last partial block fails its appends and poisons the log; replay surfaces no torn record",
+              arguments: FailingDurableWrite.Torn.allCases)
+        func walDirectFailedRewrite(torn: FailingDurableWrite.Torn) async throws {
+            let scratch = try ScratchDirectory.onDisk()
+            let directory = scratch.path.appending("wal")
+            let portable = try PortableBackend(threads: 2)
+            // The block size the log will use: the file system's O_DIRECT offset alignment.
+            let probe = try AsyncFile.open(scratch.path.appending("probe"), options: [.create, .direct], backend: portable)
+            let block = probe.directIOAlignment?.offsetAlignment ?? 4096
+            try await probe.close()
+            let failing = FailingDurableWrite(wrapping: portable, target: 2, torn: torn, block: block)
+            let options = WriteAheadLogOptions(segmentSize: 1 << 20, durability: .groupCommit(failing), writeMode: .direct)
+            let payload: @Sendable (Int) -> [UInt8] = { index in [UInt8](repeating: UInt8(65 + index), count: block * 3 / 4) }
+
+            let log = try await WriteAheadLog.open(directory: directory, options: options)
+            let first = try await log.append(payload(0))  // durable write 1: block 0, padded
+            #expect(first.rawValue == 1)
+            // Durable write 2 (the record 2, spanning blocks 0 and 1) is held; records 3 and 4 join
+            // the tail meanwhile and wait for it.
+            let leader = Watched { try await log.append(payload(1)) }
+            try #require(await eventually(30) { failing.arrived.isRaised })
+            let second = Watched { try await log.append(payload(2)) }
+            let third = Watched { try await log.append(payload(3)) }
+            var reserved = false
+            for _ in 0..<30_000 where !reserved {
+                reserved = await log.nextRecord.rawValue == 5
+                if !reserved { try await Task.sleep(for: .milliseconds(1)) }
+            }
+            try #require(reserved, "records 3 and 4 took their places behind the held durable write")
+            failing.release.raise()
+            #expect(await eventually(30) { leader.isDone && second.isDone && third.isDone })
+            #expect((leader.error as? AsyncSyncError)?.errno == .ioError, "\(String(describing: leader.outcome))")
+            #expect(!second.succeeded && !third.succeeded, "an append whose frame the failed write carried was acknowledged: \(String(describing: second.outcome)) \(String(describing: third.outcome))")
+            let later = await caughtError { _ = try await log.append(payload(4)) } as? WriteAheadLogError
+            #expect(later?.code == .poisoned, "\(String(describing: later))")
+            try await log.close()
+            // The torn part really is in the file (the recovery below must cut it).
+            let segment = try Segment.readAll(directory.appending(Segment.name(firstLSN: 1)))
+            let recordEnd = Frame.headerSize + payload(0).count
+            switch torn {
+            case .nothing: #expect(segment.count == block && segment[recordEnd...].allSatisfy { $0 == 0 })
+            case .firstBlock: #expect(segment.count >= block && segment[recordEnd..<block].contains { $0 != 0 })
+            case .secondBlock: #expect(segment.count == 2 * block && segment[block...].contains { $0 != 0 } && segment[recordEnd..<block].allSatisfy { $0 == 0 })
+            }
+
+            var replayed: [LogRecord] = []
+            let fresh = try PortableBackend(threads: 2)
+            let reopened = try await WriteAheadLog.open(
+                directory: directory, options: WriteAheadLogOptions(segmentSize: 1 << 20, durability: .groupCommit(fresh), writeMode: .direct)
+            ) { replayed.append($0) }
+            #expect(replayed.first?.lsn.rawValue == 1 && replayed.first?.payload == payload(0), "the acknowledged record is replayed")
+            for (index, record) in replayed.enumerated() {
+                #expect(record.lsn.rawValue == UInt64(index + 1) && record.payload == payload(index),
+                        "replayed record \(record.lsn.rawValue) is not the intact record appended there")
+            }
+            #expect(replayed.count <= 2, "only a record the failed write carried whole could be replayed (torn \(torn)): \(replayed.map(\.lsn.rawValue))")
+            let next = try await reopened.append(payload(replayed.count))
+            #expect(next.rawValue == UInt64(replayed.count + 1))
+            try await reopened.close()
+            var again: [LogRecord] = []
+            let third2 = try await WriteAheadLog.open(
+                directory: directory, options: WriteAheadLogOptions(segmentSize: 1 << 20, durability: .groupCommit(fresh), writeMode: .direct)
+            ) { again.append($0) }
+            #expect(again.map(\.lsn.rawValue) == Array(1...UInt64(replayed.count + 1)))
+            #expect(again.last?.payload == payload(replayed.count))
+            try await third2.close()
+            await fresh.shutdown()
+            await portable.shutdown()
         }
 
         #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
