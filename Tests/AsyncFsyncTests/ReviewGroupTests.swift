@@ -251,6 +251,37 @@ extension AsyncFsyncTests {
         }
 
         #if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
+        @Test("FINDING 1b: a GroupCommit wrapped in a GroupCommit: the outer group learns of the writes in flight in the backend under the inner one")
+        func nestedGroupTellsOfWrites() async throws {
+            let door = Door()
+            let backend = try LibaioBackend(capacity: 4, system: door.system)
+            let inner = GroupCommit(wrapping: backend, system: door.system)
+            let outer = GroupCommit(wrapping: inner, system: door.system)
+            let directory = try ScratchDirectory.onDisk()
+            let a = try directory.file("data", contents: "")
+            let b = try FileDescriptor.open(directory.path.appending("data"), .readWrite)
+            defer { try? a.close(); try? b.close() }
+            let bytes = OwnedBytes(Array("record through b".utf8))
+            defer { bytes.free() }
+
+            door.holdSyncs(1)
+            let first = Watched { try await outer.sync(a, mode: .fdatasync) }
+            try #require(await eventually(30) { door.heldSyncCount == 1 }, "the first batch's sync is in flight (held)")
+            let second = Watched { try await outer.sync(a, mode: .fdatasync) }
+            try #require(await eventually(30) { outer.queuedCount == 1 })
+            let write = Watched { try await outer.write(b, from: bytes.bytes, at: 0) }
+            try #require(await eventually(30) { door.heldWriteCount == 1 }, "b's write is in flight (held)")
+            let own = Watched { try await outer.sync(b, mode: .fdatasync) }
+            try #require(await eventually(30) { outer.queuedCount == 2 || writeCounts(backend).heldSyncs == 1 })
+            door.releaseSyncs()
+            #expect(await eventually(30) { second.isDone && (own.isDone || writeCounts(backend).heldSyncs == 1) })
+            #expect(!own.isDone, "the sync of b was acknowledged (\(String(describing: own.outcome))) through a's sync while b's write accepted before it was in flight")
+            door.releaseWrites()
+            #expect(await eventually(30) { first.isDone && second.isDone && write.isDone && own.isDone }, "\(door.log)")
+            #expect(first.succeeded && second.succeeded && write.succeeded && own.succeeded)
+            await outer.shutdown()
+        }
+
         // FINDING 2: a durable write on a memory file system (the inline path, on by default in
         // both engine backends' public initializers and in AsyncSync's backends) makes its write
         // through the engine, then its sync part inline (`InlineSync.sync`), which begins with
