@@ -86,12 +86,14 @@ struct InlineSync: Sendable {
     ///   (``AIOEngine/refusalError(_:_:)``: a shutdown, or a broken completion source's errno), or
     ///   `nil`.
     /// - Parameter arrival: The request's stamp when it arrived earlier (the sync of a durable
-    ///   write, stamped before its write); a new stamp otherwise.
+    ///   write, stamped before its write); a new stamp otherwise. Such a sync part is never
+    ///   abandoned for a cancellation: its write was handed to the system already, so
+    ///   `CancellationError` ("nothing was written") would be untrue (review-group, finding 2).
     func sync(
         _ fd: FileDescriptor, mode: SyncMode, backend: BackendKind, refusal: AsyncSyncError?, arrival: UInt64? = nil
     ) throws {
+        if arrival == nil { try Task.checkCancellation() }
         let arrival = arrival ?? ledger.stamp()
-        try Task.checkCancellation()
         if let refusal { throw refusal }
         try Self.checkedBlockingSync(fd, mode: mode, backend: backend, system: system, ledger: ledger, arrival: arrival)
     }

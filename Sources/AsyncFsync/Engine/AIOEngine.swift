@@ -114,20 +114,25 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
     /// `admitted`: the request was accepted before any shutdown that began since (the sync part of
     /// a durable write whose write ``write(_:from:at:kind:arrival:holdsTransit:)`` holds the
     /// engine's transit): a shutdown does not refuse it, a broken source does.
+    ///
+    /// `cancellable`: false for the sync part of a durable write whose write was handed to the
+    /// system already (its bytes may be in the file): its task's cancellation is not looked at,
+    /// as for the sync part of a durable write the engine makes itself (review-group, finding 2).
     func sync(_ descriptor: FileDescriptor, mode: SyncMode, arrival: UInt64, look: SyncLook? = nil,
-              admitted: Bool = false) async throws {
+              admitted: Bool = false, cancellable: Bool = true) async throws {
         // Stamped before the sticky check: a failure recorded in between is caught by one of them.
         let arrival = try ledger.admit(descriptor, stamp: arrival, mode: mode, backend: Driver.kind).get()
-        try Task.checkCancellation()
+        if cancellable { try Task.checkCancellation() }
         let id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
         // A request handed to the system at once cannot be cancelled any more, so it needs no
         // cancellation handler (installing one costs more than the rest of this library's path).
         // One that turns out to wait after all has its cancellation looked at before its batch
         // is submitted; one that will wait gets a handler and is cancelled at once.
-        if (look ?? self.look(at: descriptor)).handsOverAtOnce {
+        if !cancellable || (look ?? self.look(at: descriptor)).handsOverAtOnce {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
                 arrive(Waiter(id: id, descriptor: descriptor, mode: mode, continuation: continuation,
-                              arrival: arrival, identity: nil, identityTaken: false), handled: false, admitted: admitted)
+                              arrival: arrival, identity: nil, identityTaken: false), handled: false, admitted: admitted,
+                       cancellable: cancellable)
             }
             return
         }
@@ -141,17 +146,18 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         }
     }
 
-    /// `handled`: the request has a cancellation handler.
-    private func arrive(_ request: Waiter, handled: Bool, admitted: Bool) {
+    /// `handled`: the request has a cancellation handler. `cancellable`: false for a request whose
+    /// task's cancellation is never looked at (the sync part of a durable write).
+    private func arrive(_ request: Waiter, handled: Bool, admitted: Bool, cancellable: Bool = true) {
         var waiter = request
         let onHub = hub.isCurrent
         // Without a handler, its task is kept: the request may end up waiting after all (its
         // descriptor or the slots taken meanwhile, or an EAGAIN puts its batch back).
-        waiter.checksCancellation = !handled
+        waiter.checksCancellation = !handled && cancellable
         // The cancellation handler may have run before the request was queued: checked under the lock.
         var arrival = withUnsafeCurrentTask { task in
             shared.withLock {
-                Self.admit(waiter, into: &$0, isCancelled: Task.isCancelled, onHub: onHub, task: task, admitted: admitted)
+                Self.admit(waiter, into: &$0, isCancelled: cancellable && Task.isCancelled, onHub: onHub, task: task, admitted: admitted)
             }
         }
         if case .needsIdentity = arrival {
@@ -160,7 +166,7 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
             waiter.identityTaken = true
             arrival = withUnsafeCurrentTask { task in
                 shared.withLock {
-                Self.admit(waiter, into: &$0, isCancelled: Task.isCancelled, onHub: onHub, task: task, admitted: admitted)
+                Self.admit(waiter, into: &$0, isCancelled: cancellable && Task.isCancelled, onHub: onHub, task: task, admitted: admitted)
             }
             }
         }
@@ -981,7 +987,7 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         let refusal = refusalError(.fdatasync, fd)
         let look = look(at: fd)
         if look.writesPending, refusal == nil || refusal?.code == .shutDown {
-            try await sync(fd, mode: .fdatasync, arrival: arrival, look: look, admitted: true)
+            try await sync(fd, mode: .fdatasync, arrival: arrival, look: look, admitted: true, cancellable: false)
             return
         }
         try await direct(refusal?.code == .shutDown ? nil : refusal)

@@ -334,6 +334,12 @@ public final class GroupCommit: AsyncSyncBackend {
     }
 }
 
+/// A group wrapped in another group (or in a backend that asks) tells of its wrapped backend's
+/// writes: they are the writes its syncs wait for.
+extension GroupCommit: WriteTracking {
+    func hasIncompleteWrites(_ fd: FileDescriptor) -> Bool { writeTracking?.hasIncompleteWrites(fd) ?? false }
+}
+
 extension GroupCommit: FailureLedgerProviding {
     var failureLedger: FailureLedger? { ledger }
 }

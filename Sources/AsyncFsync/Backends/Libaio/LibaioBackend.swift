@@ -191,7 +191,7 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
             try await engine.write(fd, from: buffer, at: offset, kind: .plain, arrival: arrival, holdsTransit: true)
             try await syncPartAfterWrite(fd, arrival: arrival) { refusal in
                 if let refusal { throw refusal }
-                try await fallback.sync(fd, mode: .fdatasync, arrival: arrival, accepted: true, refused: nil)
+                try await fallback.sync(fd, mode: .fdatasync, arrival: arrival, accepted: true, refused: nil, cancellable: false)
             }
             return
         }
@@ -204,7 +204,7 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
             // still counts it until it has its answer, from POSIX aio, with the same arrival.
             defer { engine.endTransit() }
             guard fallback.takesOver(after: error, for: fd) else { throw error }
-            try await fallback.sync(fd, mode: .fdatasync, arrival: arrival, refused: error)
+            try await fallback.sync(fd, mode: .fdatasync, arrival: arrival, refused: error, cancellable: false)
         }
     }
 
@@ -224,7 +224,7 @@ public final class LibaioBackend: AsyncSyncBackend, CustomStringConvertible {
             // answer, from POSIX aio, with the same arrival.
             defer { engine.endTransit() }
             guard fallback.takesOver(after: error, for: fd) else { throw error }
-            try await fallback.sync(fd, mode: .fdatasync, arrival: arrival, refused: error)
+            try await fallback.sync(fd, mode: .fdatasync, arrival: arrival, refused: error, cancellable: false)
         }
     }
 

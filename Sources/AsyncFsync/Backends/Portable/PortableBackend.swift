@@ -193,6 +193,13 @@ extension PortableBackend: FailureLedgerProviding {
     var failureLedger: FailureLedger? { ledger }
 }
 
+/// Its syncs wait for the writes accepted before them on their descriptor, as the engines' do, so
+/// ``GroupCommit`` must know of those writes: it may serve a request's batch through another
+/// descriptor of the file, whose sync would not wait for them (review-group, finding 1).
+extension PortableBackend: WriteTracking {
+    func hasIncompleteWrites(_ fd: FileDescriptor) -> Bool { pool.pendingWriteCount(of: fd) > 0 }
+}
+
 /// The threads, the queue (``PortableState``) and the lock of a ``PortableBackend``. The threads
 /// hold it, not the backend, so that dropping the last reference to the backend starts a drain.
 final class PortableThreadPool: @unchecked Sendable {  // state is touched under `mutex` only
@@ -480,7 +487,7 @@ final class PortableThreadPool: @unchecked Sendable {  // state is touched under
     var queuedCount: Int { locked { $0.queuedCount } }
     /// Syncs held for earlier writes of their descriptor (tests).
     var heldCount: Int { locked { $0.heldCount } }
-    /// Writes of `fd` accepted and not yet complete (tests).
+    /// Writes of `fd` accepted and not yet complete (``WriteTracking``, tests).
     func pendingWriteCount(of fd: FileDescriptor) -> Int { locked { $0.pendingWriteCount(of: fd.rawValue) } }
     /// Requests accepted and not yet completed: queued, held or running (tests).
     var outstandingCount: Int { locked { $0.queuedCount + $0.heldCount + $0.busyThreads } }

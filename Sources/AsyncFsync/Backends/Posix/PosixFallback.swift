@@ -64,8 +64,10 @@ final class PosixFallback: Sendable {
     /// backend. `refused` is kernel AIO's answer when this request was first handed to kernel AIO
     /// (and so was accepted by the libaio backend before any shutdown). `accepted`: the libaio
     /// backend accepted it before any shutdown otherwise (the sync part of a durable write).
+    /// `cancellable`: false for the sync part of a durable write, whose write was handed to the
+    /// system already: it is never abandoned for a cancellation (review-group, finding 2).
     func sync(_ fd: FileDescriptor, mode: SyncMode, arrival: UInt64, accepted: Bool = false,
-              refused: AsyncSyncError?) async throws {
+              refused: AsyncSyncError?, cancellable: Bool = true) async throws {
         let accepted = accepted || refused != nil
         let engine: AIOEngine<PosixAIODriver>?
         switch posixEngine() {
@@ -83,7 +85,7 @@ final class PosixFallback: Sendable {
             return
         }
         do {
-            try await engine.sync(fd, mode: mode, arrival: arrival)
+            try await engine.sync(fd, mode: mode, arrival: arrival, cancellable: cancellable)
         } catch let error as AsyncSyncError where error.code == .shutDown && accepted {
             try InlineSync.checkedBlockingSync(fd, mode: mode, backend: .posix, system: system, ledger: ledger, arrival: arrival)
         }
