@@ -1,0 +1,221 @@
+import CAsyncFsync
+import Foundation
+import SystemPackage
+import Testing
+
+@testable import AsyncFsync
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// An adversarial review of the file handle (`AsyncFile`) and of the POSIX backend's asynchronous
+// write and durable write (aio_write, then aio_fsync(O_DSYNC); the inline path of memory file
+// systems; the POSIX fallback of the libaio backend). A test named "FINDING n" fails on a8ef9e0 and
+// names the rule it shows broken; a test named "checked:" pins a rule that held and had no test.
+//
+// Every request is held through the `SystemCalls` table (a flag a system call waits for), never by
+// a sleep; every wait is bounded (`eventually(30)`, `blockingEventually(30)`). Under TSan glibc's
+// POSIX aio has one helper thread: each test makes the backends of one table only, and shuts them
+// down before it ends.
+
+extension AsyncFsyncTests {
+    @Suite struct ReviewFile {
+        init() { GlibcAIOUnderSanitizer.configure }
+
+        static let page = [UInt8](repeating: 0x5A, count: 4096)
+
+        // MARK: AsyncFile: admission once close() began
+
+        // FINDING 2 (minor): `AsyncFile` checks its arguments (a negative offset, a readOnly file, an
+        // O_DIRECT misalignment) before it asks for admission, so once close() began such a request
+        // is not refused as closed: it gets EINVAL "offset -1 is negative" or EBADF "opened readOnly".
+        // The documented rule (AsyncFile "Admission", docs/design.md "The file handle", docs/errors.md
+        // row "AsyncFile: any operation once close() began"): every operation once close() began
+        // throws EBADF, step .request, the operation, and a message saying the file was closed.
+        @Test("FINDING 2: once close() began, a write with a bad argument (negative offset, readOnly file) is refused as closed: EBADF \"was closed\"")
+        func refusedAsClosedWhateverItsArguments() async throws {
+            let scratch = try ScratchDirectory.onTmpfs()
+            let log = DescriptorLog()
+            let backend = HoldingBackend(log: log, holding: false)
+            let file = try AsyncFile.open(scratch.path.appending("a"), options: [.create], backend: backend)
+            try await file.close()
+            let negative = await caughtError { try await file.write(contentsOf: Self.page, at: -1) } as? AsyncSyncError
+            #expect(negative?.errno == .badFileDescriptor && negative?.message.contains("was closed") == true,
+                    "a write at offset -1 after close(): \(String(describing: negative))")
+            let negativeDurable = await caughtError { try await file.durableWrite(contentsOf: Self.page, at: -4096) } as? AsyncSyncError
+            #expect(negativeDurable?.errno == .badFileDescriptor && negativeDurable?.operation == .durableWrite
+                        && negativeDurable?.message.contains("was closed") == true,
+                    "a durable write at offset -4096 after close(): \(String(describing: negativeDurable))")
+
+            let readOnly = try AsyncFile.open(scratch.path.appending("a"), options: [.readOnly], backend: backend)
+            try await readOnly.close()
+            let write = await caughtError { try await readOnly.write(contentsOf: Self.page, at: 0) } as? AsyncSyncError
+            #expect(write?.errno == .badFileDescriptor && write?.message.contains("was closed") == true,
+                    "a write to a closed readOnly file: \(String(describing: write))")
+            #expect(backend.requestCount == 0)
+        }
+
+        // MARK: AsyncFile: checked rules without a test before
+
+        @Test("checked: a close() that waits for an operation whose task is cancelled: the cancelled operation ends (CancellationError before submission), then the descriptor is closed once")
+        func cancelledOperationLetsCloseGoOn() async throws {
+            let scratch = try ScratchDirectory.onTmpfs()
+            let log = DescriptorLog()
+            let backend = HoldingBackend(log: log)
+            let file = try AsyncFile.open(scratch.path.appending("a"), options: [.create], backend: backend, system: log.system())
+            let fd = file.descriptorForTesting.rawValue
+            let held = Watched { try await file.fdatasync() }
+            try #require(await eventually(30) { backend.heldCount == 1 })
+            let close = Watched { try await file.close() }
+            try #require(await eventually(30) { file.closeWaiterCount == 1 })
+            held.task.cancel()  // the holding backend ignores it: the operation stays in flight
+            #expect(!close.isDone && log.closeCount == 0, "close() returned or closed under a request")
+            backend.releaseAll()
+            #expect(await eventually(30) { close.isDone && held.isDone })
+            #expect(close.succeeded && held.succeeded)
+            #expect(log.closedOnceAfterItsRequests(fd), "\(log.all)")
+        }
+
+        @Test("checked: a descriptor number reused after close() is never touched by the closed handle (operations, a second close, deinit)")
+        func reusedNumberIsNotTouched() async throws {
+            let scratch = try ScratchDirectory.onTmpfs()
+            let log = DescriptorLog()
+            let backend = HoldingBackend(log: log, holding: false)
+            var first: AsyncFile? = try AsyncFile.open(scratch.path.appending("a"), options: [.create], backend: backend,
+                                                       system: log.system())
+            let fd = first!.descriptorForTesting.rawValue
+            try await first!.close()
+            // The number is free again: the next open gets it (the lowest free number).
+            let second = try AsyncFile.open(scratch.path.appending("b"), options: [.create], backend: backend, system: log.system())
+            try #require(second.descriptorForTesting.rawValue == fd, "the number was not reused; the test shows nothing")
+            let refused = await caughtError { try await first!.fsync() } as? AsyncSyncError
+            #expect(refused?.errno == .badFileDescriptor && refused?.message.contains("was closed") == true)
+            try await first!.close()
+            first = nil  // deinit
+            #expect(log.closes(of: fd) == 1, "the closed handle closed the reused number: \(log.all)")
+            #expect(backend.requestCount == 0, "a request of the closed handle reached the backend")
+            try await second.fsync()
+            try await second.close()
+            #expect(log.closes(of: fd) == 2)
+        }
+
+        @Test("checked: syncDirectory() after close() opens the directory on a descriptor of its own and closes it after the sync returned")
+        func directorySyncAfterClose() async throws {
+            let scratch = try ScratchDirectory.onTmpfs()
+            let log = DescriptorLog()
+            let backend = HoldingBackend(log: log)
+            let file = try AsyncFile.open(scratch.path.appending("a"), options: [.create], backend: backend, system: log.system())
+            let fd = file.descriptorForTesting.rawValue
+            try await file.close()
+            let sync = Watched { try await file.syncDirectory() }
+            try #require(await eventually(30) { backend.heldCount == 1 })
+            let request = try #require(backend.requests.first)
+            #expect(request.status?.type == .directory, "the sync is of the directory")
+            let directoryFD = request.fd
+            // The file's number is free after close(): the directory's descriptor may have it.
+            let closesBefore = log.closes(of: directoryFD)
+            #expect(closesBefore == (directoryFD == fd ? 1 : 0), "the directory's descriptor was closed under its sync")
+            backend.releaseAll()
+            #expect(await eventually(30) { sync.isDone })
+            #expect(sync.succeeded)
+            #expect(log.closes(of: directoryFD) == closesBefore + 1, "the directory's descriptor is closed once, after its sync")
+            #expect(log.all.last == .closed(directoryFD))
+        }
+    }
+}
+
+#if os(Linux) && canImport(Glibc) && !ASYNC_FSYNC_PORTABLE
+extension AsyncFsyncTests.ReviewFile {
+    // MARK: The sync part of a durable write is never abandoned
+
+    // FINDING 1: a durable write whose write has been handed to the system returns
+    // CancellationError when its task is cancelled, without its sync part, if the sync part is
+    // made anywhere but the engine's own hand-over (`WriteKind.thenSync`):
+    //   - the inline path of a memory file system (PosixAIOBackend and LibaioBackend with
+    //     inlineMemoryFileSystems, the public default): `InlineSync.sync` starts with
+    //     `Task.checkCancellation()`;
+    //   - the same path with earlier writes of the descriptor incomplete
+    //     (`AIOEngine.syncAfterWrite` → `sync(…, admitted: true)`, which starts with
+    //     `Task.checkCancellation()` and installs a cancellation handler);
+    //   - the libaio backend's POSIX fallback (a file system without AIO fsync):
+    //     `PosixFallback.sync(accepted: true)` → `AIOEngine.sync` → `Task.checkCancellation()`.
+    // The bytes are in the file (in the page cache, not durable), but the caller is told
+    // CancellationError, which the contract reserves for "cancelled before the request was handed
+    // to the system; nothing is submitted" (AsyncSyncBackend, docs/errors.md "task cancelled after
+    // the write was handed to the system: … the call never returns before the write ends", and for
+    // the portable backend "its sync part is never abandoned"). The engine path of the same durable
+    // write on a disk (`thenSync`) ignores the cancellation and returns the sync's result, so the
+    // same program behaves differently on tmpfs and on a disk. A caller that takes CancellationError
+    // for "not written" (retry elsewhere, reuse the offset) finds the record in the file.
+    //
+    // Suggested fix: the sync part of a durable write is "accepted" and must not look at
+    // cancellation: give `InlineSync.sync` a `cancellable: false` for the sync part (or call
+    // `checkedBlockingSync` directly after the refusal check), make `AIOEngine.sync(…, admitted:
+    // true)` skip `Task.checkCancellation()` and arrive without a handler and without
+    // `checksCancellation` (as `handOver` does for a `thenSync` write: `task: nil`), and pass that
+    // through `PosixFallback.sync(accepted: true)`.
+
+    @Test("FINDING 1: posix, inline path (tmpfs): a durable write cancelled while its aio_write is in the system still makes its sync and succeeds")
+    func inlineDurableWriteIsNotAbandoned() async throws {
+        let scratch = try ScratchDirectory.onTmpfs()
+        guard TestEnvironment.require(scratch.fileSystemMagic == FileSystemMagic.tmpfs, "/dev/shm is not tmpfs") else { return }
+        let fd = try scratch.file("data", contents: "")
+        defer { try? fd.close() }
+        let inWrite = Flag()
+        let letGo = Flag()
+        let inlineSyncs = Counter()
+        var system = SystemCalls.live
+        system.aioWrite = { control in
+            // The submitting thread (the durable write's own) waits here: the write is being handed
+            // to the system when the test cancels its task.
+            inWrite.raise()
+            _ = blockingEventually(30) { letGo.isRaised }
+            return SystemCalls.live.aioWrite(control)
+        }
+        system.syncNow = { mode, fd in
+            _ = inlineSyncs.next()
+            return SystemCalls.live.syncNow(mode, fd)
+        }
+        let backend = try PosixAIOBackend(capacity: 4, inlineMemoryFileSystems: true, system: system)
+        let durable = Watched { try await backend.durableWrite(fd, Self.page, at: 0) }
+        let entered = await eventually(30) { inWrite.isRaised }
+        durable.task.cancel()
+        letGo.raise()
+        #expect(entered, "the durable write never reached aio_write")
+        #expect(await eventually(30) { durable.isDone })
+        #expect(try contents(fd, count: 4097) == Self.page, "the write was handed to the system and is in the file")
+        #expect(durable.succeeded, "a durable write whose write is in the file returned \(String(describing: durable.outcome))")
+        #expect(inlineSyncs.current == 1, "its sync part (an inline fdatasync) ran \(inlineSyncs.current) times")
+        await backend.shutdown()
+    }
+
+    @Test("FINDING 1: libaio, POSIX fallback (no AIO fsync): a durable write cancelled while its write is in the system still makes its sync and succeeds")
+    func fallbackDurableWriteIsNotAbandoned() async throws {
+        let directory = try ScratchDirectory.onDisk()
+        let fd = try directory.file("data", contents: "")
+        defer { try? fd.close() }
+        let door = Door()
+        door.refuseSyncs(of: fd)  // kernel AIO has no fsync for it: POSIX aio serves its syncs
+        let aioFsyncs = Counter()
+        var system = door.system
+        system.aioFsync = { mode, control in
+            _ = aioFsyncs.next()
+            return SystemCalls.live.aioFsync(mode, control)
+        }
+        let backend = try LibaioBackend(capacity: 4, system: system)
+        try await backend.fdatasync(fd)  // the file system is remembered: later syncs go to POSIX aio
+        try #require(backend.posixFileSystems.count == 1 && aioFsyncs.current == 1)
+        let durable = Watched { try await backend.durableWrite(fd, Self.page, at: 0) }
+        let held = await eventually(30) { door.heldWriteCount == 1 }
+        durable.task.cancel()
+        door.releaseWrites()
+        #expect(held, "the durable write's write never reached io_submit")
+        #expect(await eventually(30) { durable.isDone })
+        #expect(try contents(fd, count: 4097) == Self.page, "the write was handed to the system and is in the file")
+        #expect(durable.succeeded, "a durable write whose write is in the file returned \(String(describing: durable.outcome))")
+        #expect(aioFsyncs.current == 2, "its sync part (aio_fsync) was submitted \(aioFsyncs.current - 1) times")
+        await backend.shutdown()
+    }
+}
+#endif
