@@ -217,5 +217,79 @@ extension AsyncFsyncTests.ReviewFile {
         #expect(aioFsyncs.current == 2, "its sync part (aio_fsync) was submitted \(aioFsyncs.current - 1) times")
         await backend.shutdown()
     }
+
+    // FINDING 3: a write whose first part is in the file is cancelled. A write that waited for a
+    // slot has a cancellation handler; once submitted, a short write's rest is submitted again from
+    // the completion thread, and an `EAGAIN` there (other writes in flight) puts the request back
+    // first in line (`WriteState.exhausted` → `ready.prepend`). `WriteState.cancel` then finds it
+    // in the queue like a request never submitted, and the caller gets CancellationError although
+    // the first bytes were handed to the system and are in the file. Same contract as FINDING 1
+    // ("CancellationError: cancelled before the write was handed to the system"; "once handed to
+    // the system the write is never abandoned"). Shared by both engine backends.
+    //
+    // Suggested fix: `WriteState.cancel(id:descriptor:released:)` skips a request with
+    // `written > 0` (it is finished as any submitted write is); a state-machine unit test: arrive,
+    // take, complete short, exhausted, cancel → nil.
+    @Test("FINDING 3: posix: a write whose first part is in the file, put back after EAGAIN on its rest, is not cancelled: it is written whole")
+    func partlyWrittenWriteIsNotCancelled() async throws {
+        let directory = try ScratchDirectory.onDisk()
+        let fd = try directory.file("data", contents: "")
+        defer { try? fd.close() }
+        let letFirstGo = Flag()   // the completion of the write at 0
+        let letThirdGo = Flag()   // the completion of the write at 8192
+        let shortened = Flag()
+        let refusedRest = Flag()
+        let settled = Flag()
+        let submissions = Counter()
+        var system = SystemCalls.live
+        system.aioWrite = { control in
+            guard control.pointee.aio_fildes == fd.rawValue else { return SystemCalls.live.aioWrite(control) }
+            _ = submissions.next()
+            // The write at 4096 is short: the system takes its first 1024 bytes only.
+            if control.pointee.aio_offset == 4096, control.pointee.aio_nbytes == 4096, !shortened.isRaised {
+                shortened.raise()
+                control.pointee.aio_nbytes = 1024
+            }
+            // The rest of the short write (from byte 4096 + 1024) meets EAGAIN once.
+            if control.pointee.aio_offset == 5120, !refusedRest.isRaised {
+                refusedRest.raise()
+                return .failure(.resourceTemporarilyUnavailable)
+            }
+            return SystemCalls.live.aioWrite(control)
+        }
+        system.aioError = { control in
+            let status = SystemCalls.live.aioError(control)
+            guard control.pointee.aio_fildes == fd.rawValue, status != .inProgress else { return status }
+            if control.pointee.aio_offset == 0, !letFirstGo.isRaised { return .inProgress }
+            if control.pointee.aio_offset == 8192, !letThirdGo.isRaised { return .inProgress }
+            return status
+        }
+        system.aioSuspend = { list, count, timeout in
+            // The completion thread waits again only after it handled the EAGAIN of the rest.
+            if refusedRest.isRaised { settled.raise() }
+            return SystemCalls.live.aioSuspend(list, count, timeout)
+        }
+        let backend = try PosixAIOBackend(capacity: 2, system: system)  // two write slots
+        let first = Watched { try await backend.write(fd, [UInt8](repeating: 1, count: 4096), at: 0) }
+        try #require(await eventually(30) { submissions.current == 1 })
+        let third = Watched { try await backend.write(fd, [UInt8](repeating: 3, count: 4096), at: 8192) }
+        try #require(await eventually(30) { submissions.current == 2 })
+        // Both write slots are taken: this one waits for a slot, with a cancellation handler.
+        let second = Watched { try await backend.write(fd, [UInt8](repeating: 2, count: 4096), at: 4096) }
+        try #require(await eventually(30) { writeCounts(backend).incompleteWrites == 3 })
+        letThirdGo.raise()
+        let putBack = await eventually(30) { shortened.isRaised && refusedRest.isRaised && settled.isRaised }
+        second.task.cancel()
+        letFirstGo.raise()
+        #expect(putBack, "the scenario did not happen: short \(shortened.isRaised), EAGAIN \(refusedRest.isRaised)")
+        #expect(await eventually(30) { first.isDone && second.isDone && third.isDone })
+        let bytes = try contents(fd, count: 12289)
+        #expect(bytes.count == 12288 && bytes[4096..<5120].allSatisfy { $0 == 2 }, "the first 1024 bytes of the cancelled write are in the file")
+        #expect(second.succeeded, "a write whose first 1024 bytes are in the file returned \(String(describing: second.outcome))")
+        #expect(second.succeeded == bytes[5120..<8192].allSatisfy { $0 == 2 }, "written whole exactly when it succeeded")
+        #expect(first.succeeded && third.succeeded)
+        #expect(writeCounts(backend) == (0, 0))
+        await backend.shutdown()
+    }
 }
 #endif
