@@ -56,6 +56,45 @@ extension AsyncFsyncTests {
             #expect(backend.requestCount == 0)
         }
 
+        // MARK: WriteState: a partly written write is not cancelled (FINDING 3, the state machine alone)
+
+        @Test("FINDING 3 (WriteState alone): a write put back in line after part of it was written (its rest met EAGAIN) is not removed by its cancellation")
+        func writeStateKeepsPartlyWrittenWrite() async throws {
+            let parked = Parked()
+            let continuation = try await parked.make(1)[0]
+            func request(_ id: UInt64) -> WriteRequest {
+                WriteRequest(id: id, descriptor: FileDescriptor(rawValue: 5), buffer: UnsafeRawPointer(bitPattern: 0x1000)!,
+                             count: 4096, offset: Int64(id) * 4096, kind: .plain, continuation: continuation, arrival: 0)
+            }
+            var machine = WriteState(slotCount: 2)
+            var prepared: [WriteState.Prepared] = []
+            var ended: [WriteRequest] = []
+            var released: [Waiter] = []
+            _ = machine.arrive(request(1), onCompletionThread: false)
+            _ = machine.arrive(request(2), onCompletionThread: true)
+            let took = machine.takeWrites(into: &prepared)
+            #expect(took && prepared.count == 2)
+            let slots = prepared.map(\.slot)
+            slots.withUnsafeBufferPointer { machine.submitted($0) }
+            prepared.removeAll()
+            _ = machine.takeWrites(into: &prepared)  // the role is given up
+            // Write 1 completes short (1024 of 4096); its rest meets EAGAIN while write 2 is in flight.
+            guard case .retry(let rest) = machine.completed(slot: slots[0], result: .success(1024), done: &ended, released: &released) else {
+                Issue.record("a short write is continued")
+                return
+            }
+            #expect(rest.offset == 4096 + 1024 && rest.count == 3072)
+            [slots[0]].withUnsafeBufferPointer { machine.exhausted($0, into: &ended, released: &released) }
+            #expect(ended.isEmpty, "put back: write 2 is in a slot")
+            let cancelled = machine.cancel(id: 1, descriptor: 5, released: &released)
+            #expect(cancelled == nil, "a write with \(cancelled?.written ?? 0) bytes written was cancelled")
+            #expect(machine.incompleteWriteCount == 2, "\(machine.fingerprint)")
+            // A write that wrote nothing is still cancelled while it waits.
+            _ = machine.arrive(request(3), onCompletionThread: true)
+            #expect(machine.cancel(id: 3, descriptor: 5, released: &released)?.id == 3)
+            await parked.finish()
+        }
+
         // MARK: AsyncFile: checked rules without a test before
 
         @Test("checked: a close() that waits for an operation whose task is cancelled: the cancelled operation ends (CancellationError before submission), then the descriptor is closed once")

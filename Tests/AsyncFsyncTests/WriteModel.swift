@@ -252,6 +252,9 @@ struct WriteModel: CheckedModel {
         case .cancelWrite(let w):
             faultsLeft -= 1
             if let request = machine.cancel(id: UInt64(w), descriptor: config.writes[w], released: &released) {
+                if request.written > 0 {
+                    violations.append("w\(w) cancelled with \(request.written) bytes written (handed to the system)")
+                }
                 end([request], success: false, violations: &violations)
             }
         case .cancelSync(let s):

@@ -295,7 +295,10 @@ struct WriteState {
 
     // MARK: Cancellation
 
-    /// Removes write `id` of `descriptor` if it still waits for a slot.
+    /// Removes write `id` of `descriptor` if it still waits for a slot and nothing of it was
+    /// written. A request put back in line after part of it was written (a short write's rest met
+    /// `EAGAIN`) is not removed: its first bytes were handed to the system, so it is finished as
+    /// a submitted write is (a `CancellationError` would tell its caller nothing was written).
     mutating func cancel(id: UInt64, descriptor: CInt, released: inout [Waiter]) -> WriteRequest? {
         var found: Int32 = -1
         ready.forEach { index in
@@ -303,7 +306,7 @@ struct WriteState {
                 found = index
             }
         }
-        guard found >= 0 else { return nil }
+        guard found >= 0, requests[Int(found)]!.written == 0 else { return nil }
         ready.remove(found)
         return remove(found, released: &released)
     }
