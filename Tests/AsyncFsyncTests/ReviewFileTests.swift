@@ -95,6 +95,21 @@ extension AsyncFsyncTests {
             await parked.finish()
         }
 
+        @Test("FINDING 2 (AsyncFileState alone): admits is true while open, false from the first close() on, also with operations in flight")
+        func stateAdmitsUntilClose() {
+            var state = AsyncFileState<Int>()
+            #expect(state.admits)
+            let admitted = state.admit()
+            let start = state.close(waiter: 1)
+            #expect(admitted && start == .wait)
+            let late = state.admit()
+            #expect(!state.admits && !late, "closing: nothing is admitted")
+            let closer = state.finish()
+            #expect(closer == 1 && !state.admits)
+            let others = state.descriptorClosed()
+            #expect(others.isEmpty && !state.admits)
+        }
+
         // MARK: AsyncFile: checked rules without a test before
 
         @Test("checked: a close() that waits for an operation whose task is cancelled: the cancelled operation ends (CancellationError before submission), then the descriptor is closed once")

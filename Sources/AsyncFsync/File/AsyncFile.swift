@@ -29,7 +29,8 @@ import Musl
 /// - **Admission.** An operation (write, durable write, sync) is admitted only while the handle is
 ///   open. Once ``close()`` began, every new operation throws ``AsyncSyncError`` with code
 ///   ``AsyncSyncError/Code/system``, errno `EBADF`, the operation's ``AsyncSyncError/Operation`` and
-///   a message saying the file was closed; nothing reaches the system.
+///   a message saying the file was closed, whatever its arguments (a negative offset, a misaligned
+///   `O_DIRECT` request, a ``Options/readOnly`` file); nothing reaches the system.
 /// - **Close waits.** ``close()`` returns once the operations admitted before it have ended and the
 ///   descriptor is closed. Calling it again (also concurrently) waits for the same close; calling
 ///   it after the close returns at once.
@@ -473,12 +474,21 @@ public final class AsyncFile: Sendable {
     }
 
     private func admit(_ operation: AsyncSyncError.Operation) throws(AsyncSyncError) {
-        guard state.withLock({ $0.admit() }) else {
-            throw AsyncSyncError(
-                code: .system, errno: .badFileDescriptor, operation: operation, step: .request, backend: backend.kind,
-                descriptor: descriptor,
-                message: "the file \(path) was closed (AsyncFile.close()); no operation is admitted once close() began")
-        }
+        guard state.withLock({ $0.admit() }) else { throw closedError(operation) }
+    }
+
+    /// The refusal of every operation once ``close()`` began.
+    private func closedError(_ operation: AsyncSyncError.Operation) -> AsyncSyncError {
+        AsyncSyncError(
+            code: .system, errno: .badFileDescriptor, operation: operation, step: .request, backend: backend.kind,
+            descriptor: descriptor,
+            message: "the file \(path) was closed (AsyncFile.close()); no operation is admitted once close() began")
+    }
+
+    /// Once ``close()`` began, an operation is refused as closed whatever its arguments: checked
+    /// before them (admission itself comes after them, and refuses too if close() began since).
+    private func refuseIfClosed(_ operation: AsyncSyncError.Operation) throws(AsyncSyncError) {
+        guard state.withLock({ $0.admits }) else { throw closedError(operation) }
     }
 
     private func end() {
@@ -494,6 +504,7 @@ public final class AsyncFile: Sendable {
             AsyncSyncError(code: .system, errno: errno, operation: operation, step: .request, backend: backend.kind,
                            descriptor: descriptor, message: message)
         }
+        try refuseIfClosed(operation)
         if options.contains(.readOnly) {
             throw refuse(.badFileDescriptor, "the file \(path) was opened readOnly")
         }
@@ -514,6 +525,7 @@ public final class AsyncFile: Sendable {
     private func prefix(
         of buffer: borrowing AlignedBuffer, count: Int?, operation: AsyncSyncError.Operation
     ) throws(AsyncSyncError) -> UnsafeRawBufferPointer {
+        try refuseIfClosed(operation)
         let bytes = buffer.unsafeBytes
         guard let count else { return bytes }
         guard count >= 0, count <= bytes.count else {
@@ -529,6 +541,7 @@ public final class AsyncFile: Sendable {
     private func copied(
         _ bytes: some Collection<UInt8>, operation: AsyncSyncError.Operation
     ) throws(AsyncSyncError) -> (memory: UnsafeMutableRawPointer, count: Int) {
+        try refuseIfClosed(operation)
         let count = bytes.count
         let alignment = directIOAlignment.map { max($0.memoryAlignment, $0.offsetAlignment) } ?? 16
         let memory: UnsafeMutableRawPointer

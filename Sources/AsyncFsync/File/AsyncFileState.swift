@@ -10,7 +10,8 @@
 /// The rules:
 /// - **Admission.** An operation (a write, a sync, a directory sync through the handle) is
 ///   admitted only while the handle is open, and counted in flight until it ends. Once `close()`
-///   began nothing is admitted any more: the caller throws `EBADF` without touching the descriptor.
+///   began nothing is admitted any more: the caller throws `EBADF` without touching the descriptor,
+///   whatever its arguments (it looks at ``admits`` before checking them).
 /// - **Close waits.** The descriptor is closed only when no admitted operation is in flight: a
 ///   `close()` that finds operations in flight waits; the operation that ends last hands the close
 ///   to the first waiting `close()` caller (``finish()``), whose task closes the descriptor.
@@ -50,6 +51,11 @@ struct AsyncFileState<CloseWaiter> {
         inFlight += 1
         return true
     }
+
+    /// Whether ``admit()`` would admit an operation now: `false` once `close()` began. A request
+    /// looks at it before its arguments, so that once `close()` began it is refused as closed,
+    /// whatever is wrong with it besides.
+    var admits: Bool { lifecycle == .open }
 
     /// An admitted operation ended (whatever its result). Returns the `close()` caller to resume
     /// with the order to close the descriptor, when it was the last operation a `close()` waited
