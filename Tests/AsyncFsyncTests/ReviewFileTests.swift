@@ -345,5 +345,78 @@ extension AsyncFsyncTests.ReviewFile {
         #expect(writeCounts(backend) == (0, 0))
         await backend.shutdown()
     }
+
+    // MARK: The POSIX durable write: checked rules
+
+    @Test("checked: posix: a durable write whose write completes while a sync of its descriptor is in flight is not acknowledged by that sync: it waits for the next aio_fsync")
+    func durableWriteWaitsForALaterSync() async throws {
+        let directory = try ScratchDirectory.onDisk()
+        let fd = try directory.file("data", contents: "")
+        defer { try? fd.close() }
+        let firstSyncDone = Flag()
+        let aioFsyncs = Counter()
+        let aioWrites = Counter()
+        var system = SystemCalls.live
+        system.aioFsync = { mode, control in
+            if control.pointee.aio_fildes == fd.rawValue { _ = aioFsyncs.next() }
+            return SystemCalls.live.aioFsync(mode, control)
+        }
+        system.aioWrite = { control in
+            if control.pointee.aio_fildes == fd.rawValue { _ = aioWrites.next() }
+            return SystemCalls.live.aioWrite(control)
+        }
+        system.aioError = { control in
+            let status = SystemCalls.live.aioError(control)
+            // The first sync of the file (a sync's control block has no buffer) stays in flight.
+            guard control.pointee.aio_fildes == fd.rawValue, control.pointee.aio_buf == nil, status != .inProgress,
+                  !firstSyncDone.isRaised else { return status }
+            return .inProgress
+        }
+        let backend = try PosixAIOBackend(capacity: 4, system: system)
+        let sync = Watched { try await backend.fdatasync(fd) }
+        try #require(await eventually(30) { aioFsyncs.current == 1 })
+        let durable = Watched { try await backend.durableWrite(fd, Self.page, at: 0) }
+        // Its write completes; its sync part waits for the descriptor's next sync.
+        let waits = await eventually(30) { aioWrites.current == 1 && writeCounts(backend) == (0, 0) && waiting(backend) == 1 }
+        #expect(waits, "\(engineSummary(backend))")
+        #expect(!durable.isDone && aioFsyncs.current == 1, "acknowledged by a sync that started before its write completed")
+        firstSyncDone.raise()
+        #expect(await eventually(30) { sync.isDone && durable.isDone })
+        #expect(sync.succeeded && durable.succeeded)
+        #expect(aioFsyncs.current == 2, "its own aio_fsync after its write: \(aioFsyncs.current) in all")
+        #expect(try contents(fd, count: 4097) == Self.page)
+        await backend.shutdown()
+    }
+
+    @Test("checked: posix: a durable write whose aio_write fails (EIO) reports the write's failure (operation .write), makes no aio_fsync, records nothing; the file's next durable write succeeds")
+    func durableWriteWhoseWriteFailsIsNotSticky() async throws {
+        let directory = try ScratchDirectory.onDisk()
+        let fd = try directory.file("data", contents: "")
+        defer { try? fd.close() }
+        let failed = Flag()
+        let aioFsyncs = Counter()
+        var system = SystemCalls.live
+        system.aioFsync = { mode, control in
+            if control.pointee.aio_fildes == fd.rawValue { _ = aioFsyncs.next() }
+            return SystemCalls.live.aioFsync(mode, control)
+        }
+        system.aioError = { control in
+            let status = SystemCalls.live.aioError(control)
+            guard control.pointee.aio_fildes == fd.rawValue, control.pointee.aio_buf != nil, status == .succeeded,
+                  !failed.isRaised else { return status }
+            failed.raise()
+            return .failed(.ioError)
+        }
+        let backend = try PosixAIOBackend(capacity: 4, system: system)
+        let error = await caughtError { try await backend.durableWrite(fd, Self.page, at: 0) } as? AsyncSyncError
+        #expect(error?.code == .system && error?.errno == .ioError && error?.operation == .write && error?.step == .completion,
+                "\(String(describing: error))")
+        #expect(error?.isDurabilityFailure == false)
+        #expect(aioFsyncs.current == 0, "no sync part after a failed write")
+        #expect(try backend.clearFailure(of: fd) == false, "nothing recorded against the file")
+        try await backend.durableWrite(fd, Self.page, at: 0)
+        #expect(aioFsyncs.current == 1)
+        await backend.shutdown()
+    }
 }
 #endif
