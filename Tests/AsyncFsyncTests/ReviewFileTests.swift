@@ -418,5 +418,50 @@ extension AsyncFsyncTests.ReviewFile {
         #expect(aioFsyncs.current == 1)
         await backend.shutdown()
     }
+
+    @Test("checked: posix: shutdown() between a durable write's aio_write and its sync: the sync part still runs (engine on a disk, inline on tmpfs), the write succeeds, shutdown() returns after it, later requests are refused")
+    func shutdownBetweenWriteAndSync() async throws {
+        for place in ["disk", "tmpfs"] {
+            let scratch = try place == "disk" ? ScratchDirectory.onDisk() : ScratchDirectory.onTmpfs()
+            if place == "tmpfs", !TestEnvironment.require(scratch.fileSystemMagic == FileSystemMagic.tmpfs, "/dev/shm is not tmpfs") {
+                continue
+            }
+            let fd = try scratch.file("data", contents: "")
+            defer { try? fd.close() }
+            let inWrite = Flag()
+            let letGo = Flag()
+            let syncs = Counter()
+            var system = SystemCalls.live
+            system.aioWrite = { control in
+                if control.pointee.aio_fildes == fd.rawValue {
+                    inWrite.raise()
+                    _ = blockingEventually(30) { letGo.isRaised }
+                }
+                return SystemCalls.live.aioWrite(control)
+            }
+            system.aioFsync = { mode, control in
+                if control.pointee.aio_fildes == fd.rawValue { _ = syncs.next() }
+                return SystemCalls.live.aioFsync(mode, control)
+            }
+            system.syncNow = { mode, descriptor in
+                if descriptor == fd.rawValue { _ = syncs.next() }
+                return SystemCalls.live.syncNow(mode, descriptor)
+            }
+            let backend = try PosixAIOBackend(capacity: 4, inlineMemoryFileSystems: place == "tmpfs", system: system)
+            let durable = Watched { try await backend.durableWrite(fd, Self.page, at: 0) }
+            let entered = await eventually(30) { inWrite.isRaised }
+            let shutdown = Watched { await backend.shutdown() }
+            let refusing = await eventually(30) { !isAcceptingRequests(backend) }
+            let late = await caughtError { try await backend.fdatasync(fd) } as? AsyncSyncError
+            #expect(entered && refusing, "\(place)")
+            #expect(late?.code == .shutDown, "\(place): a sync after shutdown(): \(String(describing: late))")
+            #expect(!shutdown.isDone, "\(place): shutdown() returned before the durable write it accepted")
+            letGo.raise()
+            #expect(await eventually(30) { durable.isDone && shutdown.isDone }, "\(place)")
+            #expect(durable.succeeded, "\(place): \(String(describing: durable.outcome))")
+            #expect(syncs.current == 1, "\(place): its sync part ran \(syncs.current) times")
+            #expect(try contents(fd, count: 4097) == Self.page, "\(place)")
+        }
+    }
 }
 #endif
