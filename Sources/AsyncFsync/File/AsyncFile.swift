@@ -485,10 +485,11 @@ public final class AsyncFile: Sendable {
             message: "the file \(path) was closed (AsyncFile.close()); no operation is admitted once close() began")
     }
 
-    /// Once ``close()`` began, an operation is refused as closed whatever its arguments: checked
-    /// before them (admission itself comes after them, and refuses too if close() began since).
-    private func refuseIfClosed(_ operation: AsyncSyncError.Operation) throws(AsyncSyncError) {
-        guard state.withLock({ $0.admits }) else { throw closedError(operation) }
+    /// The error of a request refused before its admission: once ``close()`` began it is refused
+    /// as closed, whatever else is wrong with it; otherwise `error`. (Looked at only when a check
+    /// fails, so a valid request takes no extra lock; admission refuses it if close() began since.)
+    private func refusal(_ error: AsyncSyncError, _ operation: AsyncSyncError.Operation) -> AsyncSyncError {
+        state.withLock { $0.admits } ? error : closedError(operation)
     }
 
     private func end() {
@@ -501,10 +502,9 @@ public final class AsyncFile: Sendable {
     /// `O_DIRECT` request.
     private func check(_ bytes: UnsafeRawBufferPointer, offset: Int64, operation: AsyncSyncError.Operation) throws(AsyncSyncError) {
         func refuse(_ errno: Errno, _ message: String) -> AsyncSyncError {
-            AsyncSyncError(code: .system, errno: errno, operation: operation, step: .request, backend: backend.kind,
-                           descriptor: descriptor, message: message)
+            refusal(AsyncSyncError(code: .system, errno: errno, operation: operation, step: .request, backend: backend.kind,
+                                   descriptor: descriptor, message: message), operation)
         }
-        try refuseIfClosed(operation)
         if options.contains(.readOnly) {
             throw refuse(.badFileDescriptor, "the file \(path) was opened readOnly")
         }
@@ -518,20 +518,19 @@ public final class AsyncFile: Sendable {
             var failure = error
             failure.operation = operation
             failure.backend = backend.kind
-            throw failure
+            throw refusal(failure, operation)
         }
     }
 
     private func prefix(
         of buffer: borrowing AlignedBuffer, count: Int?, operation: AsyncSyncError.Operation
     ) throws(AsyncSyncError) -> UnsafeRawBufferPointer {
-        try refuseIfClosed(operation)
         let bytes = buffer.unsafeBytes
         guard let count else { return bytes }
         guard count >= 0, count <= bytes.count else {
-            throw AsyncSyncError(
+            throw refusal(AsyncSyncError(
                 code: .system, errno: .invalidArgument, operation: operation, step: .request, backend: backend.kind,
-                descriptor: descriptor, message: "count \(count) is outside the buffer (\(bytes.count) bytes)")
+                descriptor: descriptor, message: "count \(count) is outside the buffer (\(bytes.count) bytes)"), operation)
         }
         return UnsafeRawBufferPointer(rebasing: bytes[..<count])
     }
@@ -541,16 +540,16 @@ public final class AsyncFile: Sendable {
     private func copied(
         _ bytes: some Collection<UInt8>, operation: AsyncSyncError.Operation
     ) throws(AsyncSyncError) -> (memory: UnsafeMutableRawPointer, count: Int) {
-        try refuseIfClosed(operation)
         let count = bytes.count
         let alignment = directIOAlignment.map { max($0.memoryAlignment, $0.offsetAlignment) } ?? 16
         let memory: UnsafeMutableRawPointer
         switch system_aligned_allocate(max(count, 1), alignment) {
         case .success(let allocated): memory = allocated
         case .failure(let errno):
-            throw AsyncSyncError(
+            throw refusal(AsyncSyncError(
                 code: .system, errno: errno, operation: operation, step: .request, backend: backend.kind,
-                descriptor: descriptor, systemCall: "posix_memalign", message: "cannot copy \(count) bytes to write")
+                descriptor: descriptor, systemCall: "posix_memalign", message: "cannot copy \(count) bytes to write"),
+                operation)
         }
         UnsafeMutableRawBufferPointer(start: memory, count: count).copyBytes(from: bytes)
         return (memory, count)

@@ -11,7 +11,7 @@
 /// - **Admission.** An operation (a write, a sync, a directory sync through the handle) is
 ///   admitted only while the handle is open, and counted in flight until it ends. Once `close()`
 ///   began nothing is admitted any more: the caller throws `EBADF` without touching the descriptor,
-///   whatever its arguments (it looks at ``admits`` before checking them).
+///   whatever its arguments (a request whose arguments are refused looks at ``admits`` first).
 /// - **Close waits.** The descriptor is closed only when no admitted operation is in flight: a
 ///   `close()` that finds operations in flight waits; the operation that ends last hands the close
 ///   to the first waiting `close()` caller (``finish()``), whose task closes the descriptor.
@@ -53,8 +53,8 @@ struct AsyncFileState<CloseWaiter> {
     }
 
     /// Whether ``admit()`` would admit an operation now: `false` once `close()` began. A request
-    /// looks at it before its arguments, so that once `close()` began it is refused as closed,
-    /// whatever is wrong with it besides.
+    /// whose arguments are refused looks at it first, so that once `close()` began it is refused
+    /// as closed, whatever is wrong with it besides.
     var admits: Bool { lifecycle == .open }
 
     /// An admitted operation ended (whatever its result). Returns the `close()` caller to resume
