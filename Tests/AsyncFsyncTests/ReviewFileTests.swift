@@ -27,7 +27,7 @@ extension AsyncFsyncTests {
 
         // MARK: AsyncFile: admission once close() began
 
-        // FINDING 2 (minor): `AsyncFile` checks its arguments (a negative offset, a readOnly file, an
+        // FINDING 2 (minor; fixed): `AsyncFile` checks its arguments (a negative offset, a readOnly file, an
         // O_DIRECT misalignment) before it asks for admission, so once close() began such a request
         // is not refused as closed: it gets EINVAL "offset -1 is negative" or EBADF "opened readOnly".
         // The documented rule (AsyncFile "Admission", docs/design.md "The file handle", docs/errors.md
@@ -203,12 +203,11 @@ extension AsyncFsyncTests.ReviewFile {
     // same program behaves differently on tmpfs and on a disk. A caller that takes CancellationError
     // for "not written" (retry elsewhere, reuse the offset) finds the record in the file.
     //
-    // Suggested fix: the sync part of a durable write is "accepted" and must not look at
-    // cancellation: give `InlineSync.sync` a `cancellable: false` for the sync part (or call
-    // `checkedBlockingSync` directly after the refusal check), make `AIOEngine.sync(…, admitted:
-    // true)` skip `Task.checkCancellation()` and arrive without a handler and without
-    // `checksCancellation` (as `handOver` does for a `thenSync` write: `task: nil`), and pass that
-    // through `PosixFallback.sync(accepted: true)`.
+    // Fixed: the sync part of a durable write is not cancellable on any path:
+    // `InlineSync.sync(cancellable: false)`, `AIOEngine.sync(cancellable: false)` (no
+    // `Task.checkCancellation()`, no handler, no task kept, `isCancelled` false: as `handOver`
+    // does for a `thenSync` write) from `syncAfterWrite`, and `PosixFallback.sync(cancellable:
+    // false)` from the libaio backend's durable paths.
 
     @Test("FINDING 1: posix, inline path (tmpfs): a durable write cancelled while its aio_write is in the system still makes its sync and succeeds")
     func inlineDurableWriteIsNotAbandoned() async throws {
@@ -241,6 +240,54 @@ extension AsyncFsyncTests.ReviewFile {
         #expect(try contents(fd, count: 4097) == Self.page, "the write was handed to the system and is in the file")
         #expect(durable.succeeded, "a durable write whose write is in the file returned \(String(describing: durable.outcome))")
         #expect(inlineSyncs.current == 1, "its sync part (an inline fdatasync) ran \(inlineSyncs.current) times")
+        await backend.shutdown()
+    }
+
+    @Test("FINDING 1: posix, inline path (tmpfs) with an earlier write incomplete: a cancelled durable write whose write is in the file waits for that write, syncs through POSIX aio and succeeds")
+    func inlineDurableWriteHeldBehindAWriteIsNotAbandoned() async throws {
+        let scratch = try ScratchDirectory.onTmpfs()
+        guard TestEnvironment.require(scratch.fileSystemMagic == FileSystemMagic.tmpfs, "/dev/shm is not tmpfs") else { return }
+        let fd = try scratch.file("data", contents: "")
+        defer { try? fd.close() }
+        let earlierDone = Flag()    // the completion of the plain write at 0
+        let inWrite = Flag()        // the durable write's aio_write (at 4096) is being called
+        let letGo = Flag()
+        let aioFsyncs = Counter()
+        var system = SystemCalls.live
+        system.aioWrite = { control in
+            if control.pointee.aio_fildes == fd.rawValue, control.pointee.aio_offset == 4096 {
+                inWrite.raise()
+                _ = blockingEventually(30) { letGo.isRaised }
+            }
+            return SystemCalls.live.aioWrite(control)
+        }
+        system.aioError = { control in
+            let status = SystemCalls.live.aioError(control)
+            guard control.pointee.aio_fildes == fd.rawValue, control.pointee.aio_offset == 0,
+                  control.pointee.aio_nbytes == 4096, status != .inProgress, !earlierDone.isRaised else { return status }
+            return .inProgress  // the earlier write stays incomplete until the test lets it end
+        }
+        system.aioFsync = { mode, control in
+            if control.pointee.aio_fildes == fd.rawValue { _ = aioFsyncs.next() }
+            return SystemCalls.live.aioFsync(mode, control)
+        }
+        let backend = try PosixAIOBackend(capacity: 4, inlineMemoryFileSystems: true, system: system)
+        let earlier = Watched { try await backend.write(fd, [UInt8](repeating: 1, count: 4096), at: 0) }
+        try #require(await eventually(30) { writeCounts(backend).incompleteWrites == 1 })
+        let durable = Watched { try await backend.durableWrite(fd, Self.page, at: 4096) }
+        let entered = await eventually(30) { inWrite.isRaised }
+        durable.task.cancel()
+        letGo.raise()
+        #expect(entered, "the durable write never reached aio_write")
+        // Its write completes; its sync part waits for the earlier write (held in the engine).
+        let heldBehind = await eventually(30) { writeCounts(backend) == (1, 1) || durable.isDone }
+        earlierDone.raise()
+        #expect(heldBehind)
+        #expect(await eventually(30) { durable.isDone && earlier.isDone })
+        #expect(earlier.succeeded)
+        #expect(try contents(fd, count: 8193).suffix(4096) == ArraySlice(Self.page), "the durable write's bytes are in the file")
+        #expect(durable.succeeded, "a durable write whose write is in the file returned \(String(describing: durable.outcome))")
+        #expect(aioFsyncs.current == 1, "its sync part (aio_fsync, behind the earlier write) was submitted \(aioFsyncs.current) times")
         await backend.shutdown()
     }
 
@@ -281,9 +328,8 @@ extension AsyncFsyncTests.ReviewFile {
     // ("CancellationError: cancelled before the write was handed to the system"; "once handed to
     // the system the write is never abandoned"). Shared by both engine backends.
     //
-    // Suggested fix: `WriteState.cancel(id:descriptor:released:)` skips a request with
-    // `written > 0` (it is finished as any submitted write is); a state-machine unit test: arrive,
-    // take, complete short, exhausted, cancel → nil.
+    // Fixed: `WriteState.cancel(id:descriptor:released:)` leaves a request with `written > 0`
+    // alone (it is finished as any submitted write is); `WriteModel` checks it.
     @Test("FINDING 3: posix: a write whose first part is in the file, put back after EAGAIN on its rest, is not cancelled: it is written whole")
     func partlyWrittenWriteIsNotCancelled() async throws {
         let directory = try ScratchDirectory.onDisk()
