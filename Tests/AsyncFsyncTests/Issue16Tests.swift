@@ -260,6 +260,8 @@ extension AsyncFsyncTests {
                 let file = try directory.file("closed")
                 try file.close()
                 let error = await caughtError { try await AsyncSync.shared.fdatasync(file) } as? AsyncSyncError
+                // exit(3) runs no deinit: the scratch directory is removed here, not left behind.
+                try? FileManager.default.removeItem(atPath: directory.path.string)
                 exit(error?.errno == .badFileDescriptor ? 0 : 3)
             }
         }

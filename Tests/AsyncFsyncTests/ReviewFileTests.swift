@@ -56,6 +56,35 @@ extension AsyncFsyncTests {
             #expect(backend.requestCount == 0)
         }
 
+        // MARK: AsyncFile.open: a refused O_DIRECT open leaves no file it created
+
+        /// Noticed by the review (not a numbered finding): `open([.create, .exclusive, .direct])`
+        /// refused after the file was created (the file system reports no `O_DIRECT` alignment)
+        /// closed the descriptor but left the new, empty file, so the caller's retry failed with
+        /// `EEXIST`. A file the call created is removed again; one that existed is kept.
+        @Test("a refused O_DIRECT open removes the file its exclusive create made, and keeps a file that existed")
+        func refusedDirectOpenLeavesNoFile() async throws {
+            let scratch = try ScratchDirectory.onDisk()
+            var system = SystemCalls.live
+            system.directIOAlignment = { _ in .success(DirectIOReport(reported: true, memoryAlignment: 0, offsetAlignment: 0, blockSize: 4096)) }
+            let created = scratch.path.appending("created")
+            let refused = #expect(throws: AsyncSyncError.self) {
+                _ = try AsyncFile.open(created, options: [.create, .exclusive, .direct], backend: AsyncSync.shared, system: system)
+            }
+            #expect(refused?.operation == .open && refused?.errno == .invalidArgument, "\(String(describing: refused))")
+            #expect(!FileManager.default.fileExists(atPath: created.string), "the file the refused open created is still there")
+            // A retry without O_DIRECT creates it: no EEXIST from the refused attempt.
+            let file = try AsyncFile.open(created, options: [.create, .exclusive], backend: AsyncSync.shared)
+            try await file.close()
+
+            let existing = scratch.path.appending("existing")
+            try scratch.file("existing", contents: "kept").close()
+            #expect(throws: AsyncSyncError.self) {
+                _ = try AsyncFile.open(existing, options: [.create, .direct], backend: AsyncSync.shared, system: system)
+            }
+            #expect(FileManager.default.fileExists(atPath: existing.string), "a file that existed before the open was removed")
+        }
+
         // MARK: WriteState: a partly written write is not cancelled (FINDING 3, the state machine alone)
 
         @Test("FINDING 3 (WriteState alone): a write put back in line after part of it was written (its rest met EAGAIN) is not removed by its cancellation")

@@ -138,7 +138,7 @@ public final class AsyncFile: Sendable {
     /// - Throws: ``AsyncSyncError`` with operation ``AsyncSyncError/Operation/open``: code
     ///   ``AsyncSyncError/Code/system`` with `open(2)`'s errno (`ENOENT`, `EEXIST` for
     ///   ``Options/exclusive``, `EACCES`, `EINVAL` where the file system refuses `O_DIRECT`, …) or
-    ///   `statx(2)`'s; code ``AsyncSyncError/Code/invalidConfiguration`` for options that do not go
+    ///   `statx(2)`'s (a file that ``Options/exclusive`` created is removed again then); code ``AsyncSyncError/Code/invalidConfiguration`` for options that do not go
     ///   together (``Options/exclusive`` without ``Options/create``, ``Options/truncate`` with
     ///   ``Options/readOnly``, ``Options/direct`` where the system has no `O_DIRECT`).
     public static func open(
@@ -186,6 +186,9 @@ public final class AsyncFile: Sendable {
             do {
                 alignment = try DirectIOAlignment.of(descriptor, system: system)
             } catch {
+                // A file this call created (exclusive) is removed again, so that the caller's retry
+                // does not fail with EEXIST on a file nobody wrote (review-file).
+                if options.contains(.exclusive) { _ = system_unlink(path.string) }
                 _ = system.close(fd)
                 var failure = error
                 failure.operation = .open
