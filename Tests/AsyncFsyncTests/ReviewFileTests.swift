@@ -538,5 +538,81 @@ extension AsyncFsyncTests.ReviewFile {
             #expect(try contents(fd, count: 4097) == Self.page, "\(place)")
         }
     }
+    // MARK: The POSIX hub's watch list (noticed by the review, not a numbered finding)
+
+    /// Writes the table accepts without glibc: in flight until ``release()``, then done whole.
+    final class FakeWrites: @unchecked Sendable {  // state under `lock`
+        private let lock = NSLock()
+        private var accepted: Set<Int> = []
+        private var released = false
+        private var largestSuspend: CInt = 0
+        private var suspends = 0
+
+        func accept(_ control: UnsafeMutablePointer<aiocb>) -> Result<Void, Errno> {
+            lock.withLock { _ = accepted.insert(Int(bitPattern: control)) }
+            return .success(())
+        }
+        func status(_ control: UnsafePointer<aiocb>) -> AIOStatus? {
+            lock.withLock { accepted.contains(Int(bitPattern: control)) ? (released ? .succeeded : .inProgress) : nil }
+        }
+        func result(_ control: UnsafeMutablePointer<aiocb>) -> Result<Int, Errno>? {
+            lock.withLock { accepted.remove(Int(bitPattern: control)) != nil ? .success(Int(control.pointee.aio_nbytes)) : nil }
+        }
+        /// Notes a call's list length; whether the fake writes are still held.
+        func noteSuspend(_ count: CInt) -> Bool {
+            lock.withLock {
+                largestSuspend = max(largestSuspend, count)
+                suspends += 1
+                return !released && !accepted.isEmpty
+            }
+        }
+        func release() { lock.withLock { released = true } }
+        var inFlight: Int { lock.withLock { released ? 0 : accepted.count } }
+        var largest: CInt { lock.withLock { largestSuspend } }
+        var suspendCalls: Int { lock.withLock { suspends } }
+    }
+
+    /// glibc's `aio_suspend(3)` puts two arrays of the list's length on the calling thread's stack
+    /// (about 48 bytes an entry): the hub passed every in-flight control block of every POSIX
+    /// engine, so 2 × 65 536 requests per backend at the largest capacity, and more with several
+    /// backends, would overflow the hub thread's 8 MiB stack. The hub now watches at most
+    /// `CompletionHub.maxWatched` of them and looks again every millisecond; it still reaps every
+    /// completion, watched or not. Before, it gave 4 297 control blocks to one call here.
+    @Test("a POSIX hub with more requests in flight than it watches gives aio_suspend(3) at most CompletionHub.maxWatched of them (and its doorbell), and every request completes")
+    func hubWatchListIsCapped() async throws {
+        let scratch = try ScratchDirectory.onDisk()
+        let fd = try scratch.file("data", contents: "")
+        defer { try? fd.close() }
+        let fake = FakeWrites()
+        let target = fd.rawValue
+        var system = SystemCalls.live
+        system.aioWrite = { control in
+            control.pointee.aio_fildes == target ? fake.accept(control) : SystemCalls.live.aioWrite(control)
+        }
+        system.aioError = { control in fake.status(control) ?? SystemCalls.live.aioError(control) }
+        system.aioReturn = { control in fake.result(control) ?? SystemCalls.live.aioReturn(control) }
+        system.aioSuspend = { list, count, timeout in
+            if fake.noteSuspend(count) {
+                // The fake requests are not glibc's: a round without glibc, a millisecond long.
+                usleep(1000)
+                return .failure(.resourceTemporarilyUnavailable)
+            }
+            return SystemCalls.live.aioSuspend(list, count, timeout)
+        }
+        let count = CompletionHub.maxWatched + 200
+        let backend = try PosixAIOBackend(capacity: count + 8, inlineMemoryFileSystems: false, system: system)
+        let page = [UInt8](repeating: 0x33, count: 512)
+        let writes = (0..<count).map { index in Watched { try await backend.write(fd, page, at: Int64(index) * 512) } }
+        #expect(await eventually(30) { fake.inFlight == count }, "\(fake.inFlight) of \(count) writes in flight")
+        let callsBefore = fake.suspendCalls
+        #expect(await eventually(30) { fake.suspendCalls > callsBefore + 2 }, "the hub waits again with all of them in flight")
+        fake.release()
+        #expect(await eventually(30) { writes.filter(\.isDone).count == count }, "every write completes, watched or not")
+        let succeeded = writes.filter(\.succeeded).count
+        #expect(succeeded == count, "\(succeeded) of \(count) writes succeeded")
+        #expect(fake.largest <= CInt(CompletionHub.maxWatched + 1),
+                "aio_suspend(3) was given \(fake.largest) control blocks for \(count) requests in flight")
+        await backend.shutdown()
+    }
 }
 #endif

@@ -86,6 +86,18 @@ final class CompletionHub: TaskExecutor, @unchecked Sendable {
     /// doorbell's read occupies one of glibc's helpers, and with a single helper (`aio_init(3)`)
     /// a request submitted while the hub was awake would wait behind it forever.
     static var starvationTimeout: timespec { timespec(tv_sec: 0, tv_nsec: 200_000_000) }
+    /// The most control blocks one `aio_suspend(3)` is given. glibc puts two arrays of the list's
+    /// length on the calling thread's stack (about 48 bytes an entry): the hub's engines together
+    /// may have 2 × 65 536 requests in flight each, which would overflow the thread's stack. With
+    /// more in flight the hub watches this many and looks again every ``cappedTimeout``; each look
+    /// reaps every engine's completions (``HubClient/reapCompletions()`` reads every submitted
+    /// request's status), watched or not.
+    static let maxWatched = 4096
+    /// How long the POSIX hub waits when it watches only ``maxWatched`` of its requests.
+    static var cappedTimeout: timespec { timespec(tv_sec: 0, tv_nsec: 1_000_000) }
+    /// Rounds of ``cappedTimeout`` after which the hub frees glibc's helper from the doorbell's
+    /// read, as one ``starvationTimeout`` would (200 × 1 ms).
+    static let cappedRoundsPerStarvation = 200
 
     // MARK: The hubs of the process
 
@@ -389,11 +401,16 @@ final class CompletionHub: TaskExecutor, @unchecked Sendable {
     @exclusivity(unchecked) private nonisolated(unsafe) var watchList: [UnsafePointer<aiocb>?] = []
     /// Rounds in a row in which `aio_suspend(3)` returned without a timeout (hub thread only).
     @exclusivity(unchecked) private nonisolated(unsafe) var immediateReturns = 0
+    /// Rounds in a row that timed out with the list capped at ``maxWatched`` (hub thread only).
+    @exclusivity(unchecked) private nonisolated(unsafe) var cappedTimeouts = 0
 
     /// POSIX: `aio_suspend(3)` on every engine's submitted control blocks plus the doorbell.
     private func suspendOnList(_ clients: [any HubClient]) {
         watchList.removeAll(keepingCapacity: true)
         for client in clients { client.appendWatched(to: &watchList) }
+        // Too many in flight for one aio_suspend(3): watch the first ones, look again soon.
+        let capped = watchList.count > Self.maxWatched
+        if capped { watchList.removeSubrange(Self.maxWatched...) } else { cappedTimeouts = 0 }
         let watching = watchList.count
         if doorbellArmed {
             watchList.append(UnsafePointer(doorbell!))
@@ -403,12 +420,17 @@ final class CompletionHub: TaskExecutor, @unchecked Sendable {
         } else if doorbellArmed && watching == 0 {
             _ = system.aioSuspend(watchList, CInt(watchList.count), nil)
         } else if doorbellArmed {
-            var timeout = Self.starvationTimeout
+            var timeout = capped ? Self.cappedTimeout : Self.starvationTimeout
             let suspended = system.aioSuspend(watchList, CInt(watchList.count), &timeout)
             if case .failure(.resourceTemporarilyUnavailable) = suspended {
-                // Timed out with requests in flight: free glibc's helper from the doorbell's read.
-                var one: UInt64 = 1
-                _ = withUnsafeBytes(of: &one) { system.write(eventDescriptor, $0.baseAddress!, $0.count) }
+                // Timed out with requests in flight: free glibc's helper from the doorbell's read
+                // (capped: once the short rounds add up to a starvation timeout).
+                if capped { cappedTimeouts += 1 }
+                if !capped || cappedTimeouts >= Self.cappedRoundsPerStarvation {
+                    cappedTimeouts = 0
+                    var one: UInt64 = 1
+                    _ = withUnsafeBytes(of: &one) { system.write(eventDescriptor, $0.baseAddress!, $0.count) }
+                }
                 immediateReturns = 0
             } else if case .success = suspended {
                 // A watched request that reads as done while its engine's look finds nothing to take
@@ -425,7 +447,7 @@ final class CompletionHub: TaskExecutor, @unchecked Sendable {
                 }
             }
         } else {
-            var timeout = Self.unarmedTimeout
+            var timeout = capped ? Self.cappedTimeout : Self.unarmedTimeout
             _ = system.aioSuspend(watchList, CInt(watchList.count), &timeout)
         }
         // The doorbell rang (or was never armed): take its read and arm it again.
