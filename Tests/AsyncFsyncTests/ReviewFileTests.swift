@@ -614,5 +614,34 @@ extension AsyncFsyncTests.ReviewFile {
                 "aio_suspend(3) was given \(fake.largest) control blocks for \(count) requests in flight")
         await backend.shutdown()
     }
+    /// Noticed by the review (not a numbered finding): `syncDirectory()` opened the directory of
+    /// ``AsyncFile/path`` as given, so after a `chdir(2)` a relative path named another directory
+    /// (or none). The directory is now resolved at open.
+    @Test("syncDirectory() of a file opened at a relative path syncs its directory after the process changed its working directory")
+    func relativeDirectorySyncAfterChdir() async throws {
+        let scratch = try ScratchDirectory.onDisk()
+        let home = try #require(system_getcwd())
+        let absolute = scratch.path.isAbsolute ? scratch.path : FilePath(home).pushing(scratch.path)
+        try FileManager.default.createDirectory(atPath: absolute.appending("elsewhere").string, withIntermediateDirectories: false)
+        try FileManager.default.createDirectory(atPath: absolute.appending("elsewhere/sub").string, withIntermediateDirectories: false)
+        #expect(chdir(absolute.string) == 0)
+        defer { _ = chdir(home) }
+        let log = DescriptorLog()
+        let backend = HoldingBackend(log: log, holding: false)
+        // "sub/file" names elsewhere/sub/file only from `elsewhere`; from the scratch directory it
+        // names a directory that does not exist, and after the chdir below, "sub" is elsewhere/sub.
+        #expect(chdir("elsewhere") == 0)
+        let file = try AsyncFile.open("sub/file", options: [.create], backend: backend, system: log.system())
+        #expect(chdir(absolute.string) == 0)
+        try FileManager.default.createDirectory(atPath: absolute.appending("sub").string, withIntermediateDirectories: false)
+        try await file.syncDirectory()
+        try await file.close()
+        let directory = try FileDescriptor.open(absolute.appending("elsewhere/sub"), .readOnly)
+        let expected = try system_fstat_status(directory.rawValue).get()
+        try directory.close()
+        let requests = backend.requests
+        #expect(requests.count == 1 && requests.first?.status == expected,
+                "the fsync went to the directory that held the file at open (elsewhere/sub), not ./sub: \(requests)")
+    }
 }
 #endif

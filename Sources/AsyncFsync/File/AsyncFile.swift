@@ -91,6 +91,9 @@ public final class AsyncFile: Sendable {
 
     private let descriptor: FileDescriptor
     private let system: SystemCalls
+    /// The directory that holds ``path``, made absolute at open: ``syncDirectory()`` syncs it even
+    /// after the process changed its working directory.
+    private let directory: FilePath
     private let state = Locked(AsyncFileState<UnsafeContinuation<CloseTurn, Never>>())
 
     /// What a waiting ``close()`` caller is resumed with.
@@ -107,6 +110,7 @@ public final class AsyncFile: Sendable {
     ) {
         self.descriptor = descriptor
         self.path = path
+        self.directory = Self.directory(containing: path, relativeTo: path.isAbsolute ? nil : system_getcwd())
         self.options = options
         self.directIOAlignment = directIOAlignment
         self.backend = backend
@@ -340,7 +344,12 @@ public final class AsyncFile: Sendable {
 
     /// Makes the entry of this file in its directory durable: an `fsync(2)` of the directory that
     /// holds ``path``, through ``backend``. Call it after creating the file (and after renaming it,
-    /// with ``syncDirectory(containing:backend:)`` for the new path).
+    /// with ``syncDirectory(containing:backend:)`` for the new path, and for the old one when the
+    /// rename crossed directories).
+    ///
+    /// A relative ``path`` is resolved against the working directory at open, so a later
+    /// `chdir(2)` does not change which directory this syncs. The directory is the one that holds
+    /// the entry named by ``path``: for a path through a symbolic link, the link's directory.
     ///
     /// It opens the directory on its own descriptor, so it does not use the file's and works after
     /// ``close()`` too.
@@ -348,7 +357,16 @@ public final class AsyncFile: Sendable {
     /// - Throws: ``AsyncSyncError``: operation ``AsyncSyncError/Operation/open`` when the directory
     ///   cannot be opened, else what ``AsyncSyncBackend/sync(_:mode:)`` throws.
     public func syncDirectory() async throws {
-        try await Self.syncDirectory(containing: path, backend: backend, system: system)
+        try await Self.syncDirectory(at: directory, backend: backend, system: system)
+    }
+
+    /// The directory that holds `path`, resolved against `workingDirectory` when it is relative
+    /// (and `workingDirectory` could be named).
+    static func directory(containing path: FilePath, relativeTo workingDirectory: String?) -> FilePath {
+        var directory = path.removingLastComponent()
+        if directory.isEmpty { directory = "." }
+        guard !directory.isAbsolute, let workingDirectory else { return directory }
+        return FilePath(workingDirectory).pushing(directory)  // not normalized: ".." after a link is the kernel's to resolve
     }
 
     /// Makes the directory entry of `path` durable: an `fsync(2)` of the directory that holds it.
@@ -381,9 +399,7 @@ public final class AsyncFile: Sendable {
     }
 
     static func syncDirectory(containing path: FilePath, backend: any AsyncSyncBackend, system: SystemCalls) async throws {
-        var directory = path.removingLastComponent()
-        if directory.isEmpty { directory = "." }
-        try await syncDirectory(at: directory, backend: backend, system: system)
+        try await syncDirectory(at: directory(containing: path, relativeTo: nil), backend: backend, system: system)
     }
 
     static func syncDirectory(at directory: FilePath, backend: any AsyncSyncBackend, system: SystemCalls) async throws {

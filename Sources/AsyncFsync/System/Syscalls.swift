@@ -429,6 +429,14 @@ func system_unlink(_ path: String) -> Result<Void, Errno> {
     valueOrErrno(unlink(path)).map { _ in }
 }
 
+/// The current working directory (`getcwd(3)`), or `nil` when it cannot be named (removed, too
+/// long).
+func system_getcwd() -> String? {
+    guard let pointer = getcwd(nil, 0) else { return nil }
+    defer { free(pointer) }
+    return String(cString: pointer)
+}
+
 func system_getenv(_ name: String) -> String? {
     getenv(name).map { String(cString: $0) }
 }
