@@ -199,7 +199,7 @@ extension AsyncFsyncTests {
             await group.shutdown()
         }
 
-        @Test("bad input: a negative offset is refused before anything is submitted; an empty write succeeds",
+        @Test("bad input: a negative offset, or an end past the largest file offset, is refused before anything is submitted; an empty write succeeds",
               arguments: BackendKind.aio)
         func badInput(kind: BackendKind) async throws {
             let backend = try makeBackend(kind)
@@ -209,6 +209,18 @@ extension AsyncFsyncTests {
             let error = await caughtError { try await backend.write(fd, [UInt8](repeating: 1, count: 10), at: -1) }
             #expect((error as? AsyncSyncError)?.errno == .invalidArgument)
             #expect((error as? AsyncSyncError)?.step == .request)
+            // An end past the largest file offset: the kernel's EINVAL, at the request, as on the
+            // portable backend (before, the engines submitted it and the kernel refused it there).
+            for (offset, durable) in [(Int64.max - 1, false), (Int64.max - 9, true), (Int64.max, true)] {
+                let page = [UInt8](repeating: 1, count: 10)
+                let past = await caughtError {
+                    if durable { try await backend.durableWrite(fd, page, at: offset) } else { try await backend.write(fd, page, at: offset) }
+                } as? AsyncSyncError
+                #expect(past?.errno == .invalidArgument && past?.step == .request
+                            && past?.message.contains("past the largest file offset") == true,
+                        "\(kind), offset \(offset), durable \(durable): \(String(describing: past))")
+                #expect(past?.operation == (durable ? .durableWrite : .write))
+            }
             try await backend.write(fd, from: UnsafeRawBufferPointer(start: nil, count: 0), at: 0)
             try await backend.durableWrite(fd, from: UnsafeRawBufferPointer(start: nil, count: 0), at: 0)
             let closed = await caughtError {

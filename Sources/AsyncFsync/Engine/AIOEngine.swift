@@ -469,10 +469,12 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
     /// as the write of a durable write it meets the sticky rule first, as a non-plain `kind` does.
     func write(_ descriptor: FileDescriptor, from buffer: UnsafeRawBufferPointer, at offset: Int64, kind: WriteKind,
                arrival: UInt64? = nil, holdsTransit: Bool = false) async throws {
-        guard offset >= 0 else {
+        // The kernel's EINVAL, before anything is queued (as the portable backend does).
+        guard offset >= 0, !offset.addingReportingOverflow(Int64(buffer.count)).overflow else {
             throw AsyncSyncError(code: .system, errno: .invalidArgument, operation: kind == .plain ? .write : .durableWrite,
                                  step: .request, backend: Driver.kind, descriptor: descriptor,
-                                 message: "the offset \(offset) is negative")
+                                 message: offset < 0 ? "the offset \(offset) is negative"
+                                     : "offset \(offset) + \(buffer.count) bytes is past the largest file offset")
         }
         var stamp: UInt64 = 0
         if kind != .plain || holdsTransit {
