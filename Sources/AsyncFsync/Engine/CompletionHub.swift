@@ -96,7 +96,8 @@ final class CompletionHub: TaskExecutor, @unchecked Sendable {
     /// How long the POSIX hub waits when it watches only ``maxWatched`` of its requests.
     static var cappedTimeout: timespec { timespec(tv_sec: 0, tv_nsec: 1_000_000) }
     /// Rounds of ``cappedTimeout`` after which the hub frees glibc's helper from the doorbell's
-    /// read, as one ``starvationTimeout`` would (200 × 1 ms).
+    /// read, as one ``starvationTimeout`` would (200 × 1 ms); sooner when the rounds, which scan
+    /// every request in flight, have taken ``starvationTimeout`` already.
     static let cappedRoundsPerStarvation = 200
 
     // MARK: The hubs of the process
@@ -403,6 +404,8 @@ final class CompletionHub: TaskExecutor, @unchecked Sendable {
     @exclusivity(unchecked) private nonisolated(unsafe) var immediateReturns = 0
     /// Rounds in a row that timed out with the list capped at ``maxWatched`` (hub thread only).
     @exclusivity(unchecked) private nonisolated(unsafe) var cappedTimeouts = 0
+    /// When the first of those rounds timed out (hub thread only).
+    @exclusivity(unchecked) private nonisolated(unsafe) var cappedSince: ContinuousClock.Instant?
 
     /// POSIX: `aio_suspend(3)` on every engine's submitted control blocks plus the doorbell.
     private func suspendOnList(_ clients: [any HubClient]) {
@@ -410,7 +413,7 @@ final class CompletionHub: TaskExecutor, @unchecked Sendable {
         for client in clients { client.appendWatched(to: &watchList) }
         // Too many in flight for one aio_suspend(3): watch the first ones, look again soon.
         let capped = watchList.count > Self.maxWatched
-        if capped { watchList.removeSubrange(Self.maxWatched...) } else { cappedTimeouts = 0 }
+        if capped { watchList.removeSubrange(Self.maxWatched...) } else { (cappedTimeouts, cappedSince) = (0, nil) }
         let watching = watchList.count
         if doorbellArmed {
             watchList.append(UnsafePointer(doorbell!))
@@ -425,9 +428,19 @@ final class CompletionHub: TaskExecutor, @unchecked Sendable {
             if case .failure(.resourceTemporarilyUnavailable) = suspended {
                 // Timed out with requests in flight: free glibc's helper from the doorbell's read
                 // (capped: once the short rounds add up to a starvation timeout).
-                if capped { cappedTimeouts += 1 }
-                if !capped || cappedTimeouts >= Self.cappedRoundsPerStarvation {
-                    cappedTimeouts = 0
+                // A round that scans many requests lasts longer than its timeout: the starvation
+                // timeout is also measured, so the ring comes after 200 ms at most.
+                var ring = !capped
+                if capped {
+                    cappedTimeouts += 1
+                    let now = ContinuousClock.now
+                    let since = cappedSince ?? now
+                    cappedSince = since
+                    ring = cappedTimeouts >= Self.cappedRoundsPerStarvation
+                        || since.duration(to: now) >= .nanoseconds(Int64(Self.starvationTimeout.tv_nsec))
+                }
+                if ring {
+                    (cappedTimeouts, cappedSince) = (0, nil)
                     var one: UInt64 = 1
                     _ = withUnsafeBytes(of: &one) { system.write(eventDescriptor, $0.baseAddress!, $0.count) }
                 }
