@@ -23,7 +23,24 @@ import Testing
 /// arrived; two syncs of one open file description are never in the kernel together; the driver
 /// is released once, after the drain, and nothing is submitted after; no state is stuck (requests
 /// outstanding, nothing in flight, and nobody left to act).
+///
+/// A configuration may give requests other kinds (``Config/kinds``): one that waits without a
+/// cancellation handler (its task kept by the machine, cancelled) and the sync part of a durable
+/// write (no handler, not cancellable: `AIOEngine.sync(cancellable: false)`, whose task is
+/// cancelled too). Invariant: the sync part of a durable write never ends cancelled, whatever
+/// the requests batched with it (review-nocancel).
 struct EngineModel: CheckedModel {
+    /// How a request waits (``Config/kinds``).
+    enum Kind: Hashable {
+        /// With a cancellation handler (`.cancel` events).
+        case handled
+        /// Without a handler, `checksCancellation`: its (cancelled) task is kept by the machine.
+        case handlerless
+        /// The sync part of a durable write: no handler, `checksCancellation` false, its task
+        /// cancelled; it arrives with `isCancelled: false`, as `AIOEngine.arrive` passes it.
+        case syncPart
+    }
+
     struct Config: Hashable, CustomStringConvertible {
         /// Per request, its descriptor.
         var descriptors: [CInt]
@@ -40,9 +57,11 @@ struct EngineModel: CheckedModel {
         /// with `EIO` or `EINTR`, a cancellation, a broken source. Every combination of that many
         /// is explored, in every order.
         var faults: Int
+        /// Per request, how it waits; empty: every request has a handler.
+        var kinds: [Kind] = []
 
         var description: String {
-            "\(faults) faults, descriptors \(descriptors), open file descriptions \(sharing.sorted { $0.key < $1.key }.map { "\($0.key)→\($0.value)" }), "
+            (kinds.isEmpty ? "" : "kinds \(kinds), ") + "\(faults) faults, descriptors \(descriptors), open file descriptions \(sharing.sorted { $0.key < $1.key }.map { "\($0.key)→\($0.value)" }), "
                 + "\(slots) slots, \(waitsOnList ? "POSIX" : "libaio")\(handsOffInvalid ? " with fallback" : "")"
         }
     }
@@ -144,6 +163,8 @@ struct EngineModel: CheckedModel {
 
     let config: Config
     let continuations: [UnsafeContinuation<Void, any Error>]
+    /// The cancelled task of the requests without a handler (``Kind``); alive while the model runs.
+    let task: UnsafeCurrentTask?
     var machine: EngineState
     var fingerprint: String
     var status: [Status]
@@ -169,9 +190,11 @@ struct EngineModel: CheckedModel {
     var releaseAsked = false
     var released = false
 
-    init(_ config: Config, continuations: [UnsafeContinuation<Void, any Error>]) {
+    init(_ config: Config, continuations: [UnsafeContinuation<Void, any Error>], task: UnsafeCurrentTask? = nil) {
+        precondition(config.kinds.allSatisfy { $0 == .handled } || task?.isCancelled == true, "requests without a handler need a cancelled task")
         self.config = config
         self.continuations = continuations
+        self.task = task
         machine = EngineState(slotCount: config.slots)
         fingerprint = machine.fingerprint
         status = Array(repeating: .notArrived, count: config.descriptors.count)
@@ -223,7 +246,7 @@ struct EngineModel: CheckedModel {
                 events.append(.arrive(r, cancelled: false))
                 if r == 0, faultsLeft > 0 { events.append(.arrive(r, cancelled: true)) }
             case .identifying: events.append(.arriveAgain(r))
-            case .inEngine where !cancelRequested[r] && faultsLeft > 0: events.append(.cancel(r))
+            case .inEngine where !cancelRequested[r] && faultsLeft > 0 && kind(r) == .handled: events.append(.cancel(r))
             case .inTransit: events.append(.endTransit(r))
             default: break
             }
@@ -251,10 +274,14 @@ struct EngineModel: CheckedModel {
         return events
     }
 
+    func kind(_ r: Int) -> Kind { r < config.kinds.count ? config.kinds[r] : .handled }
+
     private func waiter(_ r: Int, identityTaken: Bool) -> Waiter {
         let fd = config.descriptors[r]
-        return Waiter(id: UInt64(r), descriptor: FileDescriptor(rawValue: fd), mode: .fdatasync, continuation: continuations[r],
-                      arrival: stamps[r], identity: identityTaken ? identity(of: fd) : nil, identityTaken: identityTaken)
+        var waiter = Waiter(id: UInt64(r), descriptor: FileDescriptor(rawValue: fd), mode: .fdatasync, continuation: continuations[r],
+                            arrival: stamps[r], identity: identityTaken ? identity(of: fd) : nil, identityTaken: identityTaken)
+        waiter.checksCancellation = kind(r) == .handlerless
+        return waiter
     }
 
     mutating func apply(_ event: Event, violations: inout [String]) {
@@ -268,9 +295,11 @@ struct EngineModel: CheckedModel {
         switch event {
         case .arrive(let r, let cancelled):
             stamps[r] = generation
-            arrive(r, machine.arrive(waiter(r, identityTaken: false), isCancelled: cancelled, onCompletionThread: false), violations: &violations)
+            arrive(r, machine.arrive(waiter(r, identityTaken: false), isCancelled: cancelled && kind(r) != .syncPart,
+                                     onCompletionThread: false, task: task), violations: &violations)
         case .arriveAgain(let r):
-            arrive(r, machine.arrive(waiter(r, identityTaken: true), isCancelled: false, onCompletionThread: false), violations: &violations)
+            arrive(r, machine.arrive(waiter(r, identityTaken: true), isCancelled: false, onCompletionThread: false, task: task),
+                   violations: &violations)
         case .cancel(let r):
             cancelRequested[r] = true
             let (removed, release) = machine.cancel(id: UInt64(r), descriptor: config.descriptors[r])
@@ -367,7 +396,11 @@ struct EngineModel: CheckedModel {
 
     private mutating func arrive(_ r: Int, _ arrival: EngineState.Arrival, violations: inout [String]) {
         switch arrival {
-        case .refused(let refusal): status[r] = .done("refused: \(refusal)")
+        case .refused(let refusal):
+            status[r] = .done("refused: \(refusal)")
+            if kind(r) == .syncPart, refusal == .cancelled {
+                violations.append("r\(r), the sync part of a durable write (not cancellable), was refused as cancelled")
+            }
         case .needsIdentity:
             if status[r] == .identifying { violations.append("r\(r) asked for its identity twice") }
             status[r] = .identifying
@@ -485,6 +518,9 @@ struct EngineModel: CheckedModel {
             return
         }
         if let outcome { status[r] = .done(outcome) }
+        if kind(r) == .syncPart, outcome == "cancelled" {
+            violations.append("r\(r), the sync part of a durable write (not cancellable), ended with CancellationError")
+        }
     }
 
     private mutating func released(_ release: EngineState.Release, violations: inout [String]) {
@@ -543,6 +579,38 @@ extension AsyncFsyncTests.ModelChecks {
             #expect(result.violations.isEmpty, Comment(rawValue: "\(config):\n" + result.violations.joined(separator: "\n")))
         }
         print("model check, engine: \(total) states in \(configs.count) configurations, no violation")
+        await parked.finish()
+    }
+}
+
+extension AsyncFsyncTests.ModelChecks {
+    @Test("engine, requests without a cancellation handler: one whose task is kept (cancelled) and the sync part of a durable write (not cancellable, its task cancelled) on one descriptor and a dup; the sync part never ends cancelled")
+    func engineRequestsWithoutHandler() async throws {
+        let parked = Parked()
+        let continuations = try await parked.make(3)
+        let underSanitizer = testsupport_tsan_loaded() != 0 || ProcessInfo.processInfo.environment["ASAN_OPTIONS"] != nil
+        // Two faults (a cancellation and an EAGAIN, say) in every order: still small.
+        let faults = Int(ProcessInfo.processInfo.environment["ASYNC_FSYNC_MODEL_FAULTS"] ?? "") ?? (underSanitizer ? 0 : 2)
+        let configs: [EngineModel.Config] = [
+            .init(descriptors: [5, 5, 6], sharing: [5: 1, 6: 1], slots: 2, waitsOnList: false, handsOffInvalid: true,
+                  interruptions: 1, faults: faults, kinds: [.handlerless, .syncPart, .handled]),
+            .init(descriptors: [5, 5, 6], sharing: [5: 1, 6: 1], slots: 2, waitsOnList: true, handsOffInvalid: false,
+                  interruptions: 1, faults: faults, kinds: [.syncPart, .handlerless, .handled]),
+        ]
+        for config in configs {
+            // The kept tasks are this child task's: cancelled, and alive while the model runs.
+            let started = ContinuousClock.now
+            let (states, transitions, truncated, violations) = await Task {
+                withUnsafeCurrentTask { $0?.cancel() }
+                return withUnsafeCurrentTask { task in
+                    let result = modelCheck(EngineModel(config, continuations: continuations, task: task), maxStates: engineStateBound)
+                    return (result.states, result.transitions, result.truncated, result.violations)
+                }
+            }.value
+            print("model check, engine, \(config): \(states) states, \(transitions) transitions, \(ContinuousClock.now - started)")
+            #expect(!truncated, "\(config): the bound was not reached")
+            #expect(violations.isEmpty, Comment(rawValue: "\(config):\n" + violations.joined(separator: "\n")))
+        }
         await parked.finish()
     }
 }

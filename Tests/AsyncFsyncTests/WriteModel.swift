@@ -17,6 +17,9 @@ import Testing
 /// - a sync is never held by writes accepted after it: while it is held, some write accepted
 ///   before it is incomplete;
 /// - every write ends exactly once, and succeeds only when all its bytes were written;
+/// - a write is cancelled (`CancellationError`: nothing written) only if the system never had it:
+///   not the rest of a short write nor a write interrupted with `EINTR`, waiting again after an
+///   `EAGAIN` (review-nocancel, finding 1);
 /// - the machine's `pending` counts the writes and held syncs without an answer;
 /// - no stuck state: while a write waits, someone can act;
 /// - a held sync without a cancellation handler (every odd-numbered sync here) has its task kept
@@ -85,6 +88,8 @@ struct WriteModel: CheckedModel {
     var broken = false
     /// Bytes each write has written (of 2).
     var written: [Int]
+    /// Per write, whether the system had it (a completion was reported for it).
+    var reached: [Bool]
 
     static var buffer: UnsafeRawPointer { UnsafeRawPointer(bitPattern: 0x1000)! }
 
@@ -98,13 +103,14 @@ struct WriteModel: CheckedModel {
         syncs = Array(repeating: .notArrived, count: config.syncs.count)
         before = Array(repeating: [], count: config.syncs.count)
         written = Array(repeating: 0, count: config.writes.count)
+        reached = Array(repeating: false, count: config.writes.count)
         faultsLeft = config.faults
     }
 
     static func == (a: WriteModel, b: WriteModel) -> Bool {
         a.fingerprint == b.fingerprint && a.writes == b.writes && a.syncs == b.syncs && a.holdsRole == b.holdsRole
             && a.toSubmit == b.toSubmit && a.retrying == b.retrying && a.inSystem == b.inSystem && a.faultsLeft == b.faultsLeft && a.broken == b.broken
-            && a.written == b.written && a.before == b.before
+            && a.written == b.written && a.reached == b.reached && a.before == b.before
     }
 
     func hash(into hasher: inout Hasher) {
@@ -241,6 +247,7 @@ struct WriteModel: CheckedModel {
             default: result = .failure(.ioError)
             }
             if outcome >= 2 { faultsLeft -= 1 }
+            if let w { reached[w] = true }
             if let w, case .success(let bytes) = result { written[w] = min(2, written[w] + bytes) }
             switch machine.completed(slot: slot, result: result, done: &ended, released: &released) {
             case .retry: retrying.append(slot)
@@ -252,8 +259,8 @@ struct WriteModel: CheckedModel {
         case .cancelWrite(let w):
             faultsLeft -= 1
             if let request = machine.cancel(id: UInt64(w), descriptor: config.writes[w], released: &released) {
-                if request.written > 0 {
-                    violations.append("w\(w) cancelled with \(request.written) bytes written (handed to the system)")
+                if reached[w] {
+                    violations.append("w\(w) cancelled (CancellationError: nothing written) after the system had it (\(written[w]) of 2 bytes written)")
                 }
                 end([request], success: false, violations: &violations)
             }

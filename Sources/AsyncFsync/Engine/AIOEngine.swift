@@ -1000,6 +1000,11 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         shared.withLock { ($0.writes.heldSyncCount, $0.writes.incompleteWriteCount) }
     }
 
+    /// Writes waiting for a write slot, also again after `EAGAIN` (tests).
+    var waitingWriteCount: Int {
+        shared.withLock { $0.writes.waitingWriteCount }
+    }
+
     /// Requests waiting for their descriptor's next sync or for a slot.
     var waitingCount: Int {
         shared.withLock { $0.machine.waitingCount }

@@ -295,18 +295,20 @@ struct WriteState {
 
     // MARK: Cancellation
 
-    /// Removes write `id` of `descriptor` if it still waits for a slot and nothing of it was
-    /// written. A request put back in line after part of it was written (a short write's rest met
-    /// `EAGAIN`) is not removed: its first bytes were handed to the system, so it is finished as
-    /// a submitted write is (a `CancellationError` would tell its caller nothing was written).
+    /// Removes write `id` of `descriptor` if it still waits for a slot and was never handed to
+    /// the system. One that waits again after the system had it (the rest of a short write, or a
+    /// write interrupted with `EINTR`, whose resubmission met `EAGAIN`) may have bytes in the file
+    /// already: it is not removed (its caller gets the write's result, never `CancellationError`,
+    /// which says nothing was written).
     mutating func cancel(id: UInt64, descriptor: CInt, released: inout [Waiter]) -> WriteRequest? {
         var found: Int32 = -1
         ready.forEach { index in
-            if found < 0, let request = requests[Int(index)], request.id == id, request.descriptor.rawValue == descriptor {
+            if found < 0, let request = requests[Int(index)], request.id == id, request.descriptor.rawValue == descriptor,
+               request.written == 0, request.interruptedRetries == 0 {
                 found = index
             }
         }
-        guard found >= 0, requests[Int(found)]!.written == 0 else { return nil }
+        guard found >= 0 else { return nil }
         ready.remove(found)
         return remove(found, released: &released)
     }
@@ -388,6 +390,8 @@ struct WriteState {
 
     /// Writes accepted and not complete yet.
     var incompleteWriteCount: Int { files.values.reduce(0) { $0 + $1.incomplete.count } }
+    /// Writes waiting for a slot (tests).
+    var waitingWriteCount: Int { ready.count }
 
     /// The id of the write in `slot`.
     func requestID(inSlot slot: Int32) -> UInt64? {
