@@ -573,6 +573,12 @@ final class AIOEngine<Driver: AIODriver>: HubClient, @unchecked Sendable {
         } else if errno == .badFileDescriptor {
             message = "the descriptor is not open for writing; keep it open until the write returns"
         }
+        if request.written > 0 {
+            // Part of it is in the file (a short write whose rest failed, also at its submission):
+            // the caller must not take it for a write that wrote nothing.
+            let written = "\(request.written) of \(request.count) bytes were written before it"
+            message = message.isEmpty ? written : message + "; " + written
+        }
         return AsyncSyncError(code: .system, errno: errno, operation: operation(of: request), step: step,
                               backend: Driver.kind, descriptor: request.descriptor,
                               systemCall: step == .submit ? Driver.writeSubmitCall : Driver.completionCall, message: message)
