@@ -167,70 +167,18 @@ extension AsyncFsyncTests.ReviewCancel3 {
 
     @Test("checked: posix: a partly written write put back after EAGAIN, cancelled, then shutdown(): not refused as never submitted, written whole, succeeds; shutdown() returns after it; a later write is refused")
     func partlyWrittenCancelledThenShutDown() async throws {
-        let directory = try ScratchDirectory.onDisk()
-        let fd = try directory.file("data", contents: "")
-        defer { try? fd.close() }
-        let letFirstGo = Flag()   // the completion of the write at 0
-        let letThirdGo = Flag()   // the completion of the write at 8192
-        let shortened = Flag()
-        let refusedRest = Flag()
-        let settled = Flag()
-        let submissions = Counter()
-        var system = SystemCalls.live
-        system.aioWrite = { control in
-            guard control.pointee.aio_fildes == fd.rawValue else { return SystemCalls.live.aioWrite(control) }
-            _ = submissions.next()
-            // The write at 4096 is short: the system takes its first 1024 bytes only.
-            if control.pointee.aio_offset == 4096, control.pointee.aio_nbytes == 4096, !shortened.isRaised {
-                shortened.raise()
-                control.pointee.aio_nbytes = 1024
-            }
-            // The rest of the short write (from byte 4096 + 1024) meets EAGAIN once.
-            if control.pointee.aio_offset == 5120, !refusedRest.isRaised {
-                refusedRest.raise()
-                return .failure(.resourceTemporarilyUnavailable)
-            }
-            return SystemCalls.live.aioWrite(control)
-        }
-        system.aioError = { control in
-            let status = SystemCalls.live.aioError(control)
-            guard control.pointee.aio_fildes == fd.rawValue, status != .inProgress else { return status }
-            if control.pointee.aio_offset == 0, !letFirstGo.isRaised { return .inProgress }
-            if control.pointee.aio_offset == 8192, !letThirdGo.isRaised { return .inProgress }
-            return status
-        }
-        system.aioSuspend = { list, count, timeout in
-            // The completion thread waits again only after it handled the EAGAIN of the rest.
-            if refusedRest.isRaised { settled.raise() }
-            return SystemCalls.live.aioSuspend(list, count, timeout)
-        }
-        let backend = try PosixAIOBackend(capacity: 2, system: system)  // two write slots
-        let first = Watched { try await backend.write(fd, [UInt8](repeating: 1, count: 4096), at: 0) }
-        try #require(await eventually(30) { submissions.current == 1 })
-        let third = Watched { try await backend.write(fd, [UInt8](repeating: 3, count: 4096), at: 8192) }
-        try #require(await eventually(30) { submissions.current == 2 })
-        // Both write slots are taken: this one waits for a slot, with a cancellation handler.
-        let second = Watched { try await backend.write(fd, [UInt8](repeating: 2, count: 4096), at: 4096) }
-        try #require(await eventually(30) { writeCounts(backend).incompleteWrites == 3 })
-        letThirdGo.raise()
-        let putBack = await eventually(30) { shortened.isRaised && refusedRest.isRaised && settled.isRaised }
-        second.task.cancel()
+        let scenario = try await PartlyWrittenWriteCancelled.start()
+        defer { try? scenario.fd.close() }
+        let backend = scenario.backend
         // A shutdown now: the partly written write, whose cancellation left it, is no new request:
         // it is not refused, and the drain waits for it.
         let shutdown = Watched { await backend.shutdown() }
         try #require(await eventually(30) { !isAcceptingRequests(backend) })
-        #expect(!shutdown.isDone && !second.isDone, "shutdown() returned, or the write ended, before the write in flight ended")
-        let refused = await caughtError { try await backend.write(fd, [UInt8](repeating: 4, count: 16), at: 20000) } as? AsyncSyncError
+        #expect(!shutdown.isDone && !scenario.second.isDone, "shutdown() returned, or the write ended, before the write in flight ended")
+        let refused = await caughtError { try await backend.write(scenario.fd, [UInt8](repeating: 4, count: 16), at: 20000) } as? AsyncSyncError
         #expect(refused?.code == .shutDown)
-        letFirstGo.raise()
-        #expect(putBack, "the scenario did not happen: short \(shortened.isRaised), EAGAIN \(refusedRest.isRaised)")
-        #expect(await eventually(30) { first.isDone && second.isDone && third.isDone })
-        let bytes = try contents(fd, count: 12289)
-        #expect(bytes.count == 12288 && bytes[4096..<5120].allSatisfy { $0 == 2 }, "the first 1024 bytes of the cancelled write are in the file")
-        #expect(second.succeeded, "a write whose first 1024 bytes are in the file returned \(String(describing: second.outcome))")
-        #expect(second.succeeded == bytes[5120..<8192].allSatisfy { $0 == 2 }, "written whole exactly when it succeeded")
-        #expect(first.succeeded && third.succeeded)
-        #expect(writeCounts(backend) == (0, 0))
+        scenario.letFirstGo.raise()
+        try await scenario.expectWrittenWhole()
         #expect(await eventually(30) { shutdown.isDone })
     }
 

@@ -361,64 +361,11 @@ extension AsyncFsyncTests.ReviewFile {
     // alone (it is finished as any submitted write is); `WriteModel` checks it.
     @Test("FINDING 3: posix: a write whose first part is in the file, put back after EAGAIN on its rest, is not cancelled: it is written whole")
     func partlyWrittenWriteIsNotCancelled() async throws {
-        let directory = try ScratchDirectory.onDisk()
-        let fd = try directory.file("data", contents: "")
-        defer { try? fd.close() }
-        let letFirstGo = Flag()   // the completion of the write at 0
-        let letThirdGo = Flag()   // the completion of the write at 8192
-        let shortened = Flag()
-        let refusedRest = Flag()
-        let settled = Flag()
-        let submissions = Counter()
-        var system = SystemCalls.live
-        system.aioWrite = { control in
-            guard control.pointee.aio_fildes == fd.rawValue else { return SystemCalls.live.aioWrite(control) }
-            _ = submissions.next()
-            // The write at 4096 is short: the system takes its first 1024 bytes only.
-            if control.pointee.aio_offset == 4096, control.pointee.aio_nbytes == 4096, !shortened.isRaised {
-                shortened.raise()
-                control.pointee.aio_nbytes = 1024
-            }
-            // The rest of the short write (from byte 4096 + 1024) meets EAGAIN once.
-            if control.pointee.aio_offset == 5120, !refusedRest.isRaised {
-                refusedRest.raise()
-                return .failure(.resourceTemporarilyUnavailable)
-            }
-            return SystemCalls.live.aioWrite(control)
-        }
-        system.aioError = { control in
-            let status = SystemCalls.live.aioError(control)
-            guard control.pointee.aio_fildes == fd.rawValue, status != .inProgress else { return status }
-            if control.pointee.aio_offset == 0, !letFirstGo.isRaised { return .inProgress }
-            if control.pointee.aio_offset == 8192, !letThirdGo.isRaised { return .inProgress }
-            return status
-        }
-        system.aioSuspend = { list, count, timeout in
-            // The completion thread waits again only after it handled the EAGAIN of the rest.
-            if refusedRest.isRaised { settled.raise() }
-            return SystemCalls.live.aioSuspend(list, count, timeout)
-        }
-        let backend = try PosixAIOBackend(capacity: 2, system: system)  // two write slots
-        let first = Watched { try await backend.write(fd, [UInt8](repeating: 1, count: 4096), at: 0) }
-        try #require(await eventually(30) { submissions.current == 1 })
-        let third = Watched { try await backend.write(fd, [UInt8](repeating: 3, count: 4096), at: 8192) }
-        try #require(await eventually(30) { submissions.current == 2 })
-        // Both write slots are taken: this one waits for a slot, with a cancellation handler.
-        let second = Watched { try await backend.write(fd, [UInt8](repeating: 2, count: 4096), at: 4096) }
-        try #require(await eventually(30) { writeCounts(backend).incompleteWrites == 3 })
-        letThirdGo.raise()
-        let putBack = await eventually(30) { shortened.isRaised && refusedRest.isRaised && settled.isRaised }
-        second.task.cancel()
-        letFirstGo.raise()
-        #expect(putBack, "the scenario did not happen: short \(shortened.isRaised), EAGAIN \(refusedRest.isRaised)")
-        #expect(await eventually(30) { first.isDone && second.isDone && third.isDone })
-        let bytes = try contents(fd, count: 12289)
-        #expect(bytes.count == 12288 && bytes[4096..<5120].allSatisfy { $0 == 2 }, "the first 1024 bytes of the cancelled write are in the file")
-        #expect(second.succeeded, "a write whose first 1024 bytes are in the file returned \(String(describing: second.outcome))")
-        #expect(second.succeeded == bytes[5120..<8192].allSatisfy { $0 == 2 }, "written whole exactly when it succeeded")
-        #expect(first.succeeded && third.succeeded)
-        #expect(writeCounts(backend) == (0, 0))
-        await backend.shutdown()
+        let scenario = try await PartlyWrittenWriteCancelled.start()
+        defer { try? scenario.fd.close() }
+        scenario.letFirstGo.raise()
+        try await scenario.expectWrittenWhole()
+        await scenario.backend.shutdown()
     }
 
     // MARK: The POSIX durable write: checked rules
@@ -642,6 +589,92 @@ extension AsyncFsyncTests.ReviewFile {
         let requests = backend.requests
         #expect(requests.count == 1 && requests.first?.status == expected,
                 "the fsync went to the directory that held the file at open (elsewhere/sub), not ./sub: \(requests)")
+    }
+}
+/// ReviewFile FINDING 3's scenario, shared by its test and ReviewCancel3's: three POSIX writes on
+/// two write slots. The writes at 0 and 8192 take the slots; the write at 4096 waits for one, with
+/// a cancellation handler. Once the write at 8192 completes, the write at 4096 is submitted and is
+/// short (the system takes 1024 bytes), and its rest meets `EAGAIN` once and is put back in line.
+/// Then its task is cancelled. The write at 0 stays in flight until `letFirstGo` is raised.
+struct PartlyWrittenWriteCancelled {
+    let directory: ScratchDirectory
+    let fd: FileDescriptor
+    let backend: PosixAIOBackend
+    let first: Watched<Void>
+    let second: Watched<Void>
+    let third: Watched<Void>
+    /// Lets the write at 0 complete.
+    let letFirstGo: Flag
+    let shortened: Flag
+    let refusedRest: Flag
+    /// Whether the rest was put back and the completion thread waited again before the cancel.
+    let putBack: Bool
+
+    /// Runs the scenario up to the cancellation of the write at 4096.
+    static func start() async throws -> PartlyWrittenWriteCancelled {
+        let directory = try ScratchDirectory.onDisk()
+        let fd = try directory.file("data", contents: "")
+        let letFirstGo = Flag()   // the completion of the write at 0
+        let letThirdGo = Flag()   // the completion of the write at 8192
+        let shortened = Flag()
+        let refusedRest = Flag()
+        let settled = Flag()
+        let submissions = Counter()
+        var system = SystemCalls.live
+        system.aioWrite = { control in
+            guard control.pointee.aio_fildes == fd.rawValue else { return SystemCalls.live.aioWrite(control) }
+            _ = submissions.next()
+            // The write at 4096 is short: the system takes its first 1024 bytes only.
+            if control.pointee.aio_offset == 4096, control.pointee.aio_nbytes == 4096, !shortened.isRaised {
+                shortened.raise()
+                control.pointee.aio_nbytes = 1024
+            }
+            // The rest of the short write (from byte 4096 + 1024) meets EAGAIN once.
+            if control.pointee.aio_offset == 5120, !refusedRest.isRaised {
+                refusedRest.raise()
+                return .failure(.resourceTemporarilyUnavailable)
+            }
+            return SystemCalls.live.aioWrite(control)
+        }
+        system.aioError = { control in
+            let status = SystemCalls.live.aioError(control)
+            guard control.pointee.aio_fildes == fd.rawValue, status != .inProgress else { return status }
+            if control.pointee.aio_offset == 0, !letFirstGo.isRaised { return .inProgress }
+            if control.pointee.aio_offset == 8192, !letThirdGo.isRaised { return .inProgress }
+            return status
+        }
+        system.aioSuspend = { list, count, timeout in
+            // The completion thread waits again only after it handled the EAGAIN of the rest.
+            if refusedRest.isRaised { settled.raise() }
+            return SystemCalls.live.aioSuspend(list, count, timeout)
+        }
+        let backend = try PosixAIOBackend(capacity: 2, system: system)  // two write slots
+        let first = Watched { try await backend.write(fd, [UInt8](repeating: 1, count: 4096), at: 0) }
+        try #require(await eventually(30) { submissions.current == 1 })
+        let third = Watched { try await backend.write(fd, [UInt8](repeating: 3, count: 4096), at: 8192) }
+        try #require(await eventually(30) { submissions.current == 2 })
+        // Both write slots are taken: this one waits for a slot, with a cancellation handler.
+        let second = Watched { try await backend.write(fd, [UInt8](repeating: 2, count: 4096), at: 4096) }
+        try #require(await eventually(30) { writeCounts(backend).incompleteWrites == 3 })
+        letThirdGo.raise()
+        let putBack = await eventually(30) { shortened.isRaised && refusedRest.isRaised && settled.isRaised }
+        second.task.cancel()
+        return PartlyWrittenWriteCancelled(directory: directory, fd: fd, backend: backend, first: first, second: second,
+                                           third: third, letFirstGo: letFirstGo, shortened: shortened,
+                                           refusedRest: refusedRest, putBack: putBack)
+    }
+
+    /// The rule, once `letFirstGo` was raised: the cancelled write, 1024 bytes of which were in the
+    /// file, is written whole and succeeds; so do the others; nothing is left in flight.
+    func expectWrittenWhole() async throws {
+        #expect(putBack, "the scenario did not happen: short \(shortened.isRaised), EAGAIN \(refusedRest.isRaised)")
+        #expect(await eventually(30) { first.isDone && second.isDone && third.isDone })
+        let bytes = try contents(fd, count: 12289)
+        #expect(bytes.count == 12288 && bytes[4096..<5120].allSatisfy { $0 == 2 }, "the first 1024 bytes of the cancelled write are in the file")
+        #expect(second.succeeded, "a write whose first 1024 bytes are in the file returned \(String(describing: second.outcome))")
+        #expect(second.succeeded == bytes[5120..<8192].allSatisfy { $0 == 2 }, "written whole exactly when it succeeded")
+        #expect(first.succeeded && third.succeeded)
+        #expect(writeCounts(backend) == (0, 0))
     }
 }
 #endif
